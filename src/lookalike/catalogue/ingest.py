@@ -1,0 +1,202 @@
+"""Ingest a catalogue source into a project's :class:`~lookalike.catalogue.store.CatalogueStore`.
+
+* Every image is decoded once, with :func:`~lookalike.catalogue.images.decode`; a bad one becomes
+  a :class:`~lookalike.catalogue.store.Reject` (in the report and in the store), never a crash.
+* Incremental: an item whose id and raw image bytes (sha256) are unchanged costs no decode; if
+  only its fields changed it is ``updated`` without a decode, otherwise it is ``unchanged``.
+* Resumable: records are committed in batches of ``batch_size``, each batch in one transaction
+  after its images are on disk, so an interrupted ingest keeps every finished batch and a re-run
+  finds them unchanged and carries on.
+* Duplicate ids in the source are a :class:`~lookalike.errors.CatalogueError` before anything is
+  written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from lookalike.catalogue.images import DEFAULT_MAX_PIXELS, decode, sha256_hex, storable_bytes
+from lookalike.catalogue.sources import (CatalogueSource, SourceRecord, open_source)
+from lookalike.catalogue.store import CatalogueStore, Item, Reject
+from lookalike.errors import ImageRejected, LookalikeError
+
+DUPLICATE_IMAGE_POLICIES = ("keep",)
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did. ``total`` = records in the source = added + updated + unchanged +
+    rejected."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[Reject] = field(default_factory=list)
+    total: int = 0
+    source: str = ""
+    seconds: float = 0.0
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        """How many rejects of each reason, most common first."""
+        return dict(Counter(r.reason for r in self.rejected).most_common())
+
+    def summary(self) -> str:
+        """One line for people: ``2000 items: 1990 added, 0 updated, 0 unchanged, 10 rejected
+        (10 truncated) in 2.1 s``."""
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.rejected_by_reason().items())
+        return (f"{self.total} items: {self.added} added, {self.updated} updated, "
+                f"{self.unchanged} unchanged, {len(self.rejected)} rejected"
+                + (f" ({reasons})" if reasons else "") + f" in {self.seconds:.1f} s")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "total": self.total, "added": self.added,
+                "updated": self.updated, "unchanged": self.unchanged,
+                "rejected_count": len(self.rejected),
+                "rejected_by_reason": self.rejected_by_reason(),
+                "rejected": [r.to_json() for r in self.rejected],
+                "seconds": round(self.seconds, 3)}
+
+
+def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store: CatalogueStore,
+           *, progress: bool = True, batch_size: int = 256, on_duplicate_image: str = "keep",
+           max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None) -> IngestReport:
+    """Add or update every record of ``source`` in ``store``; see the module docstring.
+
+    ``source`` is anything :func:`~lookalike.catalogue.sources.open_source` accepts, or records.
+    ``progress`` shows a Rich progress bar when stderr is a terminal. ``workers`` threads decode
+    images (default: up to 4). ``on_duplicate_image`` is reserved for near-duplicate handling;
+    only ``"keep"`` (store duplicates as separate items) exists today.
+    """
+    if on_duplicate_image not in DUPLICATE_IMAGE_POLICIES:
+        raise LookalikeError(f"on_duplicate_image={on_duplicate_image!r} is not supported; "
+                             f"use one of {', '.join(DUPLICATE_IMAGE_POLICIES)}")
+    if batch_size < 1:
+        raise LookalikeError(f"batch_size must be at least 1, not {batch_size}")
+    started = time.perf_counter()
+    records = _as_source(source)
+    report = IngestReport(total=len(records), source=records.name)
+    workers = workers or min(4, os.cpu_count() or 1)
+
+    with _progress_bar(progress, f"ingest {records.name}", len(records)) as advance, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+        for batch in _batches(iter(records), batch_size):
+            existing = store.find([record.id for record in batch])
+            outcomes = list(pool.map(
+                lambda record, known=existing: _prepare(record, known.get(record.id), store,
+                                                        max_pixels), batch))
+            to_write = [item for kind, item in outcomes if kind in ("added", "updated")]
+            rejects = [reject for kind, reject in outcomes if kind == "rejected"]
+            if any(kind != "unchanged" for kind, _ in outcomes):
+                if to_write:
+                    store.sync_images()  # images on disk before the rows that point at them
+                store.write_batch(to_write, rejects)
+            for kind, value in outcomes:
+                if kind == "rejected":
+                    report.rejected.append(value)
+                else:
+                    setattr(report, kind, getattr(report, kind) + 1)
+            advance(len(batch))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _as_source(source: str | Path | CatalogueSource | Iterable[SourceRecord]) -> CatalogueSource:
+    if isinstance(source, CatalogueSource):
+        return source  # checked its ids when it was opened
+    if isinstance(source, (str, Path)):
+        return open_source(source)
+    return CatalogueSource("records", list(source))  # checks ids before anything is written
+
+
+def _prepare(record: SourceRecord, existing: Item | None, store: CatalogueStore,
+             max_pixels: int) -> tuple[str, Any]:
+    """Decide one record: ("unchanged" | "updated" | "added", Item) or ("rejected", Reject).
+
+    Runs in a worker thread; touches the store only through ``put_image`` (files, no SQL).
+    """
+    where = record.row or record.id
+    try:
+        raw = record.read_image()
+        source_hash = sha256_hex(raw)
+        if existing is not None and existing.source_hash == source_hash \
+                and existing.image_path.is_file():
+            # Same image bytes as stored: no decode, only the fields may have changed.
+            item = replace(existing, **_fields(record))
+            return ("unchanged" if _same_fields(existing, item) else "updated"), item
+        decoded = decode(raw, source=where, max_pixels=max_pixels)
+        data, ext = storable_bytes(raw, decoded)
+        content_hash, path = store.put_image(data, ext, durable=False)
+    except ImageRejected as error:
+        return "rejected", Reject(source=where, reason=error.reason, message=str(error),
+                                  item_id=record.id)
+    item = Item(id=record.id, content_hash=content_hash, image_path=path,
+                width=decoded.image.width, height=decoded.image.height,
+                source_hash=source_hash, **_fields(record))
+    return ("added" if existing is None else "updated"), item
+
+
+def _fields(record: SourceRecord) -> dict[str, Any]:
+    return {"title": record.title, "category": record.category, "gender": record.gender,
+            "colour": record.colour, "price": record.price, "split": record.split,
+            "attributes": dict(record.attributes)}
+
+
+def _same_fields(old: Item, new: Item) -> bool:
+    def key(item: Item) -> tuple[Any, ...]:
+        # Attributes compared as stored (JSON), so a tuple and a list of the same values match.
+        return (item.title, item.category, item.gender, item.colour,
+                None if item.price is None else float(item.price), item.split,
+                json.dumps(item.attributes, sort_keys=True, ensure_ascii=False))
+
+    return key(old) == key(new)
+
+
+def _batches(records: Iterator[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
+    while batch := list(islice(records, size)):
+        yield batch
+
+
+class _progress_bar:
+    """A Rich progress bar on stderr when asked for and stderr is a terminal; else a no-op."""
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+        self._bar: Any = None
+
+    def __enter__(self):  # returns advance(n)
+        if self.enabled:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                           TimeElapsedColumn, TimeRemainingColumn)
+
+                self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), console=console)
+                self._bar.__enter__()
+                task = self._bar.add_task(self.label, total=self.total)
+                return lambda n: self._bar.advance(task, n)
+        return lambda n: None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def summarise_rejects(rejects: Sequence[Reject]) -> dict[str, list[str]]:
+    """Rejected sources grouped by reason (for reports and the CLI)."""
+    grouped: dict[str, list[str]] = {}
+    for reject in rejects:
+        grouped.setdefault(reject.reason, []).append(reject.source)
+    return grouped

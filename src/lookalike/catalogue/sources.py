@@ -1,0 +1,489 @@
+"""Where catalogue items come from: a folder of images, a manifest, or a named catalogue.
+
+:func:`open_source` turns any of them into a :class:`CatalogueSource`: a sized iterable of
+:class:`SourceRecord` whose ids were checked for duplicates before the first record is yielded.
+Records carry the raw image (bytes, or a path that is read later); decoding is the ingest's job,
+so a bad image never stops a source from being listed.
+
+Sources
+  * a folder: every file below it, recursively (hidden files and folders skipped); the first
+    sub-folder is the category; id = relative path without extension.
+  * a manifest ``.csv``, ``.jsonl`` or ``.parquet`` with columns ``id`` and ``image`` (a path
+    relative to the manifest, an absolute path, or in Parquet inline image bytes) and optionally
+    ``title``, ``category``, ``gender``, ``colour``, ``price``, ``split``; every other column is
+    kept in ``attributes``. Columns named as in the products catalogue are understood too:
+    ``image_jpeg`` for ``image``, ``base_colour`` for ``colour`` and ``article_type`` for
+    ``category`` (``article_type`` also stays an attribute).
+  * named catalogues: ``demo`` (bundled), ``products`` (the full products Parquet),
+    ``fashion-mnist`` (Debian's IDX files). ``products:train``, ``fashion-mnist:test`` etc. take
+    one split.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookalike.catalogue.images import IMAGE_EXTENSIONS, read_image_bytes
+from lookalike.errors import CatalogueError, ImageRejected, UnknownNameError
+
+PRODUCTS_ENV = "LOOKALIKE_PRODUCTS_PARQUET"
+PRODUCTS_FILE = "fashion-products-small.parquet"
+FASHION_MNIST_ENV = "LOOKALIKE_FASHION_MNIST_DIR"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+NAMED_CATALOGUES = ("demo", "products", "fashion-mnist")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+#: Manifest columns with a meaning of their own; every other column goes to ``attributes``.
+STANDARD_COLUMNS = ("id", "image", "title", "category", "gender", "colour", "price", "split")
+#: Products-catalogue column names understood when the standard name is absent.
+#: (``article_type`` is the class the evaluation protocol uses, so it is the natural category.)
+COLUMN_ALIASES = {"image": "image_jpeg", "colour": "base_colour", "category": "article_type"}
+_KEEP_AS_ATTRIBUTE = {"article_type"}
+
+
+@dataclass
+class SourceRecord:
+    """One catalogue item as a source describes it, before its image is checked.
+
+    ``image`` is the raw bytes (inline sources), a path to read, or None when the source gave no
+    image (ingest rejects it as ``missing``). ``row`` says where the record came from, for
+    messages: ``"manifest.csv:12"``, ``"shoes/a.jpg"``.
+    """
+
+    id: str
+    image: bytes | Path | None
+    title: str | None = None
+    category: str | None = None
+    gender: str | None = None
+    colour: str | None = None
+    price: float | None = None
+    split: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    row: str = ""
+
+    def read_image(self) -> bytes:
+        """The raw image bytes (reads the file for path images); raises ImageRejected."""
+        if self.image is None:
+            raise ImageRejected("missing", "no image given", self.row or self.id)
+        return read_image_bytes(self.image, self.row or str(self.image))
+
+
+class CatalogueSource:
+    """A sized, re-iterable collection of :class:`SourceRecord` with unique ids."""
+
+    def __init__(self, name: str, records: Sequence[SourceRecord] | None = None) -> None:
+        self.name = name
+        self._records = list(records) if records is not None else []
+        if records is not None:
+            check_unique_ids(self._records, name)
+
+    def __iter__(self) -> Iterator[SourceRecord]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {len(self)} records)"
+
+
+def open_source(source: str | Path) -> CatalogueSource:
+    """Open a folder, a manifest file or a named catalogue (see the module docstring).
+
+    A plain string that is a catalogue name (``demo``, ``products``, ``fashion-mnist``, optionally
+    with ``:train`` / ``:test``) means that catalogue; write ``./demo`` for a folder called demo.
+    """
+    if isinstance(source, str):
+        name, _, split = source.partition(":")
+        if name in NAMED_CATALOGUES:
+            return open_named(name, split or None)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return FolderSource(path)
+    if path.is_file():
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            return ManifestSource(path)
+        raise CatalogueError(f"{path}: not a catalogue source; give a folder of images or a "
+                             f"manifest ({', '.join(MANIFEST_SUFFIXES)})")
+    raise CatalogueError(f"{source}: no such folder or manifest, and not a catalogue name "
+                         f"({', '.join(NAMED_CATALOGUES)})")
+
+
+def open_named(name: str, split: str | None = None) -> CatalogueSource:
+    """A named catalogue, optionally one split of it (``train`` / ``test``)."""
+    if split not in (None, "train", "test"):
+        raise CatalogueError(f"{name}:{split}: unknown split {split!r}; use train or test")
+    if name == "demo":
+        return ManifestSource(demo_parquet(), split=split, name="demo")
+    if name == "products":
+        return ManifestSource(require_products_parquet(), split=split, name="products")
+    if name == "fashion-mnist":
+        return FashionMNISTSource(split)
+    raise UnknownNameError(f"unknown catalogue {name!r}; named catalogues: "
+                           f"{', '.join(NAMED_CATALOGUES)}")
+
+
+# ---- folders ----------------------------------------------------------------------
+class FolderSource(CatalogueSource):
+    """Every (non-hidden) file below ``folder``; the first sub-folder name is the category.
+
+    Ids are the relative path without the extension for image files (``shoes/boot``), with it
+    for other files (``shoes/notes.txt``). Hidden files and folders, and lookalike project
+    folders inside ``folder``, are skipped. Files without an image extension are listed too, so
+    ingest can report them as rejects instead of ignoring them silently.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        records: list[SourceRecord] = []
+        for path in _walk_files(folder):
+            relative = path.relative_to(folder)
+            parts = relative.parts
+            item_id = relative.with_suffix("").as_posix() if path.suffix.lower() in \
+                IMAGE_EXTENSIONS else relative.as_posix()
+            records.append(SourceRecord(
+                id=item_id, image=path, category=parts[0] if len(parts) > 1 else None,
+                row=relative.as_posix()))
+        super().__init__(str(folder), records)
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        # Hidden folders and lookalike project folders (their stored images) are not catalogue.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not (Path(root) / d / "catalogue.sqlite").exists())
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+# ---- manifests ----------------------------------------------------------------------
+class ManifestSource(CatalogueSource):
+    """Records from a ``.csv``, ``.jsonl`` or ``.parquet`` manifest (see the module docstring).
+
+    Everything is validated when the source is opened: required columns, ids present and unique,
+    prices numeric. Errors name the file, the rows and the columns.
+    """
+
+    def __init__(self, path: str | Path, split: str | None = None,
+                 name: str | None = None) -> None:
+        path = Path(path)
+        self.path = path
+        label = path.name
+        rows, columns = _read_manifest(path)
+        mapping = _column_mapping(columns, label)
+        records: list[SourceRecord] = []
+        empty_ids: list[str] = []
+        base = path.parent
+        for where, row in rows:
+            record = _record_from_row(row, mapping, f"{label}:{where}", base)
+            if record is None:
+                empty_ids.append(str(where))
+                continue
+            if split is None or record.split == split:
+                records.append(record)
+        if empty_ids:
+            raise CatalogueError(f"{label}: empty id on row{'s' if len(empty_ids) > 1 else ''} "
+                                 f"{_first(empty_ids)}")
+        super().__init__(name or str(path), records)
+
+
+def _read_manifest(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """Rows as (row number for messages, dict) and the column names, whatever the format."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            import pandas as pd
+
+            # Ids and text stay strings ("007" must not become 7); other columns are inferred.
+            frame = pd.read_csv(path, dtype={c: str for c in (*STANDARD_COLUMNS, "image_jpeg",
+                                                              "base_colour", "article_type")
+                                             if c != "price"}, keep_default_na=False,
+                                na_values=[""])
+            columns = [str(c) for c in frame.columns]
+            # Line numbers: the header is line 1.
+            return [(i + 2, row) for i, row in enumerate(frame.to_dict("records"))], columns
+        if suffix == ".jsonl":
+            return _read_jsonl(path)
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            columns = list(table.column_names)
+            return [(i + 1, row) for i, row in enumerate(table.to_pylist())], columns
+    except CatalogueError:
+        raise
+    except FileNotFoundError:
+        raise CatalogueError(f"{path}: no such manifest") from None
+    except Exception as error:  # pandas / pyarrow parse errors come in many classes
+        raise CatalogueError(f"{path}: cannot read {suffix[1:]} manifest "
+                             f"({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    raise CatalogueError(f"{path}: unknown manifest type {suffix!r}; use "
+                         f"{', '.join(MANIFEST_SUFFIXES)}")
+
+
+def _read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    rows: list[tuple[int, dict[str, Any]]] = []
+    columns: dict[str, None] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CatalogueError(f"{path.name}:{line_number}: not valid JSON ({error.msg})") \
+                    from None
+            if not isinstance(row, dict):
+                raise CatalogueError(f"{path.name}:{line_number}: expected a JSON object per line")
+            columns.update(dict.fromkeys(row))
+            rows.append((line_number, row))
+    return rows, list(columns)
+
+
+def _column_mapping(columns: Sequence[str], label: str) -> dict[str, str]:
+    """Standard name -> manifest column, after aliases; checks the required columns."""
+    mapping = {name: name for name in STANDARD_COLUMNS if name in columns}
+    for standard, alias in COLUMN_ALIASES.items():
+        if standard not in mapping and alias in columns:
+            mapping[standard] = alias
+    missing = [name for name in ("id", "image") if name not in mapping]
+    if missing:
+        hint = " (or image_jpeg)" if "image" in missing else ""
+        raise CatalogueError(
+            f"{label}: missing required column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(m) for m in missing)}{hint}; it has columns: "
+            f"{', '.join(map(str, columns)) or '(none)'}")
+    return mapping
+
+
+def _record_from_row(row: dict[str, Any], mapping: dict[str, str], where: str,
+                     base: Path) -> SourceRecord | None:
+    item_id = _text(row.get(mapping["id"]))
+    if item_id is None:
+        return None
+    image = row.get(mapping["image"])
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        image_value: bytes | Path | None = bytes(image)
+    else:
+        text = _text(image)
+        image_value = None if text is None else (base / Path(text).expanduser())
+    def cell(name: str) -> Any:
+        return row.get(mapping[name]) if name in mapping else None
+
+    used = set(mapping.values()) - _KEEP_AS_ATTRIBUTE
+    attributes = {str(k): _json_value(v) for k, v in row.items() if k not in used}
+    return SourceRecord(
+        id=item_id, image=image_value, title=_text(cell("title")),
+        category=_text(cell("category")), gender=_text(cell("gender")),
+        colour=_text(cell("colour")), price=_price(cell("price"), where),
+        split=_text(cell("split")),
+        attributes={k: v for k, v in attributes.items() if v is not None}, row=where)
+
+
+def _text(value: Any) -> str | None:
+    """A trimmed string, or None for missing / empty / NaN values."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # an id column read as float
+    text = str(value).strip()
+    return text or None
+
+
+def _price(value: Any, where: str) -> float | None:
+    if _text(value) is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise CatalogueError(f"{where}: price {value!r} is not a number") from None
+    if math.isnan(number):
+        return None
+    return number
+
+
+def _json_value(value: Any) -> Any:
+    """A JSON-able version of one manifest cell (None for missing and binary values)."""
+    if value is None or isinstance(value, (bytes, bytearray, memoryview)):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, (str, int, bool)):
+        return value
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_value(v) for v in value]
+    return str(value)
+
+
+def check_unique_ids(records: Iterable[SourceRecord], label: str) -> None:
+    """Raise CatalogueError naming duplicated ids and where they occur (first few listed)."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        where[record.id].append(record.row or "?")
+    duplicates = {item_id: rows for item_id, rows in where.items() if len(rows) > 1}
+    if duplicates:
+        shown = [f"{item_id!r} ({', '.join(rows)})" for item_id, rows in
+                 list(duplicates.items())[:5]]
+        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
+        raise CatalogueError(f"{label}: {len(duplicates)} duplicate id"
+                             f"{'s' if len(duplicates) > 1 else ''}: {'; '.join(shown)}{more}")
+
+
+def _first(values: Sequence[str], limit: int = 10) -> str:
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
+    return ", ".join(values[:limit]) + more
+
+
+# ---- the bundled demo and the products catalogue ------------------------------------------
+def demo_parquet() -> Path:
+    """Path of the bundled demo catalogue (a ~2,000 item slice of the products catalogue)."""
+    path = Path(str(resources.files("lookalike") / "data" / "demo.parquet"))
+    if not path.is_file():
+        raise CatalogueError(f"{path}: the bundled demo catalogue is missing; reinstall lookalike "
+                             "or rebuild it with scripts/make_demo_catalogue.py")
+    return path
+
+
+def find_products_parquet() -> Path | None:
+    """The products Parquet: ``$LOOKALIKE_PRODUCTS_PARQUET``, else
+    ``shared/data/fashion-products-small.parquet`` beside the current folder or any parent.
+
+    Returns None when it is nowhere; raises CatalogueError when the variable names a missing file.
+    """
+    configured = os.environ.get(PRODUCTS_ENV)
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise CatalogueError(f"{PRODUCTS_ENV}={configured}: no such file")
+        return path
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "shared" / "data" / PRODUCTS_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def require_products_parquet(path: str | Path | None = None) -> Path:
+    """``path`` if given (must exist), else :func:`find_products_parquet`, else a clear error."""
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CatalogueError(f"{path}: no such products Parquet")
+        return path
+    found = find_products_parquet()
+    if found is None:
+        raise CatalogueError(
+            f"the products catalogue ({PRODUCTS_FILE}) was not found: set {PRODUCTS_ENV} to its "
+            f"path, or put it at ../shared/data/{PRODUCTS_FILE} relative to this folder or a "
+            "parent (the bundled 'demo' catalogue is a 2,000 item slice of it)")
+    return found
+
+
+def load_products_frame(path: str | Path | None = None, split: str | None = None):  # -> DataFrame
+    """The products Parquet as a pandas DataFrame (``id`` as str, all other columns as stored,
+    ``image_jpeg`` holding JPEG bytes), optionally only one split."""
+    import pandas as pd
+
+    if split not in (None, "train", "test"):
+        raise CatalogueError(f"unknown split {split!r}; use train or test")
+    source = require_products_parquet(path)
+    filters = [("split", "==", split)] if split else None
+    frame = pd.read_parquet(source, filters=filters)
+    frame["id"] = frame["id"].astype(str)
+    return frame.reset_index(drop=True)
+
+
+# ---- Fashion-MNIST --------------------------------------------------------------------
+_FMNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def fashion_mnist_dir() -> Path:
+    """Folder of the Fashion-MNIST IDX files (``$LOOKALIKE_FASHION_MNIST_DIR`` or Debian's)."""
+    folder = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
+    if not all((folder / name).is_file() for pair in _FMNIST_FILES.values() for name in pair):
+        raise CatalogueError(
+            f"{folder}: Fashion-MNIST not found; install it with "
+            f"'apt-get install dataset-fashion-mnist' (or set {FASHION_MNIST_ENV} to a folder "
+            "holding the four IDX .gz files)")
+    return folder
+
+
+def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(images uint8 [n, 28, 28], labels int64 [n], class_names)`` of one split."""
+    if split not in _FMNIST_FILES:
+        raise CatalogueError(f"unknown Fashion-MNIST split {split!r}; use train or test")
+    folder = fashion_mnist_dir()
+    image_file, label_file = _FMNIST_FILES[split]
+    images = _read_idx(folder / image_file, expected_magic=2051)
+    labels = _read_idx(folder / label_file, expected_magic=2049).astype(np.int64)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise CatalogueError(f"{folder}: {image_file} and {label_file} do not match")
+    return images, labels, list(FASHION_MNIST_CLASSES)
+
+
+def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
+    """An IDX file (big-endian header: magic, then one uint32 per dimension) as uint8."""
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    magic = int.from_bytes(data[:4], "big")
+    if magic != expected_magic:
+        raise CatalogueError(f"{path}: not an IDX file of the expected kind (magic {magic})")
+    ndim = magic & 0xFF
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != math.prod(shape):
+        raise CatalogueError(f"{path}: truncated IDX file ({body.size} of {math.prod(shape)} "
+                             "values)")
+    return body.reshape(shape)
+
+
+class FashionMNISTSource(CatalogueSource):
+    """Fashion-MNIST as a catalogue: 28x28 grey PNGs, ids ``fmnist-train-00001``...,
+    category = class name, split = train / test, attribute ``label`` = class number."""
+
+    def __init__(self, split: str | None = None) -> None:
+        splits = [split] if split else ["train", "test"]
+        self._parts = [(name, *load_fashion_mnist(name)[:2]) for name in splits]
+        super().__init__("fashion-mnist" + (f":{split}" if split else ""))
+
+    def __len__(self) -> int:
+        return sum(len(labels) for _, _, labels in self._parts)
+
+    def __iter__(self) -> Iterator[SourceRecord]:
+        from PIL import Image
+
+        for split, images, labels in self._parts:
+            for number, (pixels, label) in enumerate(zip(images, labels, strict=True), start=1):
+                buffer = io.BytesIO()
+                Image.fromarray(pixels).save(buffer, format="PNG")
+                item_id = f"fmnist-{split}-{number:05d}"
+                yield SourceRecord(
+                    id=item_id, image=buffer.getvalue(),
+                    category=FASHION_MNIST_CLASSES[int(label)], split=split,
+                    attributes={"label": int(label)}, row=f"fashion-mnist {split} #{number}")

@@ -1,0 +1,257 @@
+"""The ``lookalike`` command: a thin Typer layer over :class:`lookalike.project.Project`.
+
+Every command takes ``--project DIR``; query and evaluation commands take ``--json``. Errors that
+a user can cause print one line and exit with status 1; nothing else is printed to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lookalike.errors import LookalikeError
+from lookalike.index.base import Filters
+from lookalike.project import DEFAULT_EMBEDDER, DEFAULT_PROJECT_DIR, Project
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="lookalike: visual product recommendation from a catalogue of photos.")
+out = Console()
+err = Console(stderr=True)
+
+ProjectOption = Annotated[Path, typer.Option("--project", "-p", help="Project directory.",
+                                             envvar="LOOKALIKE_PROJECT")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+KOption = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="How many results.")]
+IndexOption = Annotated[Optional[str], typer.Option("--index", help="Index name (default: the project's).")]
+CategoryOption = Annotated[Optional[list[str]], typer.Option("--category", help="Keep only this category (repeatable).")]
+GenderOption = Annotated[Optional[list[str]], typer.Option("--gender", help="Keep only this gender (repeatable).")]
+ColourOption = Annotated[Optional[list[str]], typer.Option("--colour", help="Keep only this colour (repeatable).")]
+PriceMinOption = Annotated[Optional[float], typer.Option("--price-min", help="Lowest price.")]
+PriceMaxOption = Annotated[Optional[float], typer.Option("--price-max", help="Highest price.")]
+WhereOption = Annotated[Optional[list[str]], typer.Option(
+    "--where", help="Attribute filter COLUMN=VALUE (repeatable; values of one column are OR-ed).")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(command: F) -> F:
+    """Turn lookalike's own errors into one red line and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except LookalikeError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; completed work is kept, re-run to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _filters(category, gender, colour, price_min, price_max, where) -> Filters | None:
+    extra: dict[str, list[str]] = {}
+    for clause in where or []:
+        column, sep, value = clause.partition("=")
+        if not sep or not column.strip():
+            raise LookalikeError(f"--where {clause!r}: expected COLUMN=VALUE")
+        extra.setdefault(column.strip(), []).append(value.strip())
+    filters = Filters.of(category=category or None, gender=gender or None, colour=colour or None,
+                         price_min=price_min, price_max=price_max, **extra)
+    return None if filters.is_empty() else filters
+
+
+def _print_results(results, as_json: bool, heading: str) -> None:
+    if as_json:
+        out.print_json(json.dumps({"results": [r.to_json() for r in results]}))
+        return
+    table = Table(title=heading, title_justify="left")
+    for column in ("#", "id", "score", "category", "title"):
+        table.add_column(column, overflow="fold")
+    for rank, r in enumerate(results, 1):
+        table.add_row(str(rank), r.id, f"{r.score:.3f}", r.category or "", r.title or "")
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def ingest(source: Annotated[str, typer.Argument(help="A folder, a manifest (.csv/.jsonl/.parquet) or a named catalogue: demo, products, fashion-mnist.")],
+           project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Add images and their attributes to the catalogue (incremental, resumable)."""
+    report = Project(project).ingest(source, progress=not as_json)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    out.print(f"ingested {source}: {report.added} added, {report.updated} updated, "
+              f"{report.unchanged} unchanged, {len(report.rejected)} rejected")
+    for reject in report.rejected[:20]:
+        out.print(f"  rejected {reject.source}: {reject.reason}: {reject.message}", highlight=False)
+    if len(report.rejected) > 20:
+        out.print(f"  ... and {len(report.rejected) - 20} more (`lookalike rejects`)")
+
+
+@app.command()
+@user_errors
+def rejects(project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """List every file an ingest rejected, with the reason."""
+    items = Project(project, create=False).store.rejects()
+    if as_json:
+        out.print_json(json.dumps({"rejects": [r.__dict__ for r in items]}))
+        return
+    for r in items:
+        out.print(f"{r.source}\t{r.reason}\t{r.message}", highlight=False)
+
+
+@app.command("index")
+@user_errors
+def index_command(
+        embedder: Annotated[str, typer.Option("--embedder", "-e", help="Registry name or a saved model folder.")] = DEFAULT_EMBEDDER,
+        kind: Annotated[str, typer.Option("--kind", help="Index type: auto, exact, hnsw, ...")] = "auto",
+        name: Annotated[str, typer.Option("--name", help="Index name.")] = "default",
+        image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for CNN embedders.")] = None,
+        project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Embed the catalogue and build or update an index."""
+    options = {"image_size": image_size} if image_size else {}
+    summary = Project(project, create=False).index(embedder, kind=kind, name=name,
+                                                   embedder_options=options, progress=not as_json)
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+        return
+    out.print(f"index {summary.name!r}: {summary.kind} over {summary.size} items, "
+              f"{summary.embedder} ({summary.dim}-d); {summary.added} embedded/updated, "
+              f"{summary.removed} removed, {summary.unchanged} unchanged")
+    for item_id in summary.failed:
+        out.print(f"  could not embed {item_id}")
+
+
+@app.command()
+@user_errors
+def similar(item_id: Annotated[str, typer.Argument(help="Catalogue item id.")], k: KOption = 5,
+            category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
+            price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
+            where: WhereOption = None, index: IndexOption = None,
+            project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """More like this: the products most similar to a catalogue item."""
+    filters = _filters(category, gender, colour, price_min, price_max, where)
+    results = Project(project, create=False, read_only=True).similar(item_id, k, filters,
+                                                                     index=index)
+    _print_results(results, as_json, f"more like {item_id}")
+
+
+@app.command()
+@user_errors
+def search(photo: Annotated[Path, typer.Argument(help="A photo file.")], k: KOption = 5,
+           category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
+           price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
+           where: WhereOption = None, index: IndexOption = None,
+           project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Search by photo: the products most similar to an image."""
+    filters = _filters(category, gender, colour, price_min, price_max, where)
+    results = Project(project, create=False, read_only=True).search(photo, k, filters,
+                                                                    index=index)
+    _print_results(results, as_json, f"most like {photo}")
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+        class_column: Annotated[str, typer.Option("--class-column", help="Attribute that defines a match.")] = "category",
+        query_split: Annotated[str, typer.Option("--query-split")] = "test",
+        gallery_split: Annotated[str, typer.Option("--gallery-split")] = "train",
+        k: Annotated[list[int], typer.Option("-k", help="Cut-offs for P@k/R@k/NDCG@k (repeatable).")] = [1, 5, 10],  # noqa: B006
+        map_at: Annotated[int, typer.Option("--map-at")] = 100,
+        out_dir: Annotated[Optional[Path], typer.Option("--out", help="Report folder.")] = None,
+        index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
+        as_json: JsonOption = False) -> None:
+    """Class-match retrieval quality (P@k, R@k, mAP@k, NDCG@k) with a result grid."""
+    proj = Project(project, create=False)
+    report = proj.evaluate(class_column=class_column, index=index, query_split=query_split,
+                           gallery_split=gallery_split, ks=k, map_at=map_at, out_dir=out_dir)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    out.print(report.table())
+    where = out_dir or proj.path / "reports" / f"eval-{index or proj.default_index_name()}"
+    out.print(f"report: {Path(where) / 'eval.json'}  result grid: {Path(where) / 'results.html'}")
+
+
+@app.command()
+@user_errors
+def info(project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """What a project holds: items, indexes and filter values."""
+    summary = Project(project, create=False, read_only=True).summary()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(f"{summary['project']}: {summary['items']} items")
+    for name, entry in summary["indexes"].items():
+        mark = " (default)" if name == summary["default_index"] else ""
+        out.print(f"  index {name}{mark}: {entry['kind']} / {entry['embedder']} ({entry['embedder_id']})")
+    for column, values in summary["filters"].items():
+        shown = ", ".join(map(str, values[:12])) + (" ..." if len(values) > 12 else "")
+        out.print(f"  {column}: {shown}", highlight=False)
+
+
+@app.command()
+@user_errors
+def demo(project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
+         embedder: Annotated[str, typer.Option("--embedder", "-e")] = DEFAULT_EMBEDDER,
+         as_json: JsonOption = False) -> None:
+    """Ingest the bundled catalogue, index it, evaluate it and write an HTML page of results."""
+    from lookalike.demo import run_demo
+
+    result = run_demo(project, embedder=embedder, console=None if as_json else out)
+    if as_json:
+        out.print_json(json.dumps(result))
+
+
+@app.command()
+@user_errors
+def serve(
+        project: Annotated[Optional[Path], typer.Option("--project", "-p", help="Project directory (or LOOKALIKE_PROJECT).")] = None,
+        host: Annotated[Optional[str], typer.Option("--host", help="Interface (default 127.0.0.1).")] = None,
+        port: Annotated[Optional[int], typer.Option("--port", min=0, max=65535, help="TCP port (default 8000).")] = None,
+        workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=64, help="Worker processes sharing the project.")] = None,
+        read_only: Annotated[Optional[bool], typer.Option("--read-only/--writable", help="Refuse all writes (no API key needed).")] = None,
+        api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="File holding the API key (or set LOOKALIKE_API_KEY).")] = None,
+        config: Annotated[Optional[Path], typer.Option("--config", help="JSON or TOML settings file (or LOOKALIKE_CONFIG).")] = None,
+        max_upload_bytes: Annotated[Optional[int], typer.Option("--max-upload-bytes", help="Largest upload (default 10 MB).")] = None,
+        max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", help="Largest image in pixels (default 40 MP).")] = None,
+        cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="Allow this browser origin (repeatable; CORS is off by default).")] = None,
+        default_k: Annotated[Optional[int], typer.Option("--default-k", min=1, max=100, help="Results when a query gives no k.")] = None,
+        torch_threads: Annotated[Optional[int], typer.Option("--torch-threads", min=0, help="Torch threads per worker (0: leave as is).")] = None,
+        log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the REST API (/v1) and the web page (/) for a project."""
+    from lookalike.serve.run import serve as run_server
+    from lookalike.serve.settings import load_settings
+
+    settings = load_settings(
+        config, project=project, host=host, port=port, workers=workers, read_only=read_only,
+        api_key_file=api_key_file, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+        cors_origins=cors_origin or None, default_k=default_k, torch_threads=torch_threads)
+    settings.check_startable()
+    Project(settings.project, create=False, read_only=True)  # fail now, in one line, if absent
+    mode = "read-only" if settings.read_only else "writable (API key required for writes)"
+    err.print(f"serving {settings.project} on http://{settings.host}:{settings.port}/ "
+              f"({mode}, {settings.workers} worker{'s' if settings.workers > 1 else ''})",
+              highlight=False)
+    run_server(settings, config_file=config, log_level=log_level)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,545 @@
+"""The project directory and the public Python API.
+
+A :class:`Project` is one folder (default ``./lookalike-data``) holding a shop's catalogue, the
+embeddings of its images, its indexes and reports. Every CLI command is one method here::
+
+    from lookalike import Project
+
+    project = Project("lookalike-data")
+    project.ingest("demo")                      # or a folder / manifest
+    project.index(embedder="efficientnet-lite0")
+    project.similar("15970", k=5)
+    project.search("photo.jpg", k=5, filters=Filters.of(gender="Women"))
+    project.evaluate()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import shutil
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lookalike.errors import (
+    ImageRejected,
+    LookalikeError,
+    ModelMismatchError,
+    StoreError,
+    UnknownItemError,
+    UnknownNameError,
+)
+from lookalike.index.base import Filters, VectorIndex, create_index, load_index
+from lookalike.recommend.results import Recommendation
+from lookalike.storage import atomic_write_text, current_version, versioned_folder
+
+DEFAULT_PROJECT_DIR = "lookalike-data"
+DEFAULT_EMBEDDER = "efficientnet-lite0"
+DEFAULT_INDEX_NAME = "default"
+PROJECT_FILE = "lookalike.json"
+PROJECT_FORMAT_VERSION = 1
+# Sidecar in every index version: which image (content hash) each id was embedded from, so a later
+# `index` run knows what changed without re-embedding everything.
+INDEX_HASHES_FILE = "content_hashes.json"
+INDEX_EMBEDDER_DIR = "embedder"
+
+
+@dataclass
+class IndexSummary:
+    """What ``Project.index`` did."""
+
+    name: str
+    kind: str
+    embedder: str
+    embedder_id: str
+    dim: int
+    size: int
+    added: int
+    removed: int
+    unchanged: int
+    failed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Project:
+    """One shop's catalogue, embeddings, indexes and reports, in one directory.
+
+    Opening a project is cheap: the store, the embedder and the index load on first use. A
+    project opened ``read_only`` never writes (several service workers can share one directory).
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_PROJECT_DIR, *, create: bool = True,
+                 read_only: bool = False) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.read_only = read_only
+        if not (self.path / PROJECT_FILE).is_file():
+            if not create or read_only:
+                raise StoreError(f"{self.path}: not a lookalike project (no {PROJECT_FILE}); "
+                                 "create it with `lookalike ingest SOURCE --project DIR`")
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_settings({"format_version": PROJECT_FORMAT_VERSION, "indexes": {}})
+        self._reload_settings()
+        version = self.settings.get("format_version")
+        if version != PROJECT_FORMAT_VERSION:
+            raise StoreError(f"{self.path / PROJECT_FILE}: format version {version} is not "
+                             f"supported (this lookalike reads {PROJECT_FORMAT_VERSION})")
+        self._store = None
+        self._loaded: dict[str, _LoadedIndex] = {}
+        self._lock = threading.RLock()
+        self._lock_depth = 0
+
+    # ---- catalogue ---------------------------------------------------------------------------
+    @property
+    def store(self):  # -> CatalogueStore (imported lazily: keeps `import lookalike` light)
+        if self._store is None:
+            from lookalike.catalogue.store import CatalogueStore
+
+            self._store = CatalogueStore(self.path, create=not self.read_only)
+        return self._store
+
+    def ingest(self, source: str | Path, *, progress: bool = True, **options: Any):
+        """Add a folder, a manifest (CSV/JSONL/Parquet) or a named catalogue (``demo``,
+        ``products``, ``fashion-mnist``) to the catalogue. Incremental and resumable; returns an
+        :class:`~lookalike.catalogue.ingest.IngestReport` listing every rejected file."""
+        self._require_writable("ingest")
+        from lookalike.catalogue.ingest import ingest
+
+        with self.write_lock():
+            return ingest(source, self.store, progress=progress, **options)
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """Catalogue details of one item (``UnknownItemError`` when absent)."""
+        return self.store.get(str(item_id)).to_json()
+
+    # ---- embedding and indexing --------------------------------------------------------------
+    def index(self, embedder: str = DEFAULT_EMBEDDER, *, kind: str = "auto",
+              name: str = DEFAULT_INDEX_NAME, embedder_options: Mapping[str, Any] | None = None,
+              index_options: Mapping[str, Any] | None = None, progress: bool = True) -> IndexSummary:
+        """Embed the catalogue and build (or incrementally update) the index ``name``.
+
+        ``embedder`` is a registry name (see ``lookalike.models.base.available()``) or the folder
+        of a saved/trained model. Only images not embedded before are embedded (the cache is keyed
+        by content hash and embedder id); items added, changed or removed since the last run are
+        applied to the existing index without a rebuild when the embedder is unchanged.
+        """
+        self._require_writable("index")
+        with self.write_lock():
+            return self._index_locked(embedder, kind=kind, name=name,
+                                      embedder_options=embedder_options,
+                                      index_options=index_options, progress=progress)
+
+    def _index_locked(self, embedder: str, *, kind: str, name: str,
+                      embedder_options: Mapping[str, Any] | None,
+                      index_options: Mapping[str, Any] | None, progress: bool) -> IndexSummary:
+        from lookalike.models.cache import EmbeddingCache, embed_with_cache, save_model_once
+
+        self._reload_settings()  # another process may have added an index meanwhile
+        model = self._make_embedder(embedder, embedder_options or {})
+        cache_dir = self.path / "embeddings" / model.embedder_id
+        cache = EmbeddingCache(cache_dir, model.embedder_id, model.dim)
+        save_model_once(model, cache_dir / "model")
+
+        hashes = self.store.content_hashes()
+        index_root = self.path / "indexes" / name
+        previous = current_version(index_root)
+        index, old_hashes = self._reusable_index(previous, model.embedder_id, model.dim, kind)
+        changed = [i for i, h in hashes.items() if old_hashes.get(i) != h]
+        gone = [i for i in old_hashes if i not in hashes]
+
+        if index is None:
+            kind = self._choose_kind(kind, len(hashes), model.dim)
+            index = create_index(kind, model.dim, model.embedder_id, **dict(index_options or {}))
+        failed: list[str] = []
+        if changed:
+            items = {item.id: item for item in self.store.items(changed)}
+            paths = {item.content_hash: item.image_path for item in items.values()}
+            keys = [hashes[i] for i in changed]
+            failures: dict[str, str] = {}
+
+            def note_failure(key: str, error: Exception) -> None:
+                failures[key] = str(error)
+
+            from lookalike.catalogue.images import decode_image
+
+            vectors = embed_with_cache(model, keys, lambda key: decode_image(paths[key]), cache,
+                                       progress=progress, on_error=note_failure)
+            good = [n for n, key in enumerate(keys) if key not in failures]
+            failed = [changed[n] for n, key in enumerate(keys) if key in failures]
+            index.add([changed[n] for n in good], vectors[good],
+                      [items[changed[n]].filter_attributes() for n in good])
+        if gone or failed:
+            index.remove(gone + failed)
+        failed_set = set(failed)
+        kept_hashes = {i: h for i, h in hashes.items() if i not in failed_set}
+        with versioned_folder(index_root) as staging:
+            index.save(staging / "index")
+            model.save(staging / INDEX_EMBEDDER_DIR)
+            atomic_write_text(staging / INDEX_HASHES_FILE, json.dumps(kept_hashes))
+        with self._lock:
+            self.settings.setdefault("indexes", {})[name] = {
+                "embedder": model.name, "embedder_id": model.embedder_id, "kind": index.kind}
+            self.settings.setdefault("default_index", name)
+            self._write_settings(self.settings)
+            self._loaded.pop(name, None)
+        unchanged = len(hashes) - len(changed)
+        return IndexSummary(name=name, kind=index.kind, embedder=model.name,
+                            embedder_id=model.embedder_id, dim=model.dim, size=len(index),
+                            added=len(changed) - len(failed), removed=len(gone),
+                            unchanged=unchanged, failed=failed)
+
+    def _make_embedder(self, embedder: str, options: Mapping[str, Any]):
+        from lookalike.models import base as models
+
+        if Path(embedder).is_dir():  # a saved or trained model folder
+            if options:
+                raise LookalikeError("embedder options apply to registry names, not saved models")
+            return models.load(embedder)
+        return models.create(embedder, **options)
+
+    def _reusable_index(self, previous: Path | None, embedder_id: str, dim: int,
+                        kind: str) -> tuple[VectorIndex | None, dict[str, str]]:
+        """The saved index and its id -> hash map, if it can be updated in place."""
+        if previous is None:
+            return None, {}
+        try:
+            index = load_index(previous / "index", expected_embedder_id=embedder_id,
+                               expected_dim=dim)
+        except ModelMismatchError:
+            return None, {}  # another embedder: rebuild from the (cached) embeddings
+        if kind not in ("auto", index.kind):
+            return None, {}
+        return index, json.loads((previous / INDEX_HASHES_FILE).read_text())
+
+    @staticmethod
+    def _choose_kind(kind: str, n_items: int, dim: int) -> str:
+        if kind != "auto":
+            return kind
+        from lookalike.index.choose import choose_index
+
+        return choose_index(n_items, dim).kind
+
+    # ---- queries -----------------------------------------------------------------------------
+    def similar(self, item_id: str, k: int = 5, filters: Filters | None = None, *,
+                index: str | None = None) -> list[Recommendation]:
+        """Products most like catalogue item ``item_id`` (the item itself excluded)."""
+        loaded = self._index(index)
+        item_id = str(item_id)
+        vector = loaded.vector_of(item_id, self.store)
+        hits = loaded.index.search(vector[None, :], k=k, filters=filters, exclude=[[item_id]])[0]
+        return self._recommendations(hits.ids, hits.scores)
+
+    def search(self, image: str | Path | bytes | Image.Image, k: int = 5,
+               filters: Filters | None = None, *, index: str | None = None,
+               exclude: Iterable[str] = ()) -> list[Recommendation]:
+        """Products most like a photo given as a path, raw bytes or a PIL image."""
+        loaded = self._index(index)
+        vector = loaded.embedder.embed_one(_as_image(image))
+        hits = loaded.index.search(vector[None, :], k=k, filters=filters,
+                                   exclude=[list(exclude)])[0]
+        return self._recommendations(hits.ids, hits.scores)
+
+    def embed_query(self, image: str | Path | bytes | Image.Image, *,
+                    index: str | None = None) -> np.ndarray:
+        """The query vector of a photo under the embedder of index ``index``."""
+        return self._index(index).embedder.embed_one(_as_image(image))
+
+    def _recommendations(self, ids: Sequence[str], scores: Sequence[float]) -> list[Recommendation]:
+        items = {item.id: item for item in self.store.items(list(ids))}
+        out = []
+        for item_id, score in zip(ids, scores):
+            item = items.get(item_id)
+            if item is None:  # removed from the catalogue after the index was saved
+                continue
+            details = item.to_json()
+            out.append(Recommendation(id=item_id, score=float(score), title=item.title,
+                                      category=item.category, image=details.get("image"),
+                                      attributes=item.filter_attributes()))
+        return out
+
+    # ---- evaluation --------------------------------------------------------------------------
+    def evaluate(self, *, class_column: str = "category", index: str | None = None,
+                 query_split: str | None = "test", gallery_split: str | None = "train",
+                 ks: Sequence[int] = (1, 5, 10), map_at: int = 100, grid_queries: int = 12,
+                 out_dir: str | Path | None = None, progress: bool = False):
+        """Class-match retrieval quality of an index's embeddings.
+
+        Queries are the ``query_split`` items against the ``gallery_split`` items; when the
+        catalogue has no such splits, every item is a query against all others (leave-one-out).
+        Writes ``eval.json``, a Markdown table and an HTML result grid into ``out_dir``
+        (default ``<project>/reports/eval-<index>/``) and returns the
+        :class:`~lookalike.evaluate.retrieval.RetrievalReport`.
+        """
+        from lookalike.evaluate.retrieval import evaluate_retrieval
+
+        loaded = self._index(index)
+        frame = self.store.frame()
+        if class_column not in frame.columns:
+            raise LookalikeError(f"class column {class_column!r} is not in the catalogue; "
+                                 f"columns: {', '.join(map(str, frame.columns))}")
+        frame = frame[frame[class_column].notna()]
+        frame = frame[frame.index.isin(set(loaded.hashes))]
+        splits = frame["split"] if "split" in frame.columns else None
+        use_splits = (splits is not None and query_split and gallery_split
+                      and (splits == query_split).any() and (splits == gallery_split).any())
+        if use_splits:
+            queries = frame[splits == query_split]
+            gallery = frame[splits == gallery_split]
+        else:
+            queries = gallery = frame
+        query_vectors = loaded.vectors_of(list(queries.index), self.store)
+        gallery_vectors = (query_vectors if gallery is queries
+                           else loaded.vectors_of(list(gallery.index), self.store))
+        report = evaluate_retrieval(
+            query_vectors, queries[class_column].astype(str).to_numpy(),
+            gallery_vectors, gallery[class_column].astype(str).to_numpy(),
+            ks=tuple(ks), map_at=map_at, query_ids=list(queries.index),
+            gallery_ids=list(gallery.index), leave_one_out=not use_splits, progress=progress)
+        out = Path(out_dir) if out_dir else self.path / "reports" / f"eval-{loaded.name}"
+        if not self.read_only or out_dir:
+            self._write_eval_outputs(out, report, queries, gallery, query_vectors, gallery_vectors,
+                                     class_column, grid_queries, not use_splits)
+        return report
+
+    def _write_eval_outputs(self, out: Path, report, queries, gallery, query_vectors,
+                            gallery_vectors, class_column: str, grid_queries: int,
+                            leave_one_out: bool) -> None:
+        from lookalike.evaluate.report import write_result_grid_html
+        from lookalike.evaluate.retrieval import neighbours
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "eval.json", json.dumps(report.to_json(), indent=2))
+        if grid_queries <= 0 or len(queries) == 0:
+            return
+        rng = np.random.default_rng(0)
+        picks = np.sort(rng.choice(len(queries), size=min(grid_queries, len(queries)),
+                                   replace=False))
+        ids, scores = neighbours(query_vectors[picks], gallery_vectors, k=5,
+                                 query_ids=[queries.index[p] for p in picks] if leave_one_out
+                                 else None, gallery_ids=list(gallery.index))
+        rows = []
+        for row, p in enumerate(picks):
+            query = queries.iloc[p]
+            rows.append({
+                "query": self._grid_cell(queries.index[p], query, class_column),
+                "results": [dict(self._grid_cell(g, gallery.loc[g], class_column),
+                                 score=float(s),
+                                 match=str(gallery.loc[g][class_column]) == str(query[class_column]))
+                            for g, s in zip(ids[row], scores[row])],
+            })
+        write_result_grid_html(out / "results.html", rows,
+                               title=f"lookalike evaluation ({class_column})")
+
+    def _grid_cell(self, item_id: str, row, class_column: str) -> dict[str, Any]:
+        return {"id": str(item_id), "image": str(self.store.get(str(item_id)).image_path),
+                "title": row.get("title") or str(item_id), "label": str(row[class_column])}
+
+    # ---- updates for the service -------------------------------------------------------------
+    def add_item(self, item_id: str, image: bytes, attributes: Mapping[str, Any] | None = None,
+                 *, index: str | None = None) -> dict[str, Any]:
+        """Add or replace one item (image bytes + attributes) and update the index in place.
+
+        ``attributes`` may hold title, category, gender, colour, price, split and any other
+        JSON-able values. A bad image raises :class:`~lookalike.errors.ImageRejected` and changes
+        nothing. Returns the stored item's details.
+        """
+        self._require_writable("add items")
+        from lookalike.catalogue.sources import SourceRecord
+
+        attributes = dict(attributes or {})
+        standard = {name: attributes.pop(name, None)
+                    for name in ("title", "category", "gender", "colour", "split")}
+        price = attributes.pop("price", None)
+        try:
+            price = None if price in (None, "") else float(price)
+        except (TypeError, ValueError):
+            raise LookalikeError(f"item {item_id!r}: price {price!r} is not a number") from None
+        record = SourceRecord(id=str(item_id), image=bytes(image), price=price,
+                              attributes=attributes, row=f"item {item_id}",
+                              **{k: (None if v is None else str(v)) for k, v in standard.items()})
+        with self.write_lock():
+            report = self.ingest([record], progress=False)
+            if report.rejected:
+                reject = report.rejected[0]
+                raise ImageRejected(reject.reason, reject.message)  # message names the item
+            name = index or self.default_index_name()
+            if name:
+                self.refresh_index(name)
+        return self.item(str(item_id))
+
+    def remove_items(self, ids: Iterable[str], *, index: str | None = None) -> int:
+        """Remove items from the catalogue and the index, persisting both."""
+        self._require_writable("remove")
+        ids = [str(i) for i in ids]
+        with self.write_lock():
+            removed = self.store.remove(ids)
+            name = index or self.default_index_name()
+            if name:
+                self.refresh_index(name)
+        return removed
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Serialise writers to this project, across threads and processes (``fcntl`` lock).
+
+        Readers never need it: every write becomes visible in one atomic rename.
+        """
+        with self._lock:
+            if self._lock_depth:  # re-entered (add_item -> index): flock would deadlock itself
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with open(self.path / ".write.lock", "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def refresh_index(self, name: str | None = None, *, progress: bool = False) -> IndexSummary:
+        """Bring index ``name`` up to date with the catalogue using its own embedder."""
+        name = name or self.default_index_name()
+        if not name:
+            raise UnknownNameError("no index yet; run `lookalike index` first")
+        folder = current_version(self.path / "indexes" / name)
+        if folder is None:
+            raise UnknownNameError(f"index {name!r} does not exist in {self.path}")
+        entry = self.settings["indexes"][name]
+        return self.index(str(folder / INDEX_EMBEDDER_DIR), kind=entry["kind"], name=name,
+                          progress=progress)
+
+    # ---- introspection -----------------------------------------------------------------------
+    def default_index_name(self) -> str | None:
+        return self.settings.get("default_index")
+
+    def indexes(self) -> dict[str, dict[str, Any]]:
+        return dict(self.settings.get("indexes", {}))
+
+    def summary(self) -> dict[str, Any]:
+        """Size, indexes and filter values: what a UI or the service needs to describe itself."""
+        frame = self.store.frame() if len(self.store) else None
+        filters: dict[str, Any] = {}
+        if frame is not None:
+            for column in ("category", "gender", "colour"):
+                if column in frame.columns:
+                    filters[column] = sorted(map(str, frame[column].dropna().unique()))
+            if "price" in frame.columns and frame["price"].notna().any():
+                filters["price"] = [float(frame["price"].min()), float(frame["price"].max())]
+        return {"project": str(self.path), "items": len(self.store),
+                "indexes": self.indexes(), "default_index": self.default_index_name(),
+                "filters": filters}
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _index(self, name: str | None) -> "_LoadedIndex":
+        if not (name or self.default_index_name()):
+            self._reload_settings()  # a writer process may have built the first index since
+        name = name or self.default_index_name()
+        if not name:
+            raise UnknownNameError(f"{self.path}: no index yet; run `lookalike index` first")
+        with self._lock:
+            folder = current_version(self.path / "indexes" / name)
+            if folder is None:
+                raise UnknownNameError(f"index {name!r} does not exist in {self.path}; "
+                                       f"known: {', '.join(self.indexes()) or 'none'}")
+            loaded = self._loaded.get(name)
+            if loaded is None or loaded.folder != folder:  # another process saved a new version
+                loaded = _LoadedIndex.open(name, folder, self.path)
+                self._loaded[name] = loaded
+            return loaded
+
+    def _require_writable(self, what: str) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path}: opened read-only; cannot {what}")
+
+    def _reload_settings(self) -> None:
+        self.settings = json.loads((self.path / PROJECT_FILE).read_text())
+
+    def _write_settings(self, settings: dict[str, Any]) -> None:
+        atomic_write_text(self.path / PROJECT_FILE, json.dumps(settings, indent=2, sort_keys=True))
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+@dataclass
+class _LoadedIndex:
+    """An index version with the embedder that built it and the cache of its vectors."""
+
+    name: str
+    folder: Path
+    index: VectorIndex
+    embedder: Any
+    hashes: dict[str, str]
+    cache: Any
+
+    @classmethod
+    def open(cls, name: str, folder: Path, project_path: Path) -> "_LoadedIndex":
+        from lookalike.models import base as models
+        from lookalike.models.cache import EmbeddingCache
+
+        embedder = models.load(folder / INDEX_EMBEDDER_DIR)
+        index = load_index(folder / "index", expected_dim=embedder.dim)
+        if index.embedder_id and index.embedder_id != embedder.embedder_id:
+            raise ModelMismatchError(f"{folder}: index built with {index.embedder_id}, "
+                                     f"model is {embedder.embedder_id}")
+        hashes = json.loads((folder / INDEX_HASHES_FILE).read_text())
+        cache = EmbeddingCache(project_path / "embeddings" / embedder.embedder_id,
+                               embedder.embedder_id, embedder.dim)
+        return cls(name, folder, index, embedder, hashes, cache)
+
+    def vectors_of(self, ids: Sequence[str], store) -> np.ndarray:
+        keys = []
+        for item_id in ids:
+            if item_id not in self.hashes:
+                if item_id in store:
+                    raise UnknownItemError(f"item {item_id!r} is not indexed yet; run "
+                                           "`lookalike index` to add it")
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            keys.append(self.hashes[item_id])
+        vectors, found = self.cache.lookup(keys)
+        if not found.all():
+            missing = [ids[n] for n in np.flatnonzero(~found)[:3]]
+            raise StoreError(f"embeddings missing from the cache for {missing}; re-run "
+                             "`lookalike index`")
+        return vectors
+
+    def vector_of(self, item_id: str, store) -> np.ndarray:
+        return self.vectors_of([item_id], store)[0]
+
+
+def _as_image(image: str | Path | bytes | Image.Image) -> Image.Image:
+    from lookalike.catalogue.images import decode_image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image), source="uploaded image")
+    return decode_image(Path(image), source=str(image))
+
+
+def remove_project(path: str | Path) -> None:
+    """Delete a project directory (used by tests and `lookalike demo --fresh`)."""
+    path = Path(path)
+    if (path / PROJECT_FILE).is_file():
+        shutil.rmtree(path)
+    elif path.exists():
+        raise StoreError(f"{path}: not a lookalike project; refusing to delete it")
+
+
+__all__ = ["Project", "IndexSummary", "Recommendation", "Filters", "remove_project",
+           "DEFAULT_PROJECT_DIR", "DEFAULT_EMBEDDER"]
