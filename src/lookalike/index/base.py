@@ -163,6 +163,7 @@ INDEX_MANIFEST = "index.json"
 _BUILTIN: dict[str, str] = {
     "exact": "lookalike.index.faiss_backend:ExactIndex",
     "hnsw": "lookalike.index.faiss_backend:HNSWIndex",
+    "binary": "lookalike.index.binary_backend:BinaryIndex",
 }
 _REGISTRY: dict[str, type[VectorIndex]] = {}
 
@@ -200,8 +201,11 @@ def create_index(kind: str, dim: int, embedder_id: str = "", **params: Any) -> V
 
 
 def load_index(folder: str | Path, expected_embedder_id: str | None = None,
-               expected_dim: int | None = None) -> VectorIndex:
-    """Load any saved index, checking it was built for the embedder the caller will query with."""
+               expected_dim: int | None = None, **options: Any) -> VectorIndex:
+    """Load any saved index, checking it was built for the embedder the caller will query with.
+
+    ``options`` go to the backend's ``load`` (the FAISS backends take ``mmap=True``).
+    """
     folder = Path(folder)
     manifest_path = folder / INDEX_MANIFEST
     if not manifest_path.is_file():
@@ -214,4 +218,4 @@ def load_index(folder: str | Path, expected_embedder_id: str | None = None,
     if expected_dim is not None and manifest.get("dim") != expected_dim:
         raise ModelMismatchError(
             f"{folder}: index has dimension {manifest.get('dim')}, the embedder gives {expected_dim}")
-    return index_class(manifest["kind"]).load(folder)
+    return index_class(manifest["kind"]).load(folder, **options)

@@ -114,6 +114,18 @@ class Embedder(ABC):
         """Embed a single image to a ``[dim]`` vector."""
         return self.embed([image])[0]
 
+    # Pipelines (lookalike.models.cache) split embedding in two so the per-image work runs in
+    # reader threads while the model runs: ``prepare`` one image (thread-safe, e.g. resize to
+    # the input array), then ``embed_prepared`` a batch of prepared items. The defaults keep
+    # PIL images as they are, so embedders that only implement ``_embed_batch`` work unchanged.
+    def prepare(self, image: Image.Image) -> Any:
+        """Per-image preparation that may run in a worker thread; default: the image itself."""
+        return image
+
+    def embed_prepared(self, items: list[Any]) -> np.ndarray:
+        """Unit-length ``[n, dim]`` rows of items returned by :meth:`prepare`."""
+        return self._embed_checked(items)
+
     def _embed_checked(self, batch: list[Image.Image]) -> np.ndarray:
         vectors = np.asarray(self._embed_batch(batch))
         if vectors.shape != (len(batch), self.dim):
@@ -137,7 +149,10 @@ class Embedder(ABC):
             from safetensors.numpy import save_file
 
             tmp = folder / (WEIGHTS_FILE + ".tmp")
-            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+            # np.ascontiguousarray turns 0-d arrays (BatchNorm's num_batches_tracked) into
+            # shape (1,); keep every tensor's own shape so load() gets back what was saved.
+            save_file({k: np.ascontiguousarray(v).reshape(np.shape(v))
+                       for k, v in tensors.items()}, str(tmp))
             tmp.replace(folder / WEIGHTS_FILE)
         meta = {"kind": self.kind, "dim": self.dim, "config": self.config(),
                 "embedder_id": self.embedder_id}
@@ -166,6 +181,12 @@ _BUILTIN: dict[str, str] = {
     "pixels": "lookalike.models.baselines:PixelsEmbedder",
     "hsv-histogram": "lookalike.models.baselines:HSVHistogramEmbedder",
     "efficientnet-lite0": "lookalike.models.efficientnet:EfficientNetLite0Embedder",
+    "phog": "lookalike.models.handcrafted:PHOGEmbedder",
+    "gist": "lookalike.models.handcrafted:GISTEmbedder",
+    "fusion": "lookalike.models.fusion:FusionEmbedder",
+    "cnn": "lookalike.models.cnn:CNNEmbedder",
+    "cnn-hash": "lookalike.models.hashing:CNNHashEmbedder",
+    "lsh": "lookalike.models.hashing:LSHEmbedder",
 }
 _REGISTRY: dict[str, type[Embedder]] = {}
 

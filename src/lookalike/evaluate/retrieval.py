@@ -1,0 +1,402 @@
+"""Class-match retrieval evaluation: do an item's nearest neighbours share its class?
+
+Queries are searched against the gallery with FAISS exact inner-product search (rows are unit
+length, so scores are cosine similarities), ``block`` queries at a time: memory stays at
+``block x list_length`` for the results plus FAISS's own fixed-size tiles, never a dense
+``n_queries x n_gallery`` matrix. Per-query metrics come from :mod:`lookalike.evaluate.metrics`.
+
+Two protocols:
+
+- ``split``: queries (e.g. the test split) against a separate gallery (the train split).
+- ``leave-one-out``: every gallery item queries the rest of the gallery; its own row is excluded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lookalike.errors import ModelMismatchError
+from lookalike.evaluate import metrics as m
+from lookalike.evaluate.metrics import EvaluationError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+SPLIT = "split"
+LEAVE_ONE_OUT = "leave-one-out"
+
+
+# ---- nearest neighbours ---------------------------------------------------------------------
+@dataclass
+class Neighbours:
+    """The top ``k`` gallery rows of every query, best first.
+
+    ``rows[i, j]`` is a gallery row number (-1 where the gallery ran out), ``scores`` the cosine
+    similarities, ``gallery_ids`` the gallery's ids when they were given.
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+    gallery_ids: np.ndarray | None = None
+
+    @property
+    def k(self) -> int:
+        return int(self.rows.shape[1])
+
+    def ids(self, query: int) -> list[str]:
+        """Gallery ids (or row numbers as strings) of one query's neighbours."""
+        rows = [int(r) for r in self.rows[query] if r >= 0]
+        if self.gallery_ids is None:
+            return [str(r) for r in rows]
+        return [str(self.gallery_ids[r]) for r in rows]
+
+
+def nearest_rows(query_vectors: np.ndarray, gallery_vectors: np.ndarray | None = None,
+                 k: int = 10, *, block: int = 1024, leave_one_out: bool = False,
+                 query_ids: Sequence[Any] | None = None,
+                 gallery_ids: Sequence[Any] | None = None, progress: bool = False) -> Neighbours:
+    """Exact top-``k`` gallery rows of every query, searched ``block`` queries at a time.
+
+    A query never gets itself back: when both ``query_ids`` and ``gallery_ids`` are given, the
+    gallery item with the query's id is left out; with ``leave_one_out`` and no ids, the gallery
+    defaults to the queries and row ``i`` is left out of query ``i``'s list.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise EvaluationError(f"k must be a positive integer, got {k!r}")
+    queries, gallery, self_rows, gallery_id_array = _prepare_search(
+        query_vectors, gallery_vectors, leave_one_out, query_ids, gallery_ids,
+        exclude_same_id=True)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    for start, block_rows, block_scores in _search_blocks(queries, gallery, k, block, self_rows,
+                                                          progress):
+        rows[start:start + len(block_rows)] = block_rows
+        scores[start:start + len(block_rows)] = block_scores
+    return Neighbours(rows=rows, scores=scores, gallery_ids=gallery_id_array)
+
+
+def neighbours(query_vectors: np.ndarray, gallery_vectors: np.ndarray | None = None,
+               k: int = 10, *, block: int = 1024, leave_one_out: bool = False,
+               query_ids: Sequence[Any] | None = None, gallery_ids: Sequence[Any] | None = None,
+               progress: bool = False) -> tuple[list[list[str]], list[list[float]]]:
+    """The top-``k`` neighbour ids and scores of every query, for result grids.
+
+    Returns ``(ids, scores)``: ``ids[i]`` lists query ``i``'s gallery ids best first (row
+    numbers as strings when ``gallery_ids`` is not given), ``scores[i]`` their cosine
+    similarities. Lists are shorter than ``k`` only when the gallery is. Self-exclusion as in
+    :func:`nearest_rows`.
+    """
+    found = nearest_rows(query_vectors, gallery_vectors, k, block=block,
+                         leave_one_out=leave_one_out, query_ids=query_ids,
+                         gallery_ids=gallery_ids, progress=progress)
+    ids = [found.ids(i) for i in range(len(found.rows))]
+    scores = [[float(s) for s, r in zip(found.scores[i], found.rows[i]) if r >= 0]
+              for i in range(len(found.rows))]
+    return ids, scores
+
+
+def _search_blocks(queries: np.ndarray, gallery: np.ndarray, k: int, block: int,
+                   self_rows: np.ndarray | None,
+                   progress: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(first query, rows [b, k], scores [b, k])`` for consecutive blocks of queries."""
+    import faiss
+
+    if block < 1:
+        raise EvaluationError(f"block must be a positive integer, got {block}")
+    if k < 1:
+        raise EvaluationError(f"k must be a positive integer, got {k}")
+    # One extra neighbour when a query's own row may take a place in its list.
+    depth = min(k + (self_rows is not None), len(gallery))
+    bar = _progress_bar(len(queries)) if progress else None
+    try:
+        for start in range(0, len(queries), block):
+            chunk = queries[start:start + block]
+            # faiss.knn searches without building (and copying the gallery into) an index.
+            scores, rows = faiss.knn(chunk, gallery, depth, metric=faiss.METRIC_INNER_PRODUCT)
+            if self_rows is not None:
+                rows, scores = _drop_self(rows, scores, self_rows[start:start + block])
+            yield start, *_fit_width(rows, scores, k)
+            if bar is not None:
+                bar[0].advance(bar[1], len(chunk))
+    finally:
+        if bar is not None:
+            bar[0].stop()
+
+
+def _drop_self(rows: np.ndarray, scores: np.ndarray,
+               self_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query's own row from its list, keeping the order of the rest.
+
+    The own row is not always first (exact duplicates tie with it), so it is found by value and
+    moved to the end as padding; the list was searched one deeper, so ``k`` real results remain.
+    """
+    is_self = rows == self_rows[:, None]
+    rows = np.where(is_self, -1, rows)
+    scores = np.where(is_self, -np.inf, scores).astype(np.float32, copy=False)
+    order = np.argsort(is_self, axis=1, kind="stable")
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def _fit_width(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut or pad (-1 / -inf) result lists to exactly ``k`` columns."""
+    rows, scores = rows[:, :k], scores[:, :k]
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return rows.astype(np.int64, copy=False), scores.astype(np.float32, copy=False)
+
+
+def _progress_bar(total: int) -> tuple[Any, Any]:
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task("evaluating", total=total)
+    bar.start()
+    return bar, task
+
+
+# ---- the report -----------------------------------------------------------------------------
+@dataclass
+class RetrievalReport:
+    """The result of :func:`evaluate_retrieval`.
+
+    ``metrics`` holds means over all queries (e.g. ``P@10``, ``R@10``, ``HR@10``, ``mAP@100``,
+    ``NDCG@10``); ``per_class`` the same means per query class plus ``queries`` (how many queries
+    had that class) and ``gallery`` (how many gallery items do).
+    """
+
+    metrics: dict[str, float]
+    per_class: dict[str, dict[str, float]]
+    n_queries: int
+    n_gallery: int
+    class_column: str
+    protocol: str
+    #: Queries whose class has no item in the gallery: counted with every metric at 0.
+    queries_without_relevant: int = 0
+    classes_without_gallery: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: Top neighbours of every query (for result grids); not written to JSON.
+    neighbours: Neighbours | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict of everything but the neighbour lists."""
+        return {
+            "protocol": self.protocol,
+            "class_column": self.class_column,
+            "n_queries": self.n_queries,
+            "n_gallery": self.n_gallery,
+            "metrics": {k: _round(v) for k, v in self.metrics.items()},
+            "queries_without_relevant": self.queries_without_relevant,
+            "classes_without_gallery": list(self.classes_without_gallery),
+            "settings": dict(self.settings),
+            "per_class": {label: {k: _round(v) for k, v in values.items()}
+                          for label, values in self.per_class.items()},
+        }
+
+    def table(self, per_class: int = 0, columns: Sequence[str] | None = None) -> "Table":
+        """A Rich table of the overall metrics (plus the ``per_class`` largest classes).
+
+        ``columns`` picks metrics; by default every P@k, then R@, HR@ at the largest k, mAP and
+        NDCG, which fits an 80-column terminal.
+        """
+        from rich.table import Table
+
+        names = list(columns) if columns is not None else self._compact_columns()
+        title = (f"{self.protocol}: {self.n_queries:,} queries vs {self.n_gallery:,} gallery, "
+                 f"relevant = same {self.class_column}")
+        table = Table(title=title)
+        table.add_column("class")
+        table.add_column("queries", justify="right")
+        for name in names:
+            table.add_column(name, justify="right")
+        table.add_row("all", f"{self.n_queries:,}",
+                      *(f"{self.metrics.get(name, float('nan')):.3f}" for name in names))
+        largest = sorted(self.per_class.items(), key=lambda kv: -kv[1]["queries"])[:per_class]
+        for label, values in largest:
+            table.add_row(label, f"{int(values['queries']):,}",
+                          *(f"{values.get(name, float('nan')):.3f}" for name in names))
+        return table
+
+    def _compact_columns(self) -> list[str]:
+        precision = [n for n in self.metrics if n.startswith("P@")]
+        largest = max((int(n[2:]) for n in precision), default=None)
+        others = [f"R@{largest}", f"HR@{largest}"] if largest else []
+        ranked = [n for n in self.metrics if n.startswith(("mAP@", "NDCG@"))]
+        return [n for n in precision + others + ranked if n in self.metrics]
+
+    def text(self) -> str:
+        """The overall metrics as plain text, one ``name value`` per line."""
+        lines = [f"{self.protocol}: {self.n_queries} queries vs {self.n_gallery} gallery "
+                 f"(relevant = same {self.class_column})"]
+        lines += [f"  {name:<10} {value:.4f}" for name, value in self.metrics.items()]
+        if self.queries_without_relevant:
+            lines.append(f"  {self.queries_without_relevant} queries have no same-class item in "
+                         f"the gallery (scored 0)")
+        return "\n".join(lines)
+
+
+def _round(value: float) -> float | None:
+    return None if value != value else round(float(value), 6)  # NaN -> null in JSON
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+def evaluate_retrieval(query_vectors: np.ndarray, query_labels: Sequence[Any],
+                       gallery_vectors: np.ndarray | None = None,
+                       gallery_labels: Sequence[Any] | None = None, *,
+                       ks: Sequence[int] = (1, 5, 10), map_at: int = 100, ndcg_at: int = 10,
+                       block: int = 1024, query_ids: Sequence[Any] | None = None,
+                       gallery_ids: Sequence[Any] | None = None, leave_one_out: bool = False,
+                       class_column: str = "class", keep_neighbours: int | None = None,
+                       progress: bool = False) -> RetrievalReport:
+    """Class-match retrieval quality of an embedding: is a query's neighbour of its class?
+
+    A gallery item is relevant to a query when their labels (compared as strings) are equal.
+    With ``leave_one_out`` the gallery defaults to the queries and each query's own row is
+    excluded (by id when ids are given). ``keep_neighbours`` (default ``max(ks)``) neighbours per
+    query are kept on the report for result grids.
+    """
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1 or map_at < 1 or ndcg_at < 1:
+        raise EvaluationError(f"ks, map_at and ndcg_at must be positive, got {ks}, {map_at}, "
+                              f"{ndcg_at}")
+    if leave_one_out and gallery_labels is None:
+        gallery_labels = query_labels
+    if gallery_labels is None:
+        raise EvaluationError("gallery_labels is required unless leave_one_out=True")
+    queries, gallery, self_rows, gallery_id_array = _prepare_search(
+        query_vectors, gallery_vectors, leave_one_out, query_ids, gallery_ids)
+    query_codes, gallery_codes, classes = _encode_labels(query_labels, gallery_labels,
+                                                         len(queries), len(gallery))
+
+    # n_relevant: same-class gallery items, minus the query itself under leave-one-out.
+    gallery_counts = np.bincount(gallery_codes, minlength=len(classes))
+    n_relevant = gallery_counts[query_codes].astype(np.int64)
+    if self_rows is not None:
+        own = self_rows >= 0
+        n_relevant[own] -= gallery_codes[self_rows[own]] == query_codes[own]
+
+    depth = max(*ks, map_at, ndcg_at)
+    keep = max(ks) if keep_neighbours is None else int(keep_neighbours)
+    kept = Neighbours(rows=np.full((len(queries), keep), -1, dtype=np.int64),
+                      scores=np.full((len(queries), keep), -np.inf, dtype=np.float32),
+                      gallery_ids=gallery_id_array)
+    per_query = {name: np.zeros(len(queries)) for name in m.metric_names(ks, map_at, ndcg_at)}
+    for start, rows, scores in _search_blocks(queries, gallery, depth, block, self_rows, progress):
+        stop = start + len(rows)
+        codes = np.where(rows >= 0, gallery_codes[np.maximum(rows, 0)], -1)
+        relevant = codes == query_codes[start:stop, None]
+        for name, values in m.per_query_metrics(relevant, n_relevant[start:stop], ks, map_at,
+                                                ndcg_at).items():
+            per_query[name][start:stop] = values
+        kept.rows[start:stop] = rows[:, :keep]
+        kept.scores[start:stop] = scores[:, :keep]
+
+    per_class: dict[str, dict[str, float]] = {}
+    query_class_counts = np.bincount(query_codes, minlength=len(classes))
+    for code in np.flatnonzero(query_class_counts):
+        mask = query_codes == code
+        values = {"queries": int(query_class_counts[code]), "gallery": int(gallery_counts[code])}
+        values.update({name: m.mean(v[mask]) for name, v in per_query.items()})
+        per_class[str(classes[code])] = values
+    without = n_relevant == 0
+    return RetrievalReport(
+        metrics=m.mean_metrics(per_query),
+        per_class=dict(sorted(per_class.items())),
+        n_queries=len(queries), n_gallery=len(gallery), class_column=class_column,
+        protocol=LEAVE_ONE_OUT if leave_one_out else SPLIT,
+        queries_without_relevant=int(without.sum()),
+        classes_without_gallery=sorted({str(classes[c]) for c in query_codes[without]}),
+        settings={"ks": list(ks), "map_at": map_at, "ndcg_at": ndcg_at,
+                  "search": "faiss exact inner product", "block": block},
+        neighbours=kept,
+    )
+
+
+# ---- input preparation ------------------------------------------------------------------------
+def _prepare_search(query_vectors: np.ndarray, gallery_vectors: np.ndarray | None,
+                    leave_one_out: bool, query_ids: Sequence[Any] | None,
+                    gallery_ids: Sequence[Any] | None, exclude_same_id: bool = False,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Checked unit-length float32 queries and gallery, the gallery ids as strings, and each
+    query's own gallery row to leave out of its list (-1 where the query is not in the gallery;
+    None when nothing is left out). Own rows are found by id under leave-one-out, or whenever
+    ``exclude_same_id`` and both id lists are given; by row number under leave-one-out without
+    ids."""
+    queries = _unit_rows(query_vectors, "query vectors")
+    if gallery_vectors is None:
+        if not leave_one_out:
+            raise EvaluationError("gallery_vectors is required unless leave_one_out=True")
+        gallery = queries
+        if gallery_ids is None:
+            gallery_ids = query_ids
+    else:
+        gallery = _unit_rows(gallery_vectors, "gallery vectors")
+    if len(gallery) == 0:
+        raise EvaluationError("the gallery is empty: nothing to search")
+    if queries.shape[1] != gallery.shape[1]:
+        raise ModelMismatchError(f"query vectors have dimension {queries.shape[1]} but gallery "
+                                 f"vectors have {gallery.shape[1]}; embed both with one embedder")
+    query_id_array = _id_array(query_ids, len(queries), "query_ids")
+    gallery_id_array = _id_array(gallery_ids, len(gallery), "gallery_ids")
+    if gallery_id_array is not None and len(set(gallery_id_array.tolist())) != len(gallery):
+        raise EvaluationError("gallery_ids must be unique")
+
+    self_rows = None
+    have_ids = query_id_array is not None and gallery_id_array is not None
+    if leave_one_out or (exclude_same_id and have_ids):
+        if have_ids:
+            position = {item: row for row, item in enumerate(gallery_id_array.tolist())}
+            self_rows = np.array([position.get(item, -1) for item in query_id_array.tolist()],
+                                 dtype=np.int64)
+        elif len(queries) == len(gallery):
+            self_rows = np.arange(len(queries), dtype=np.int64)
+        else:
+            raise EvaluationError(
+                "leave_one_out with a separate gallery of another size needs query_ids and "
+                "gallery_ids to know which gallery row is each query")
+    return queries, gallery, self_rows, gallery_id_array
+
+
+def _unit_rows(vectors: np.ndarray, what: str) -> np.ndarray:
+    """Contiguous float32 ``[n, d]``; rows are normalised (in a copy) only if they are not
+    unit length already, so the usual embedder output is used without copying."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise EvaluationError(f"{what} must be a 2-D [n, dim] array, got shape {array.shape}")
+    norms = np.sqrt(np.einsum("ij,ij->i", array, array, dtype=np.float64))
+    if not np.isfinite(norms).all():  # any NaN/inf in a row makes its norm NaN/inf
+        raise EvaluationError(f"{what} contain NaN or infinite values")
+    if np.any(np.abs(norms[norms > 0] - 1.0) > 1e-3):
+        array = array / np.maximum(norms, 1e-12).astype(np.float32)[:, None]
+    return array
+
+
+def _id_array(ids: Sequence[Any] | None, expected: int, what: str) -> np.ndarray | None:
+    if ids is None:
+        return None
+    array = np.array([str(i) for i in ids], dtype=object)
+    if len(array) != expected:
+        raise EvaluationError(f"{what} has {len(array)} entries for {expected} vectors")
+    return array
+
+
+def _encode_labels(query_labels: Sequence[Any], gallery_labels: Sequence[Any], n_queries: int,
+                   n_gallery: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer class codes for queries and gallery (labels compared as strings) + class names."""
+    query_strings = [str(label) for label in query_labels]
+    gallery_strings = [str(label) for label in gallery_labels]
+    if len(query_strings) != n_queries:
+        raise EvaluationError(f"{len(query_strings)} query labels for {n_queries} query vectors")
+    if len(gallery_strings) != n_gallery:
+        raise EvaluationError(
+            f"{len(gallery_strings)} gallery labels for {n_gallery} gallery vectors")
+    classes, codes = np.unique(np.array(query_strings + gallery_strings, dtype=object),
+                               return_inverse=True)
+    codes = codes.astype(np.int64).reshape(-1)
+    return codes[:n_queries], codes[n_queries:], classes
+

@@ -1,0 +1,124 @@
+"""Which index to build for a catalogue: a pure function of its size, dimension and limits.
+
+The thresholds come from ``benchmarks/index_bench.py`` (numbers in docs/index.md):
+
+* below ``EXACT_MAX_ITEMS`` exact search is fast enough on two cores and perfect, so ``exact``;
+* above, a rotated-SQ8 HNSW graph (about 0.4x the memory of raw float vectors) reaches recall@10
+  0.95 at 1M x 256, with ``ef_search`` picked from the recall target;
+* a recall target beyond what 8-bit codes allow moves to 16-bit or float storage; a memory budget
+  too small for SQ8 moves down to 6- or 4-bit codes (recall drops: the reason says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lookalike.errors import LookalikeError
+
+#: Below this many vectors ``exact`` is chosen (unless it would not fit the memory budget).
+EXACT_MAX_ITEMS = 50_000
+
+#: HNSW storage options, most compact first: (factory code, bytes per dimension, the recall@10
+#: of exact search over the codes after rotation, measured on 200k jittered real vectors).
+STORAGE_OPTIONS: tuple[tuple[str, float, float], ...] = (
+    ("SQ4", 0.5, 0.74),
+    ("SQ6", 0.75, 0.93),
+    ("SQ8", 1.0, 0.98),
+    ("SQfp16", 2.0, 0.995),
+    ("Flat", 4.0, 1.0),
+)
+
+#: The graph must lose at most this much recall on top of the codes' own ceiling.
+_GRAPH_MARGIN = 0.02
+
+#: ef_search for a recall target on the graph (measured at 1M x 256, M=16; smaller indexes do
+#: better at the same ef). Entries: (target recall up to, ef_search).
+_EF_FOR_TARGET: tuple[tuple[float, int], ...] = (
+    (0.90, 24), (0.93, 32), (0.95, 48), (0.96, 64), (0.97, 96), (0.98, 160), (1.0, 256))
+
+#: Id/attribute table bytes per item (ids, lookup, liveness, a few attribute columns).
+_TABLE_BYTES_PER_ITEM = 64
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """An index kind, the parameters to build it with, and why."""
+
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    estimated_bytes: int = 0
+
+
+def graph_bytes_per_item(M: int) -> int:
+    """HNSW graph bytes per item: 2*M level-0 links, ~1 link list above, level and offset."""
+    return 8 * M + 4 + 4 + 8
+
+
+def exact_bytes(n_vectors: int, dim: int) -> int:
+    """Estimated resident bytes of an ``exact`` index (floats, id map and its hash, table)."""
+    return n_vectors * (4 * dim + 8 + 32 + _TABLE_BYTES_PER_ITEM)
+
+
+def hnsw_bytes(n_vectors: int, dim: int, storage: str, M: int = 16) -> int:
+    """Estimated resident bytes of an ``hnsw`` index with ``storage`` codes."""
+    per_dim = {code: size for code, size, _ in STORAGE_OPTIONS}[storage]
+    return int(n_vectors * (per_dim * dim + graph_bytes_per_item(M) + _TABLE_BYTES_PER_ITEM))
+
+
+def _ef_search(target: float) -> int:
+    for up_to, ef in _EF_FOR_TARGET:
+        if target <= up_to:
+            return ef
+    return _EF_FOR_TARGET[-1][1]
+
+
+def choose_index(n_vectors: int, dim: int, memory_budget_bytes: int | None = None,
+                 target_recall: float = 0.95) -> IndexChoice:
+    """Pick ``exact`` or ``hnsw`` (and its parameters) for ``n_vectors`` of dimension ``dim``.
+
+    ``memory_budget_bytes`` caps the estimated resident size of the index; ``target_recall`` is
+    the wanted recall@10 against exact search. Pure: no I/O, same answer for the same input.
+    """
+    if n_vectors < 0 or dim <= 0:
+        raise LookalikeError(f"choose_index: need n_vectors >= 0 and dim > 0, got {n_vectors}, {dim}")
+    if not 0.0 < target_recall <= 1.0:
+        raise LookalikeError(f"choose_index: target_recall must be in (0, 1], got {target_recall}")
+    if memory_budget_bytes is not None and memory_budget_bytes <= 0:
+        raise LookalikeError(f"choose_index: memory budget must be positive, got {memory_budget_bytes}")
+    budget = memory_budget_bytes if memory_budget_bytes is not None else float("inf")
+    raw_mb = n_vectors * dim * 4 / 1e6
+
+    exact_size = exact_bytes(n_vectors, dim)
+    if exact_size <= budget and (n_vectors < EXACT_MAX_ITEMS or target_recall >= 0.999):
+        why = (f"{n_vectors:,} vectors: exact search is fast enough and perfect"
+               if n_vectors < EXACT_MAX_ITEMS else
+               f"recall target {target_recall} needs exact search ({raw_mb:,.0f} MB of floats)")
+        return IndexChoice("exact", {}, why, exact_size)
+
+    M = 16
+    ef = _ef_search(min(target_recall, 0.999))
+    sized = [(code, hnsw_bytes(n_vectors, dim, code, M), ceiling)
+             for code, _, ceiling in STORAGE_OPTIONS]
+    fitting = [option for option in sized if option[1] <= budget]
+    good_enough = [option for option in fitting if option[2] - _GRAPH_MARGIN >= target_recall
+                   or option[0] == "Flat"]
+    if good_enough:
+        storage, size, ceiling = good_enough[0]  # the most compact one reaching the target
+        why = (f"{n_vectors:,} vectors: HNSW over {storage} codes ({size / 1e6:,.0f} MB, "
+               f"{size / max(exact_size, 1):.2f}x exact) reaches recall ~{target_recall} "
+               f"with ef_search={ef}")
+    elif fitting:
+        storage, size, ceiling = fitting[-1]  # the most precise one that fits
+        why = (f"memory budget {budget / 1e6:,.0f} MB allows at most {storage} codes "
+               f"({size / 1e6:,.0f} MB): expect recall@10 below {ceiling:.2f}, short of "
+               f"the target {target_recall}")
+    else:
+        storage, size, ceiling = sized[0]
+        why = (f"no index fits {budget / 1e6:,.0f} MB; the smallest ({storage} codes) needs "
+               f"~{size / 1e6:,.0f} MB and reaches recall@10 below {ceiling:.2f}")
+    params = {"M": M, "ef_search": ef, "ef_construction": 64, "storage": storage,
+              "rotate": storage != "Flat", "exact_below": 50_000,
+              "train_size": min(max(10_000, n_vectors // 100), 100_000)}
+    return IndexChoice("hnsw", params, why, size)

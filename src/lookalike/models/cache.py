@@ -1,0 +1,519 @@
+"""The embedding cache and the embedding pipeline (reader -> embedder -> writer).
+
+Cache layout, one folder per embedder id (``<project>/embeddings/<embedder_id>/``)::
+
+    cache.json                     {"embedder_id": ..., "dim": ...}; a different dim is refused
+    chunk-000001-3f9a1c.npy        float32 [rows, dim] vectors, opened memory-mapped
+    chunk-000001-3f9a1c.keys.npy   the rows' keys (content hashes), same order
+    model/                         the embedder's own save() output (see save_model_once)
+
+A chunk is committed by renaming its keys file into place *after* its vector file: a chunk
+without keys (a crash between the two renames) is ignored and later swept by ``compact``. So an
+interrupted run keeps every chunk it finished (resume) and a re-run embeds only keys that are
+missing (incremental). Later chunks win when a key appears twice; ``compact`` merges all chunks
+into one and drops superseded rows.
+
+Vectors are never all in memory: chunks are ``np.load(mmap_mode="r")`` and only the rows asked
+for are copied. The key index is a sorted numpy array of keys (bytes) with (chunk, row) columns,
+rebuilt from the small keys files on open (about 70 MB for a million keys).
+
+The pipeline is three separable pieces -- :func:`read_items` (decode + prepare in a thread pool),
+:class:`EmbedMapper` (a batch in, unit vectors out; shaped like a Ray Data ``map_batches``
+callable) and :class:`ChunkWriter` (buffer rows, put chunks) -- which :func:`embed_with_cache`
+wires together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import secrets
+import shutil
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lookalike.errors import LookalikeError, ModelMismatchError, StoreError
+from lookalike.models.base import Embedder
+from lookalike.storage import atomic_write_text
+
+META_FILE = "cache.json"
+MODEL_DIR = "model"
+_CHUNK = re.compile(r"^chunk-(\d{6,})-([0-9a-f]+)\.npy$")
+
+
+def _keys_path(vectors_path: Path) -> Path:
+    return vectors_path.with_name(vectors_path.name[: -len(".npy")] + ".keys.npy")
+
+
+def _encode_keys(keys: Sequence[str]) -> np.ndarray:
+    """Keys as a fixed-width bytes array (sha256 hex keys are 64 ASCII bytes each)."""
+    encoded = [str(k).encode("utf-8") for k in keys]
+    width = max((len(k) for k in encoded), default=1)
+    return np.array(encoded, dtype=f"S{max(width, 1)}")
+
+
+def _save_npy_atomically(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class EmbeddingCache:
+    """Vectors of one embedder keyed by content hash, stored as memory-mapped ``.npy`` chunks."""
+
+    def __init__(self, folder: str | Path, embedder_id: str, dim: int) -> None:
+        self.folder = Path(folder)
+        self.embedder_id = str(embedder_id)
+        self.dim = int(dim)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        meta_path = self.folder / META_FILE
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError) as error:
+                raise StoreError(f"{meta_path}: unreadable cache metadata ({error})") from None
+            if int(meta.get("dim", -1)) != self.dim:
+                raise ModelMismatchError(f"{self.folder}: cache holds {meta.get('dim')}-d vectors, "
+                                         f"the embedder makes {self.dim}-d")
+            if meta.get("embedder_id") != self.embedder_id:
+                raise ModelMismatchError(f"{self.folder}: cache is for embedder "
+                                         f"{meta.get('embedder_id')}, not {self.embedder_id}")
+        else:
+            atomic_write_text(meta_path, json.dumps({"embedder_id": self.embedder_id,
+                                                     "dim": self.dim}, indent=2))
+        self._lock = threading.RLock()
+        self._chunks: list[Path] = []
+        self._vectors: list[np.ndarray] = []  # memory maps, one per chunk
+        self._chunk_keys: list[np.ndarray] = []
+        self._sorted_keys = np.zeros(0, dtype="S1")
+        self._where = np.zeros((0, 2), dtype=np.int64)  # (chunk, row) per sorted key
+        self._stale = True
+        self._refresh()
+
+    # ---- reading ----------------------------------------------------------------------------
+    def _committed_chunks(self) -> list[Path]:
+        found = []
+        for path in self.folder.iterdir():
+            match = _CHUNK.match(path.name)
+            if match and not path.name.endswith(".keys.npy") and _keys_path(path).is_file():
+                found.append((int(match.group(1)), match.group(2), path))
+        return [path for _, _, path in sorted(found)]
+
+    def _refresh(self) -> None:
+        """Open chunks that appeared on disk since the last look (other writers, or our own)."""
+        with self._lock:
+            on_disk = self._committed_chunks()
+            if on_disk == self._chunks and not self._stale:
+                return
+            known = dict(zip(self._chunks, zip(self._vectors, self._chunk_keys)))
+            chunks, vectors, keys = [], [], []
+            for path in on_disk:
+                opened = known.get(path) or self._open_chunk(path)
+                if opened is None:  # removed by a concurrent compact since we listed it
+                    continue
+                chunks.append(path)
+                vectors.append(opened[0])
+                keys.append(opened[1])
+            self._chunks, self._vectors, self._chunk_keys = chunks, vectors, keys
+            self._rebuild_index()
+
+    def _open_chunk(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+            keys = np.load(_keys_path(path), allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise StoreError(f"{path}: damaged cache chunk ({error})") from None
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ModelMismatchError(f"{path}: chunk holds vectors of shape {vectors.shape}, "
+                                     f"cache dim is {self.dim}")
+        if len(keys) != len(vectors):
+            raise StoreError(f"{path}: {len(keys)} keys for {len(vectors)} vectors")
+        return vectors, keys
+
+    def _rebuild_index(self) -> None:
+        if not self._chunk_keys:
+            self._sorted_keys = np.zeros(0, dtype="S1")
+            self._where = np.zeros((0, 2), dtype=np.int64)
+            self._stale = False
+            return
+        width = max(k.dtype.itemsize for k in self._chunk_keys)
+        all_keys = np.concatenate([k.astype(f"S{width}") for k in self._chunk_keys])
+        chunk = np.concatenate([np.full(len(k), i, dtype=np.int64)
+                                for i, k in enumerate(self._chunk_keys)])
+        row = np.concatenate([np.arange(len(k), dtype=np.int64) for k in self._chunk_keys])
+        # Stable sort keeps chunk order within equal keys; the last of each run is the newest.
+        order = np.argsort(all_keys, kind="stable")
+        sorted_keys = all_keys[order]
+        last = np.ones(len(sorted_keys), dtype=bool)
+        last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+        keep = order[last]
+        self._sorted_keys = all_keys[keep]
+        self._where = np.stack([chunk[keep], row[keep]], axis=1)
+        self._stale = False
+
+    def _positions(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Index into the sorted key array per key, and the found mask."""
+        if len(self._sorted_keys) == 0 or len(keys) == 0:
+            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+        wanted = _encode_keys(keys)
+        pos = np.searchsorted(self._sorted_keys, wanted)
+        pos = np.minimum(pos, len(self._sorted_keys) - 1)
+        found = self._sorted_keys[pos] == wanted
+        return pos, found
+
+    def lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors [n, dim], found [n])``: cached rows in ``keys`` order, zeros where missing."""
+        keys = list(keys)
+        with self._lock:
+            if self._stale:
+                self._refresh()
+            pos, found = self._positions(keys)
+            if not found.all():  # another process may have added chunks since we looked
+                self._refresh()
+                pos, found = self._positions(keys)
+            out = np.zeros((len(keys), self.dim), dtype=np.float32)
+            if found.any():
+                where = self._where[pos[found]]
+                targets = np.flatnonzero(found)
+                for chunk in np.unique(where[:, 0]):
+                    pick = where[:, 0] == chunk
+                    rows = where[pick, 1]
+                    order = np.argsort(rows)  # ascending rows read the memory map front to back
+                    out[targets[pick][order]] = self._vectors[chunk][rows[order]]
+            return out, found
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self.lookup([str(key)])[1][0])
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._refresh()
+            return len(self._sorted_keys)
+
+    def keys(self) -> list[str]:
+        """Every cached key (sorted)."""
+        with self._lock:
+            self._refresh()
+            return [k.decode("utf-8") for k in self._sorted_keys]
+
+    # ---- writing ----------------------------------------------------------------------------
+    def _next_name(self) -> Path:
+        numbers = [int(m.group(1)) for p in self.folder.iterdir() if (m := _CHUNK.match(p.name))]
+        return self.folder / f"chunk-{max(numbers, default=0) + 1:06d}-{secrets.token_hex(3)}.npy"
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Append one chunk (``keys`` with their ``[n, dim]`` rows) atomically."""
+        keys = [str(k) for k in keys]
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ModelMismatchError(f"{self.folder}: cannot store vectors of shape "
+                                     f"{vectors.shape} in a {self.dim}-d cache")
+        if len(keys) != len(vectors):
+            raise LookalikeError(f"{self.folder}: {len(keys)} keys for {len(vectors)} vectors")
+        if not keys:
+            return
+        with self._lock:
+            path = self._next_name()
+            _save_npy_atomically(path, vectors)
+            _save_npy_atomically(_keys_path(path), _encode_keys(keys))  # the commit
+            self._stale = True
+
+    def compact(self) -> None:
+        """Merge all chunks into one, keeping only the newest row per key; atomic per file.
+
+        Run it while no other process writes to this cache (the project holds its write lock).
+        """
+        with self._lock:
+            self._refresh()
+            old = list(self._chunks)
+            if len(old) > 1 or (old and len(self._sorted_keys) < sum(len(v) for v in self._vectors)):
+                target = self._next_name()
+                tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+                try:
+                    merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                       shape=(len(self._sorted_keys), self.dim))
+                    block = 8192  # rows copied per step (~40 MB at 1,280-d): bounded memory
+                    for start in range(0, len(self._sorted_keys), block):
+                        where = self._where[start:start + block]
+                        for chunk in np.unique(where[:, 0]):
+                            pick = np.flatnonzero(where[:, 0] == chunk)
+                            merged[start + pick] = self._vectors[chunk][where[pick, 1]]
+                    merged.flush()
+                    del merged
+                    with open(tmp, "rb+") as handle:
+                        os.fsync(handle.fileno())
+                    os.replace(tmp, target)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+                _save_npy_atomically(_keys_path(target), self._sorted_keys.copy())
+                for path in old:  # the merged chunk is committed: the old ones are redundant
+                    _keys_path(path).unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)
+            # Sweep what crashed runs left: temporary files and vector files never committed.
+            for path in self.folder.iterdir():
+                if path.name.endswith(".tmp") and path.name.startswith(".chunk-"):
+                    path.unlink(missing_ok=True)
+                elif (_CHUNK.match(path.name) and not path.name.endswith(".keys.npy")
+                      and not _keys_path(path).exists()):
+                    path.unlink(missing_ok=True)
+            self._chunks, self._vectors, self._chunk_keys = [], [], []
+            self._stale = True
+            self._refresh()
+
+
+def save_model_once(embedder: Embedder, folder: str | Path) -> Path:
+    """Save ``embedder`` into ``folder`` (the cache's ``model/``) unless a save is already there.
+
+    Also points an embedder that builds files (the ONNX models of efficientnet-lite0) at
+    ``folder/onnx`` when it has no cache folder of its own, so they live inside the project.
+    """
+    folder = Path(folder)
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            saved = json.loads(config.read_text()).get("embedder_id")
+        except (OSError, ValueError):
+            saved = None
+        if saved is not None and saved != embedder.embedder_id:
+            raise ModelMismatchError(f"{folder}: holds model {saved}, not {embedder.embedder_id}")
+    else:
+        staging = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            embedder.save(staging)
+            if not config.is_file():  # another process may have won the race; theirs is equal
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if hasattr(embedder, "cache_dir") and getattr(embedder, "cache_dir") is None:
+        embedder.cache_dir = folder / "onnx"  # type: ignore[attr-defined]
+    return folder
+
+
+# ---- the pipeline ---------------------------------------------------------------------------
+class ItemFailed:
+    """What the reader yields for a key whose image could not be loaded or prepared."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def read_items(keys: Iterable[str], load_image: Callable[[str], Image.Image],
+               prepare: Callable[[Image.Image], Any], *, workers: int = 2,
+               prefetch: int = 256) -> Iterator[tuple[str, Any]]:
+    """The reader: ``(key, prepared item or ItemFailed)`` in ``keys`` order.
+
+    Loading (decode) and ``prepare`` (resize) run in a thread pool -- Pillow releases the GIL
+    while it decodes and resizes -- at most ``prefetch`` items ahead of the consumer.
+    """
+
+    def work(key: str) -> Any:
+        try:
+            return prepare(load_image(key))
+        except Exception as error:  # noqa: BLE001 - reported per key, the run goes on
+            return ItemFailed(error)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lookalike-read") as pool:
+        pending: deque[tuple[str, Future]] = deque()
+        key_iter = iter(keys)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < prefetch:
+                    key = next(key_iter, None)
+                    if key is None:
+                        exhausted = True
+                        break
+                    pending.append((key, pool.submit(work, key)))
+                if not pending:
+                    return
+                key, future = pending.popleft()
+                yield key, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+class EmbedMapper:
+    """The mapper: a batch of prepared items -> unit vectors.
+
+    ``mapper({"key": [...], "item": [...]}) -> {"key": [...], "vector": array}`` has the shape
+    of a Ray Data ``map_batches`` callable, so a distributed job can reuse it as is.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        vectors = self.embedder.embed_prepared(list(batch["item"]))
+        return {"key": list(batch["key"]), "vector": vectors}
+
+
+class ChunkWriter:
+    """The writer: buffers rows and puts them into the cache ``chunk_size`` at a time.
+
+    Writes happen on a background thread (one chunk in flight) so the model keeps running;
+    ``close`` flushes the rest and re-raises any write error.
+    """
+
+    def __init__(self, cache: EmbeddingCache, chunk_size: int = 2048) -> None:
+        self.cache = cache
+        self.chunk_size = max(1, int(chunk_size))
+        self._keys: list[str] = []
+        self._vectors: list[np.ndarray] = []
+        self._rows = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="lookalike-write", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    self.cache.put(*job)
+                except BaseException as error:  # noqa: BLE001 - re-raised by close()
+                    self._error = error
+
+    def write(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        if self._error is not None:
+            raise self._error
+        self._keys.extend(keys)
+        self._vectors.append(np.asarray(vectors, dtype=np.float32))
+        self._rows += len(keys)
+        while self._rows >= self.chunk_size:
+            self._emit(self.chunk_size)
+
+    def _emit(self, rows: int) -> None:
+        stacked = np.concatenate(self._vectors) if len(self._vectors) > 1 else self._vectors[0]
+        self._queue.put((self._keys[:rows], stacked[:rows]))
+        self._keys, rest = self._keys[rows:], stacked[rows:]
+        self._vectors = [rest] if len(rest) else []
+        self._rows -= rows
+
+    def close(self) -> None:
+        """Write what is buffered and wait for the writes to finish."""
+        if self._rows and self._error is None:
+            self._emit(self._rows)
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def embed_with_cache(embedder: Embedder, keys: Sequence[str],
+                     load_image: Callable[[str], Image.Image], cache: EmbeddingCache, *,
+                     batch_size: int | None = None, chunk_size: int = 2048, progress: bool = True,
+                     on_error: Callable[[str, Exception], None] | None = None,
+                     workers: int | None = None) -> np.ndarray:
+    """Vectors for ``keys`` (in order, duplicates allowed), embedding only keys not yet cached.
+
+    ``load_image(key)`` returns the PIL image of a key. New vectors are written to ``cache`` in
+    chunks of ``chunk_size`` as they are made, so an interrupted run keeps its finished chunks.
+    A key whose image fails is passed to ``on_error(key, error)`` and gets a zero row (nothing
+    is cached for it, so a later run retries it); without ``on_error`` the first failure is
+    raised after the finished chunks are written.
+    """
+    if embedder.dim != cache.dim:
+        raise ModelMismatchError(f"{cache.folder}: cache dim {cache.dim} != embedder "
+                                 f"{embedder.name} dim {embedder.dim}")
+    if embedder.embedder_id != cache.embedder_id:
+        raise ModelMismatchError(f"{cache.folder}: cache is for {cache.embedder_id}, "
+                                 f"not {embedder.embedder_id}")
+    keys = [str(k) for k in keys]
+    unique = list(dict.fromkeys(keys))
+    vectors, found = cache.lookup(unique)
+    missing = [unique[i] for i in np.flatnonzero(~found)]
+    if missing:
+        row_of = {key: i for i, key in enumerate(unique)}
+        size = batch_size or embedder.batch_size
+        mapper = EmbedMapper(embedder)
+        writer = ChunkWriter(cache, chunk_size)
+        workers = workers or min(4, os.cpu_count() or 1)
+        failure: tuple[str, Exception] | None = None
+        with _progress_bar(progress, len(missing), embedder.name) as advance:
+            try:
+                batch_keys: list[str] = []
+                batch_items: list[Any] = []
+
+                def flush() -> None:
+                    result = mapper({"key": batch_keys, "item": batch_items})
+                    vectors[[row_of[k] for k in result["key"]]] = result["vector"]
+                    writer.write(result["key"], result["vector"])
+                    advance(len(batch_keys))
+                    batch_keys.clear()
+                    batch_items.clear()
+
+                for key, item in read_items(missing, load_image, embedder.prepare,
+                                            workers=workers, prefetch=max(2 * size, 64)):
+                    if isinstance(item, ItemFailed):
+                        advance(1)
+                        if on_error is None:
+                            failure = (key, item.error)
+                            break
+                        on_error(key, item.error)
+                        continue
+                    batch_keys.append(key)
+                    batch_items.append(item)
+                    if len(batch_keys) == size:
+                        flush()
+                if batch_keys and failure is None:
+                    flush()
+            finally:
+                writer.close()  # keep every finished row, even when interrupted
+        if failure is not None:
+            raise failure[1]
+    index = {key: i for i, key in enumerate(unique)}
+    if len(unique) == len(keys):
+        return vectors
+    return vectors[[index[k] for k in keys]]
+
+
+class _progress_bar:
+    """A Rich progress bar when ``enabled``, else a no-op; yields ``advance(n)``."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.enabled, self.total, self.label = enabled, total, label
+        self._progress: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TimeRemainingColumn())
+        self._progress.start()
+        task = self._progress.add_task(f"embedding ({self.label})", total=self.total)
+        return lambda n: self._progress.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()

