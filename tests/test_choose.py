@@ -76,3 +76,11 @@ def test_pure_and_validated():
                 dict(n_vectors=10, dim=8, memory_budget_bytes=0)]:
         with pytest.raises(LookalikeError):
             choose_index(**bad)
+
+
+def test_hnsw_defaults_are_the_large_index_choice():
+    from lookalike.index.faiss_backend import HNSWIndex
+
+    choice = choose_index(1_000_000, 256)
+    assert {k: HNSWIndex.DEFAULTS[k] for k in choice.params if k != "train_size"} == \
+        {k: v for k, v in choice.params.items() if k != "train_size"}
