@@ -178,7 +178,7 @@ def test_demo_catalogue_is_bundled():
     records = list(demo)
     assert 1900 <= len(demo) == len(records) <= 2100
     categories = {r.category for r in records}
-    assert len(categories) >= 100
+    assert len(categories) >= 50
     test = list(open_source("demo:test"))
     assert 150 <= len(test) <= 300 and {r.split for r in test} == {"test"}
 

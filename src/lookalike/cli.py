@@ -222,6 +222,7 @@ def serve(
         host: Annotated[Optional[str], typer.Option("--host", help="Interface (default 127.0.0.1).")] = None,
         port: Annotated[Optional[int], typer.Option("--port", min=0, max=65535, help="TCP port (default 8000).")] = None,
         workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=64, help="Worker processes sharing the project.")] = None,
+        index: Annotated[Optional[str], typer.Option("--index", help="Index to serve (default: the project's).")] = None,
         read_only: Annotated[Optional[bool], typer.Option("--read-only/--writable", help="Refuse all writes (no API key needed).")] = None,
         api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="File holding the API key (or set LOOKALIKE_API_KEY).")] = None,
         config: Annotated[Optional[Path], typer.Option("--config", help="JSON or TOML settings file (or LOOKALIKE_CONFIG).")] = None,
@@ -237,7 +238,8 @@ def serve(
     from lookalike.serve.settings import load_settings
 
     settings = load_settings(
-        config, project=project, host=host, port=port, workers=workers, read_only=read_only,
+        config, project=project, host=host, port=port, workers=workers, index=index,
+        read_only=read_only,
         api_key_file=api_key_file, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
         cors_origins=cors_origin or None, default_k=default_k, torch_threads=torch_threads)
     settings.check_startable()
@@ -245,7 +247,7 @@ def serve(
     mode = "read-only" if settings.read_only else "writable (API key required for writes)"
     err.print(f"serving {settings.project} on http://{settings.host}:{settings.port}/ "
               f"({mode}, {settings.workers} worker{'s' if settings.workers > 1 else ''})",
-              highlight=False)
+              highlight=False, soft_wrap=True)
     run_server(settings, config_file=config, log_level=log_level)
 
 

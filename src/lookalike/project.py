@@ -49,6 +49,11 @@ PROJECT_FORMAT_VERSION = 1
 # `index` run knows what changed without re-embedding everything.
 INDEX_HASHES_FILE = "content_hashes.json"
 INDEX_EMBEDDER_DIR = "embedder"
+# Extra hits fetched per query so that items deleted from the catalogue between the index search
+# and the detail lookup (a concurrent writer) do not leave a result list short.
+_SPARE = 4
+# Index versions kept on disk: readers that opened the previous one can finish with it.
+_KEEP_VERSIONS = 3
 
 
 @dataclass
@@ -180,7 +185,7 @@ class Project:
             index.remove(gone + failed)
         failed_set = set(failed)
         kept_hashes = {i: h for i, h in hashes.items() if i not in failed_set}
-        with versioned_folder(index_root) as staging:
+        with versioned_folder(index_root, keep=_KEEP_VERSIONS) as staging:
             index.save(staging / "index")
             model.save(staging / INDEX_EMBEDDER_DIR)
             atomic_write_text(staging / INDEX_HASHES_FILE, json.dumps(kept_hashes))
@@ -234,8 +239,9 @@ class Project:
         loaded = self._index(index)
         item_id = str(item_id)
         vector = loaded.vector_of(item_id, self.store)
-        hits = loaded.index.search(vector[None, :], k=k, filters=filters, exclude=[[item_id]])[0]
-        return self._recommendations(hits.ids, hits.scores)
+        hits = loaded.index.search(vector[None, :], k=k + _SPARE, filters=filters,
+                                   exclude=[[item_id]])[0]
+        return self._recommendations(hits.ids, hits.scores)[:k]
 
     def search(self, image: str | Path | bytes | Image.Image, k: int = 5,
                filters: Filters | None = None, *, index: str | None = None,
@@ -243,9 +249,9 @@ class Project:
         """Products most like a photo given as a path, raw bytes or a PIL image."""
         loaded = self._index(index)
         vector = loaded.embedder.embed_one(_as_image(image))
-        hits = loaded.index.search(vector[None, :], k=k, filters=filters,
+        hits = loaded.index.search(vector[None, :], k=k + _SPARE, filters=filters,
                                    exclude=[list(exclude)])[0]
-        return self._recommendations(hits.ids, hits.scores)
+        return self._recommendations(hits.ids, hits.scores)[:k]
 
     def embed_query(self, image: str | Path | bytes | Image.Image, *,
                     index: str | None = None) -> np.ndarray:
@@ -253,7 +259,7 @@ class Project:
         return self._index(index).embedder.embed_one(_as_image(image))
 
     def _recommendations(self, ids: Sequence[str], scores: Sequence[float]) -> list[Recommendation]:
-        items = {item.id: item for item in self.store.items(list(ids))}
+        items = self.store.find(list(ids))  # ids deleted meanwhile are simply absent
         out = []
         for item_id, score in zip(ids, scores):
             item = items.get(item_id)
@@ -456,7 +462,8 @@ class Project:
                                        f"known: {', '.join(self.indexes()) or 'none'}")
             loaded = self._loaded.get(name)
             if loaded is None or loaded.folder != folder:  # another process saved a new version
-                loaded = _LoadedIndex.open(name, folder, self.path)
+                reuse = loaded.embedder if loaded is not None else None
+                loaded = _LoadedIndex.open(name, folder, self.path, embedder=reuse)
                 self._loaded[name] = loaded
             return loaded
 
@@ -488,11 +495,16 @@ class _LoadedIndex:
     cache: Any
 
     @classmethod
-    def open(cls, name: str, folder: Path, project_path: Path) -> "_LoadedIndex":
+    def open(cls, name: str, folder: Path, project_path: Path,
+             embedder: Any = None) -> "_LoadedIndex":
+        """Load an index version; ``embedder`` (the one already loaded) is reused when the new
+        version was built by the same model, which spares reloading weights on every update."""
         from lookalike.models import base as models
         from lookalike.models.cache import EmbeddingCache
 
-        embedder = models.load(folder / INDEX_EMBEDDER_DIR)
+        saved = json.loads((folder / INDEX_EMBEDDER_DIR / models.CONFIG_FILE).read_text())
+        if embedder is None or embedder.embedder_id != saved.get("embedder_id"):
+            embedder = models.load(folder / INDEX_EMBEDDER_DIR)
         index = load_index(folder / "index", expected_dim=embedder.dim)
         if index.embedder_id and index.embedder_id != embedder.embedder_id:
             raise ModelMismatchError(f"{folder}: index built with {index.embedder_id}, "

@@ -597,9 +597,16 @@ class HNSWIndex(FaissIndex):
             return self._pending[labels]
         return self._index.reconstruct_batch(labels)
 
+    #: A filter passing more than this share of the graph is searched in the graph.
+    EXACT_MAX_SHARE = 0.5
+
     def _search_labels(self, queries: np.ndarray, k: int, mask: np.ndarray | None,
                        n_pass: int) -> tuple[np.ndarray, np.ndarray]:
-        if not self.trained or (mask is not None and n_pass <= int(self.params["exact_below"])):
+        # Exact over the passing subset only when a filter made it small: a mask that merely
+        # hides a few removed items (share near 1) must keep the graph search, or every query
+        # after one delete would scan everything.
+        selective = mask is not None and n_pass <= self.EXACT_MAX_SHARE * max(self._index.ntotal, 1)
+        if not self.trained or (selective and n_pass <= int(self.params["exact_below"])):
             return self._exact_subset(queries, k, mask)
         params = faiss.SearchParametersHNSW()
         ef = max(int(self.params["ef_search"]), k)
