@@ -605,8 +605,10 @@ class HNSWIndex(FaissIndex):
         # Exact over the passing subset only when a filter made it small: a mask that merely
         # hides a few removed items (share near 1) must keep the graph search, or every query
         # after one delete would scan everything.
+        if not self.trained:
+            return self._exact_subset(queries, k, mask)
         selective = mask is not None and n_pass <= self.EXACT_MAX_SHARE * max(self._index.ntotal, 1)
-        if not self.trained or (selective and n_pass <= int(self.params["exact_below"])):
+        if selective and n_pass <= int(self.params["exact_below"]):
             return self._exact_subset(queries, k, mask)
         params = faiss.SearchParametersHNSW()
         ef = max(int(self.params["ef_search"]), k)
