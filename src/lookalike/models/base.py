@@ -181,12 +181,6 @@ _BUILTIN: dict[str, str] = {
     "pixels": "lookalike.models.baselines:PixelsEmbedder",
     "hsv-histogram": "lookalike.models.baselines:HSVHistogramEmbedder",
     "efficientnet-lite0": "lookalike.models.efficientnet:EfficientNetLite0Embedder",
-    "phog": "lookalike.models.handcrafted:PHOGEmbedder",
-    "gist": "lookalike.models.handcrafted:GISTEmbedder",
-    "fusion": "lookalike.models.fusion:FusionEmbedder",
-    "cnn": "lookalike.models.cnn:CNNEmbedder",
-    "cnn-hash": "lookalike.models.hashing:CNNHashEmbedder",
-    "lsh": "lookalike.models.hashing:LSHEmbedder",
 }
 _REGISTRY: dict[str, type[Embedder]] = {}
 
