@@ -39,6 +39,9 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 bench: install-test system-deps
+	# imagededup is only compared against in benchmarks/dedup_bench.py; --no-deps keeps its
+	# tensorflow/torchvision pins out (its hashing methods need only what lookalike already has).
+	$(PIP) install --quiet --no-deps "imagededup==0.3.3.post2"
 	$(PY) benchmarks/run_all.py
 
 clean:

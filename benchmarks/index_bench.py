@@ -12,11 +12,14 @@ Variants (each row beside the numpy baseline measured in the same run):
   IndexHNSWFlat, the reference from the design brief);
 * ``hnsw-default`` :class:`HNSWIndex` with its defaults (those ``choose_index`` gives for a
   large index: random rotation + SQ8 codes, M=16);
-* ``hnsw16-sq8``   the same without the rotation (optional, shows what rotating buys).
+* ``hnsw16-sq8``   the same without the rotation (optional, shows what rotating buys);
+* ``hnsw-efc160``  the defaults with a wider build beam (optional, shows what build time buys).
 
 Every index is built in its own subprocess and saved; a second fresh subprocess loads it and
 measures the resident-set growth (RSS delta), then times batched searches with ``--threads``
-FAISS/BLAS threads. Recall@10 is against exact float search. Filtered rows use a ``price``
+FAISS/BLAS threads. Besides wall-clock q/s, ``bound q/s`` = threads x queries / process CPU
+time: what the search reaches with the cores to itself, a figure that stays meaningful when other
+jobs share the machine (the 1-minute load average is recorded beside it). Recall@10 is against exact float search. Filtered rows use a ``price``
 attribute drawn uniformly from 0..999 (independent of the vectors): ``price <= 99`` passes 10%,
 ``price == 0`` passes 0.1%. Data: see benchmarks/index_data.py. Results go to
 benchmarks/results/index_bench.json.
@@ -48,6 +51,7 @@ VARIANTS = {
     "hnsw16-flat": ("hnsw", {"M": 16, "storage": "Flat", "rotate": False, "ef_construction": 40}),
     "hnsw-default": ("hnsw", {}),
     "hnsw16-sq8": ("hnsw", {"storage": "SQ8", "rotate": False}),
+    "hnsw-efc160": ("hnsw", {"ef_construction": 160}),  # slower build, better graph
 }
 DEFAULT_VARIANTS = "numpy,faiss-exact,hnsw16-flat,hnsw-default"
 #: Filters measured: name -> (attribute, value or (low, high)). "category" is correlated with
@@ -208,8 +212,11 @@ def worker_query(data: Path, variant: str, index_folder: Path, threads: int, n_q
     gc.collect()
     loaded = rss_bytes() - before
 
+    cpu_seconds = [0.0]  # process CPU time of the last run (see "bound q/s" in the docstring)
+
     def run(batch: np.ndarray, name: str | None = None) -> tuple[list, float]:
         mask = filter_mask(name, meta, data) if name else None  # (outside the timing)
+        cpu_start = time.process_time()
         start = time.perf_counter()
         if index is None:
             if name is None:
@@ -221,11 +228,18 @@ def worker_query(data: Path, variant: str, index_folder: Path, threads: int, n_q
         else:
             hits = index.search(batch, 10, filters=filter_object(name, meta) if name else None)
             found = [[int(i[5:]) for i in h.ids] for h in hits]
+        cpu_seconds[0] = time.process_time() - cpu_start
         return found, time.perf_counter() - start
+
+    def bound_qps(count: int) -> float:
+        # What the run reaches with the cores to itself: threads / CPU time per query. Spinning
+        # OpenMP threads only add CPU time, so under load this errs low, never high.
+        return round(threads * count / max(cpu_seconds[0], 1e-9), 1)
 
     run(queries[:100])  # warm-up (page in, thread pools)
     found, seconds = run(queries)
     result = {"queries": len(queries), "qps": round(len(queries) / seconds, 1),
+              "bound_qps": bound_qps(len(queries)), "load_avg_1m": round(os.getloadavg()[0], 2),
               "recall10": round(recall_at_10(found, truth), 4),
               "rss_delta_bytes": loaded, "rss_after_search_bytes": rss_bytes() - before}
     if mmap:
@@ -246,6 +260,7 @@ def worker_query(data: Path, variant: str, index_folder: Path, threads: int, n_q
             index.params["ef_search"] = ef
             found, seconds = run(queries)
             result["ef_sweep"].append({"ef_search": ef, "qps": round(len(queries) / seconds, 1),
+                                       "bound_qps": bound_qps(len(queries)),
                                        "recall10": round(recall_at_10(found, truth), 4)})
     return result
 
@@ -355,7 +370,7 @@ def print_tables(report: dict) -> None:
     for size, entry in report["sizes"].items():
         table = Table(title=f"{int(size):,} x 256, {report['threads']} threads "
                             f"(raw floats {entry['raw_vector_bytes'] / 1e6:,.0f} MB)")
-        columns = ["variant", "build s", "q/s", "x numpy", "recall@10", "RSS MB", "x raw",
+        columns = ["variant", "build s", "q/s", "bound q/s", "load", "x numpy", "recall@10", "RSS MB", "x raw",
                    "memory_bytes MB"]
         for name in FILTERS:
             columns += [f"{name}: q/s", f"{name}: recall"]
@@ -365,7 +380,8 @@ def print_tables(report: dict) -> None:
             filtered = row.get("filtered", {})
             table.add_row(
                 row["variant"], str(row.get("build_s", "-")), f"{row['qps']:,.0f}",
-                str(row.get("qps_vs_numpy", "-")), f"{row['recall10']:.3f}",
+                f"{row['bound_qps']:,.0f}" if "bound_qps" in row else "-",
+                str(row.get("load_avg_1m", "-")), str(row.get("qps_vs_numpy", "-")), f"{row['recall10']:.3f}",
                 f"{row['rss_delta_bytes'] / 1e6:,.0f}", f"{row['memory_ratio_vs_raw']:.2f}",
                 f"{row['memory_bytes'] / 1e6:,.0f}" if "memory_bytes" in row else "-",
                 *[cell for name in FILTERS for cell in (
@@ -376,6 +392,7 @@ def print_tables(report: dict) -> None:
             if "ef_sweep" in row:
                 console.print(f"  {row['variant']} ef sweep: " + ", ".join(
                     f"ef={p['ef_search']}: {p['recall10']:.3f} @ {p['qps']:,.0f} q/s"
+                    f" (bound {p.get('bound_qps', 0):,.0f})"
                     for p in row["ef_sweep"]))
             if "rss_delta_mmap_bytes" in row:
                 console.print(f"  {row['variant']} loaded with mmap=True: RSS +"

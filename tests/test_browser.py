@@ -198,3 +198,153 @@ def test_phone_width_layout(browser, server: str) -> None:
     page.screenshot(path=str(ARTIFACTS / "browser-phone.png"), full_page=True)
     assert not outside and not errors, (outside, errors)
     page.close()
+
+
+def test_words_box_and_browse_view(browser, server: str, shop: Path, tmp_path: Path) -> None:
+    """The words box beside the upload (words alone, then refining a photo) and the "browse"
+    view of the catalogue's clusters, where a click starts more-like-this."""
+    from lookalike.recommend.clusters import clusters
+    from lookalike.recommend.text_search import build_text_index, search_with_text
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    _, _, photo = _query_item(shop)
+    upload = tmp_path / "shopper-photo.jpg"
+    upload.write_bytes(photo)
+    project = Project(shop, create=False)  # the served project is read-only; prepare it here
+    try:
+        build_text_index(project)
+        report = clusters(project, k=4, seed=0)
+        by_words = [r.id for r in search_with_text(project, text="black watch", k=5)]
+        by_photo_and_words = [r.id for r in search_with_text(project, photo, "in red", k=5)]
+    finally:
+        project.close()
+
+    page, outside, errors = _open_page(browser, server)
+    cards = page.locator("#results .card")
+    words = page.locator("#text-query")
+    assert words.is_visible() and page.locator("label[for=text-query]").is_visible()
+    # Words alone: type and press Enter.
+    words.fill("black watch")
+    words.press("Enter")
+    page.wait_for_function("document.querySelector('#results-title').textContent"
+                           ".startsWith('Matching')")
+    assert [cards.nth(n).get_attribute("data-id") for n in range(cards.count())] == by_words
+    # A photo refined by the words in the box.
+    words.fill("in red")
+    page.set_input_files("#photo", str(upload))
+    page.wait_for_function("document.querySelector('#results-title').textContent"
+                           ".startsWith('Like your photo')")
+    assert [cards.nth(n).get_attribute("data-id") for n in range(cards.count())] == \
+        by_photo_and_words
+    page.screenshot(path=str(ARTIFACTS / "browser-words.png"), full_page=True)
+
+    # Browse: one row of thumbnails per cluster, largest first; a click starts more-like-this.
+    words.fill("")
+    rows = page.locator("#cluster-rows ol")
+    rows.first.locator(".card").first.wait_for()
+    assert rows.count() == 4
+    largest = max(range(4), key=lambda c: report.sizes[c])
+    first_row = [rows.first.locator(".card").nth(n).get_attribute("data-id")
+                 for n in range(rows.first.locator(".card").count())]
+    assert first_row == report.central[largest][:8]
+    clicked = first_row[0]
+    rows.first.locator(".card").first.click()
+    page.wait_for_function(
+        "id => document.querySelector('#results-title').textContent.startsWith('More like')"
+        " && document.querySelectorAll('#results .card').length === 5"
+        " && location.hash === '#item=' + encodeURIComponent(id)", arg=clicked)
+    expected = page.evaluate(
+        "async id => (await (await fetch(`/v1/items/${encodeURIComponent(id)}/similar?k=5`))"
+        ".json()).results.map(r => r.id)", clicked)
+    assert [cards.nth(n).get_attribute("data-id") for n in range(5)] == expected
+    page.screenshot(path=str(ARTIFACTS / "browser-browse.png"), full_page=True)
+    assert not outside and not errors, (outside, errors)
+    page.close()
+
+
+def _scene_with_products(shop: Path, folder: Path) -> tuple[Path, list[str]]:
+    """A 640 x 480 scene photo: scikit-image's brick wall with three real catalogue photos."""
+    import numpy as np
+
+    from lookalike.recommend.scenes import compose_scene
+
+    project = Project(shop, create=False, read_only=True)
+    try:
+        ids = project.store.ids()[:3]
+        photos = [(i, project.store.open_image(i), "target" if n == 0 else "distractor")
+                  for n, i in enumerate(ids)]
+    finally:
+        project.close()
+    scene = compose_scene("brick", photos, np.random.default_rng(0), side_range=(90, 140))
+    path = folder / "my-living-room.jpg"
+    scene.image.save(path, quality=90)
+    return path, ids
+
+
+def test_picked_for_you_and_shop_the_look(browser, server: str, shop: Path,
+                                          tmp_path: Path) -> None:
+    """Views kept in this browser feed "Picked for you"; a scene upload draws boxes over the
+    photo with products under each box."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page, outside, errors = _open_page(browser, server)
+    failed: list[str] = []  # which request failed, when the console reports one
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400
+            else None)
+    assert page.locator("#picked-for-you").is_hidden()  # a new visitor has no history
+
+    # Two product views: kept in localStorage only, and the strip appears.
+    viewed = []
+    for n in (0, 3):
+        card = page.locator("#random-items .card").nth(n)
+        viewed.append(card.get_attribute("data-id"))
+        card.click()
+        page.wait_for_selector("#results .card")
+    assert page.evaluate("JSON.parse(localStorage.getItem('lookalike.viewed'))") == viewed
+    expected = page.evaluate(
+        "async h => (await (await fetch('/v1/recommend', {method: 'POST', headers: "
+        "{'Content-Type': 'application/json'}, body: JSON.stringify({history: h, k: 10, "
+        "method: 'centroid', diversity: 0.2})})).json()).results.map(r => r.id)", viewed)
+    assert 1 <= len(expected) <= 10 and not set(expected) & set(viewed)
+    # The strip is refreshed (debounced) after each view: it must end with the picks for both.
+    page.wait_for_function(
+        "ids => JSON.stringify([...document.querySelectorAll('#picked-items .card')]"
+        ".map(c => c.dataset.id)) === JSON.stringify(ids)", arg=expected)
+    assert page.locator("#picked-for-you").is_visible()
+
+    # Shop the look: upload a scene, see numbered boxes over it and products under each box.
+    scene, _ = _scene_with_products(shop, tmp_path)
+    page.set_input_files("#look-photo", str(scene))
+    page.wait_for_selector("#look-stage .look-box", timeout=120_000)
+    boxes = page.locator("#look-stage .look-box")
+    regions = page.locator("#look-regions > li")
+    assert boxes.count() == regions.count() >= 1
+    page.wait_for_function("document.querySelector('#look-stage img').complete")
+    # Every box lies on the photo as displayed (the API's boxes are in the photo's own pixels,
+    # the page scales them), is not empty and carries its region number.
+    geometry = page.evaluate(
+        "() => { const p = document.querySelector('#look-stage img').getBoundingClientRect();"
+        " return [...document.querySelectorAll('#look-stage .look-box')].map(b => {"
+        " const r = b.getBoundingClientRect(); return {left: r.left - p.left, top: r.top - p.top,"
+        " right: p.right - r.right, bottom: p.bottom - r.bottom, width: r.width,"
+        " height: r.height, photo: p.width, label: b.textContent}; }); }")
+    assert geometry[0]["photo"] > 100
+    for n, box in enumerate(geometry):
+        assert min(box["left"], box["top"], box["right"], box["bottom"]) >= -1, box
+        assert box["width"] > 5 and box["height"] > 5 and box["label"] == str(n + 1), box
+    for n in range(boxes.count()):
+        cards = regions.nth(n).locator(".card")
+        assert cards.count() >= 1
+        thumb = cards.first.locator("img")  # lazy-loaded: scroll to it, then it must load
+        thumb.scroll_into_view_if_needed()
+        thumb.evaluate("img => img.complete ? true : new Promise(ok => img.onload = ok)")
+        assert thumb.evaluate("img => img.naturalWidth > 0")
+    assert "ranked by what you viewed" in page.locator("#look-message").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "browser-shop-the-look.png"), full_page=True)
+
+    # "Forget what I viewed" empties the browser's history and hides the strip.
+    page.click("#clear-viewed")
+    assert page.evaluate("localStorage.getItem('lookalike.viewed')") is None
+    assert page.locator("#picked-for-you").is_hidden()
+    assert not outside, outside
+    assert not errors, (errors, failed)
+    page.close()

@@ -53,13 +53,18 @@ def fp32_112() -> EfficientNetLite0Embedder:
     return EfficientNetLite0Embedder(image_size=112, precision="fp32")
 
 
+def torch_lite0(**options) -> EfficientNetLite0Embedder:
+    """The PyTorch backend on one thread (two OpenMP threads crawl on a busy 2-core machine)."""
+    return EfficientNetLite0Embedder(backend="torch", precision="fp32", num_threads=1, **options)
+
+
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 # ---- EfficientNet-Lite0 ---------------------------------------------------------------------
 def test_chelsea_is_a_cat_and_coffee_is_not():
-    model = EfficientNetLite0Embedder(backend="torch", precision="fp32")  # 224 px
+    model = torch_lite0()  # 224 px
     cat, coffee = model.classify([Image.fromarray(data.chelsea()), Image.fromarray(data.coffee())])
     assert cat[0][0] in CATS and cat[0][1] > 0.5, cat
     assert sum(p for i, p in cat if i in CATS) > 0.9
@@ -69,7 +74,7 @@ def test_chelsea_is_a_cat_and_coffee_is_not():
 
 
 def test_classification_survives_112_px():
-    model = EfficientNetLite0Embedder(image_size=112, backend="torch", precision="fp32")
+    model = torch_lite0(image_size=112)
     ranked = model.classify([Image.fromarray(data.chelsea())])[0]
     assert ranked[0][0] in CATS, ranked
 
@@ -113,15 +118,15 @@ def test_local_weights_give_the_same_model(tmp_path, product_photos):
 
     state = torch.load(_packaged_weights_path(), map_location="cpu", weights_only=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "lite0.safetensors"))
-    packaged = EfficientNetLite0Embedder(image_size=112, backend="torch", precision="fp32")
-    local = EfficientNetLite0Embedder(image_size=112, backend="torch", precision="fp32",
-                                      weights_path=tmp_path / "lite0.safetensors")
+    packaged = torch_lite0(image_size=112)
+    local = torch_lite0(image_size=112, weights_path=tmp_path / "lite0.safetensors")
     assert local.embedder_id == packaged.embedder_id  # the id follows the weights' content
-    np.testing.assert_array_equal(local.embed(product_photos[:4]), packaged.embed(product_photos[:4]))
+    np.testing.assert_array_equal(local.embed(product_photos[:4]),
+                                  packaged.embed(product_photos[:4]))
 
 
 def test_onnx_agrees_with_torch_and_int8_stays_close(fp32_112, product_photos):
-    torch_model = EfficientNetLite0Embedder(image_size=112, backend="torch", precision="fp32")
+    torch_model = torch_lite0(image_size=112)
     int8 = EfficientNetLite0Embedder(image_size=112, precision="int8")
     reference = torch_model.embed(product_photos)
     onnx_fp32 = fp32_112.embed(product_photos)
@@ -136,15 +141,30 @@ def test_onnx_agrees_with_torch_and_int8_stays_close(fp32_112, product_photos):
     np.testing.assert_allclose(again, quantised, atol=1e-5)
 
 
+def test_built_onnx_files_are_shared_between_projects(onnx_cache, tmp_path, product_photos):
+    project_model = EfficientNetLite0Embedder(image_size=112, precision="int8",
+                                              cache_dir=tmp_path / "project" / "onnx")
+    vectors = project_model.embed(product_photos[:4])
+    local = project_model.onnx_path()
+    shared = onnx_cache / "onnx" / local.name
+    assert local.parent == tmp_path / "project" / "onnx" and local.is_file() and shared.is_file()
+    assert local.read_bytes() == shared.read_bytes()
+    assert not list(local.parent.glob(".*"))  # no temporary files left behind
+    np.testing.assert_array_equal(
+        EfficientNetLite0Embedder(image_size=112, precision="int8").embed(product_photos[:4]),
+        vectors)
+
+
 def test_resize_policy_and_size_are_part_of_the_identity(fp32_112, product_photos):
-    stretch = EfficientNetLite0Embedder(image_size=112, precision="fp32", resize="stretch")
+    pad = EfficientNetLite0Embedder(image_size=112, precision="fp32", resize="pad")
     full = EfficientNetLite0Embedder(precision="fp32")
-    ids = {fp32_112.embedder_id, stretch.embedder_id, full.embedder_id}
+    ids = {fp32_112.embedder_id, pad.embedder_id, full.embedder_id}
     assert len(ids) == 3 and full.config()["image_size"] == 224
-    padded = fp32_112.prepare(product_photos[0])
+    assert fp32_112.config()["resize"] == "stretch"  # the default
+    padded = pad.prepare(product_photos[0])
     assert padded.shape == (112, 112, 3) and padded.dtype == np.uint8
     assert (padded[:, :5] == 255).all()  # a 60x80 photo is padded with white at the sides
-    np.testing.assert_array_equal(stretch.prepare(product_photos[0]), np.asarray(
+    np.testing.assert_array_equal(fp32_112.prepare(product_photos[0]), np.asarray(
         product_photos[0].resize((112, 112), Image.Resampling.BILINEAR)))
 
 
@@ -154,6 +174,8 @@ def test_bad_options_fail_with_one_line_errors():
                              ({"backend": "torch", "precision": "int8"}, "needs backend 'onnx'"),
                              ({"resize": "squash"}, "unknown resize policy"),
                              ({"image_size": 8}, "out of range"),
+                             ({"image_size": "big"}, "whole number"),
+                             ({"num_threads": 0}, "at least 1"),
                              ({"variant": "efficientnet-b0"}, "unknown variant")]:
         with pytest.raises(LookalikeError, match=message) as caught:
             EfficientNetLite0Embedder(**options)

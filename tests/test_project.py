@@ -113,6 +113,47 @@ def test_incremental_add_and_remove(products_parquet: Path, tmp_path: Path) -> N
         [r.id for r in project.similar(remaining[3], k=5)]
 
 
+def test_small_updates_go_to_the_journal_and_replay_everywhere(
+        products_parquet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-item updates append to the current version instead of rewriting it; a reader in
+    another Project sees them on its next query; a restart replays them; past the journal's
+    limit the writer compacts into a new full version with the same results."""
+    from lookalike.index import journal
+
+    project = Project(tmp_path / "p")
+    project.ingest(_manifest(products_parquet, tmp_path, slice(0, 80), "a.parquet"), progress=False)
+    project.index("pixels", progress=False)
+    root = tmp_path / "p" / "indexes" / "default"
+    first = current_version(root)
+    reader = Project(tmp_path / "p", create=False, read_only=True)
+    some = project.store.ids()[3]
+    assert some in {r.id for r in reader.similar(project.store.ids()[4], k=79)}
+
+    extra = pd.read_parquet(products_parquet).sort_values("id").iloc[500]
+    project.add_item("new-1", extra["image_jpeg"], {"title": "new one", "category": "X"})
+    project.remove_items([some])
+    assert current_version(root) == first  # no new version written ...
+    assert journal.entry_count(first) == 2  # ... two journal entries instead
+    assert not (first / "index").stat().st_mtime > (first / journal.JOURNAL_DIR).stat().st_mtime
+
+    query = project.store.ids()[0]
+    expected = [(r.id, round(r.score, 5)) for r in project.similar(query, k=10)]
+    seen_by_reader = [(r.id, round(r.score, 5)) for r in reader.similar(query, k=10)]
+    assert seen_by_reader == expected
+    found = {r.id for r in reader.similar(query, k=200)}
+    assert "new-1" in found and some not in found
+    restarted = Project(tmp_path / "p", create=False, read_only=True)
+    assert [(r.id, round(r.score, 5)) for r in restarted.similar(query, k=10)] == expected
+
+    monkeypatch.setattr(journal, "MAX_ENTRIES", 2)  # the next update must compact
+    project.remove_items([project.store.ids()[7]])
+    second = current_version(root)
+    assert second != first and journal.entry_count(second) == 0
+    after = Project(tmp_path / "p", create=False, read_only=True)
+    assert [r.id for r in after.similar(query, k=10)] == \
+        [r.id for r in project.similar(query, k=10)] == [r.id for r in reader.similar(query, k=10)]
+
+
 def test_index_of_another_embedder_is_refused(shop: Project) -> None:
     folder = current_version(shop.path / "indexes" / "default")
     with pytest.raises(ModelMismatchError, match="embedder"):

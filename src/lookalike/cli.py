@@ -86,14 +86,24 @@ def _print_results(results, as_json: bool, heading: str) -> None:
 @app.command()
 @user_errors
 def ingest(source: Annotated[str, typer.Argument(help="A folder, a manifest (.csv/.jsonl/.parquet) or a named catalogue: demo, products, fashion-mnist.")],
+           on_duplicate: Annotated[str, typer.Option("--on-duplicate", help="Incoming near-duplicates of catalogue images: keep, warn (keep and list them) or skip (reject them).")] = "keep",
+           duplicate_threshold: Annotated[Optional[int], typer.Option("--duplicate-threshold", min=0, max=64, help="Most perceptual-hash bits (of 64) that may differ for a near-duplicate (default 8).")] = None,
            project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Add images and their attributes to the catalogue (incremental, resumable)."""
-    report = Project(project).ingest(source, progress=not as_json)
+    report = Project(project).ingest(source, progress=not as_json,
+                                     on_duplicate_image=on_duplicate,
+                                     duplicate_threshold=duplicate_threshold)
     if as_json:
         out.print_json(json.dumps(report.to_json()))
         return
     out.print(f"ingested {source}: {report.added} added, {report.updated} updated, "
               f"{report.unchanged} unchanged, {len(report.rejected)} rejected")
+    for dup in report.duplicates[:20]:
+        verb = "skipped" if dup["skipped"] else "warning:"
+        out.print(f"  {verb} {dup['id']} is a near-duplicate of {dup['duplicate_of']} "
+                  f"({dup['bits']:g} bits)", highlight=False)
+    if len(report.duplicates) > 20:
+        out.print(f"  ... and {len(report.duplicates) - 20} more near-duplicates (--json)")
     for reject in report.rejected[:20]:
         out.print(f"  rejected {reject.source}: {reject.reason}: {reject.message}", highlight=False)
     if len(report.rejected) > 20:
@@ -134,32 +144,80 @@ def index_command(
         out.print(f"  could not embed {item_id}")
 
 
+TextOption = Annotated[Optional[str], typer.Option("--text", "-t", help="Words: alone, or refining the photo / item, e.g. 'in red'.")]
+TextWeightOption = Annotated[Optional[float], typer.Option("--text-weight", min=0.0, max=1.0, help="Weight w of the words in (1-w)*image + w*text (default 0.5; 1 for words alone).")]
+FusionOption = Annotated[str, typer.Option("--fusion", help="How photo and words combine: weighted (score fusion) or rrf (reciprocal rank).")]
+PerClusterOption = Annotated[Optional[int], typer.Option("--per-cluster", min=1, help="Diversify: at most N results from any one cluster (needs `lookalike clusters`).")]
+
+
+def _query_project(project: Path, text: str | None, index: str | None,
+                   with_title: bool = False) -> Project:
+    """Plain image queries only read; words may first need the fused index built or brought up
+    to date (incremental), so they open the project writable when they can, and build a
+    missing words index here, with a progress bar, rather than silently inside the query."""
+    if with_title or bool(text and text.strip()):
+        try:
+            proj = Project(project, create=False)
+        except LookalikeError:
+            proj = None  # e.g. a read-only directory: use the text index as it is
+        if proj is not None:
+            from lookalike.recommend.text_search import TEXT_DIR, build_text_index
+            from lookalike.storage import current_version
+
+            name = proj._index(index).name
+            if current_version(proj.path / TEXT_DIR / name) is None:
+                err.print(f"no words index for index {name!r} yet: embedding the titles once "
+                          "(`lookalike text-index`)", highlight=False)
+                build_text_index(proj, index=name, progress=True)
+            return proj
+    return Project(project, create=False, read_only=True)
+
+
 @app.command()
 @user_errors
 def similar(item_id: Annotated[str, typer.Argument(help="Catalogue item id.")], k: KOption = 5,
+            text: TextOption = None, text_weight: TextWeightOption = None,
+            with_title: Annotated[bool, typer.Option("--with-title", help="Also match the item's own title (fused item embeddings).")] = False,
+            fusion: FusionOption = "weighted", per_cluster: PerClusterOption = None,
             category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
             price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
             where: WhereOption = None, index: IndexOption = None,
             project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
-    """More like this: the products most similar to a catalogue item."""
+    """More like this: the products most similar to a catalogue item (optionally refined by
+    words, e.g. --text "in red")."""
+    from lookalike.recommend.query import recommend
+
     filters = _filters(category, gender, colour, price_min, price_max, where)
-    results = Project(project, create=False, read_only=True).similar(item_id, k, filters,
-                                                                     index=index)
-    _print_results(results, as_json, f"more like {item_id}")
+    proj = _query_project(project, text, index, with_title)
+    results = recommend(proj, item_id=item_id, text=text, k=k, filters=filters,
+                        text_weight=text_weight, fusion=fusion, with_title=with_title,
+                        per_cluster=per_cluster, index=index)
+    words = f" + {text.strip()!r}" if text and text.strip() else ""
+    _print_results(results, as_json, f"more like {item_id}{words}")
 
 
 @app.command()
 @user_errors
-def search(photo: Annotated[Path, typer.Argument(help="A photo file.")], k: KOption = 5,
+def search(photo: Annotated[Optional[Path], typer.Argument(help="A photo file (optional with --text).")] = None,
+           k: KOption = 5, text: TextOption = None, text_weight: TextWeightOption = None,
+           fusion: FusionOption = "weighted", per_cluster: PerClusterOption = None,
            category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
            price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
            where: WhereOption = None, index: IndexOption = None,
            project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
-    """Search by photo: the products most similar to an image."""
+    """Search by photo, by words (--text "red running shoes"), or by a photo refined by words
+    (PHOTO --text "in red")."""
+    from lookalike.recommend.query import recommend
+
+    if photo is None and text is None:
+        raise LookalikeError("give a photo, --text WORDS, or both")
     filters = _filters(category, gender, colour, price_min, price_max, where)
-    results = Project(project, create=False, read_only=True).search(photo, k, filters,
-                                                                    index=index)
-    _print_results(results, as_json, f"most like {photo}")
+    results = recommend(_query_project(project, text, index), image=photo, text=text, k=k,
+                        filters=filters, text_weight=text_weight, fusion=fusion,
+                        per_cluster=per_cluster, index=index)
+    heading = " + ".join(x for x in (str(photo) if photo else None,
+                                     repr(text.strip()) if text and text.strip() else None) if x)
+    _print_results(results, as_json, f"most like {heading}")
 
 
 @app.command("eval")
@@ -249,6 +307,13 @@ def serve(
               f"({mode}, {settings.workers} worker{'s' if settings.workers > 1 else ''})",
               highlight=False, soft_wrap=True)
     run_server(settings, config_file=config, log_level=log_level)
+
+
+# Commands kept in their own modules register themselves on ``app`` when imported.
+import lookalike.commands.beyond  # noqa: E402,F401
+import lookalike.commands.personal  # noqa: E402,F401
+import lookalike.commands.train  # noqa: E402,F401
+import lookalike.commands.report  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -36,6 +36,7 @@ from lookalike.errors import (
     UnknownItemError,
     UnknownNameError,
 )
+from lookalike.index import journal
 from lookalike.index.base import Filters, VectorIndex, create_index, load_index
 from lookalike.recommend.results import Recommendation
 from lookalike.storage import atomic_write_text, current_version, versioned_folder
@@ -54,6 +55,8 @@ INDEX_EMBEDDER_DIR = "embedder"
 _SPARE = 4
 # Index versions kept on disk: readers that opened the previous one can finish with it.
 _KEEP_VERSIONS = 3
+#: Items embedded and added per step of a (re)index: bounds memory on big catalogues.
+_INDEX_CHUNK = 50_000
 
 
 @dataclass
@@ -145,7 +148,7 @@ class Project:
     def _index_locked(self, embedder: str, *, kind: str, name: str,
                       embedder_options: Mapping[str, Any] | None,
                       index_options: Mapping[str, Any] | None, progress: bool) -> IndexSummary:
-        from lookalike.models.cache import EmbeddingCache, embed_with_cache, save_model_once
+        from lookalike.models.cache import EmbeddingCache, save_model_once
 
         self._reload_settings()  # another process may have added an index meanwhile
         model = self._make_embedder(embedder, embedder_options or {})
@@ -156,73 +159,153 @@ class Project:
         hashes = self.store.content_hashes()
         index_root = self.path / "indexes" / name
         previous = current_version(index_root)
-        index, old_hashes = self._reusable_index(previous, model.embedder_id, model.dim, kind)
+        live = self._live_index(name, previous, model.embedder_id, kind)
+        if live is not None:  # this process holds that version already: update it in place
+            index, old_hashes, seen = live.index, live.hashes, live.journal_seen
+        else:
+            index, old_hashes, seen = self._reusable_index(previous, model.embedder_id,
+                                                           model.dim, kind)
         changed = [i for i, h in hashes.items() if old_hashes.get(i) != h]
         gone = [i for i in old_hashes if i not in hashes]
 
         if index is None:
             kind = self._choose_kind(kind, len(hashes), model.dim)
             index = create_index(kind, model.dim, model.embedder_id, **dict(index_options or {}))
+        try:
+            added, failed, vectors = self._apply_changes(model, cache, index, changed, hashes,
+                                                         progress)
+            removed = gone + failed
+            if removed:
+                index.remove(removed)
+            if not added and not removed and previous is not None and seen is not None:
+                folder = previous  # nothing changed: the saved version stays as it is
+            elif (vectors is not None and previous is not None and seen is not None
+                  and self._fits_journal(previous, seen, len(added) + len(removed))):
+                # A small update: append it to the current version instead of rewriting it.
+                journal.append(previous, added, vectors, self._attributes_of(added),
+                               {i: hashes[i] for i in added}, removed)
+                folder, seen = previous, seen + 1
+            else:
+                with versioned_folder(index_root, keep=_KEEP_VERSIONS) as staging:
+                    index.save(staging / "index")
+                    model.save(staging / INDEX_EMBEDDER_DIR)
+                    failed_set = set(failed)
+                    kept = {i: h for i, h in hashes.items() if i not in failed_set}
+                    atomic_write_text(staging / INDEX_HASHES_FILE, json.dumps(kept))
+                folder, seen = current_version(index_root), 0
+        except BaseException:
+            with self._lock:
+                self._loaded.pop(name, None)  # memory may be ahead of disk: reload next time
+            raise
+        for item_id in removed:
+            old_hashes.pop(item_id, None)
+        old_hashes.update({i: hashes[i] for i in added})
+        entry = {"embedder": model.name, "embedder_id": model.embedder_id, "kind": index.kind}
+        with self._lock:
+            if self.settings.get("indexes", {}).get(name) != entry or \
+                    "default_index" not in self.settings:
+                self.settings.setdefault("indexes", {})[name] = entry
+                self.settings.setdefault("default_index", name)
+                self._write_settings(self.settings)
+            self._loaded[name] = _LoadedIndex(name, folder, index, model, old_hashes, cache, seen)
+        unchanged = len(hashes) - len(changed)
+        return IndexSummary(name=name, kind=index.kind, embedder=model.name,
+                            embedder_id=model.embedder_id, dim=model.dim, size=len(index),
+                            added=len(added), removed=len(gone), unchanged=unchanged,
+                            failed=failed)
+
+    def _apply_changes(self, model, cache, index: VectorIndex, changed: list[str],
+                       hashes: Mapping[str, str], progress: bool
+                       ) -> tuple[list[str], list[str], np.ndarray | None]:
+        """Embed the changed items (cache first) and upsert them, a chunk at a time so a big
+        catalogue never holds all its vectors at once. Returns (added, failed, vectors of the
+        added items — only for a small update, which may go to the journal; else None)."""
+        from lookalike.catalogue.images import decode_image
+        from lookalike.models.cache import embed_with_cache
+
+        added: list[str] = []
         failed: list[str] = []
-        if changed:
-            items = {item.id: item for item in self.store.items(changed)}
+        kept: list[np.ndarray] = []
+        small = len(changed) <= journal.MAX_ITEMS
+        for start in range(0, len(changed), _INDEX_CHUNK):
+            chunk = changed[start:start + _INDEX_CHUNK]
+            items = {item.id: item for item in self.store.items(chunk)}
             paths = {item.content_hash: item.image_path for item in items.values()}
-            keys = [hashes[i] for i in changed]
+            keys = [hashes[i] for i in chunk]
             failures: dict[str, str] = {}
 
             def note_failure(key: str, error: Exception) -> None:
                 failures[key] = str(error)
 
-            from lookalike.catalogue.images import decode_image
-
             vectors = embed_with_cache(model, keys, lambda key: decode_image(paths[key]), cache,
                                        progress=progress, on_error=note_failure)
             good = [n for n, key in enumerate(keys) if key not in failures]
-            failed = [changed[n] for n, key in enumerate(keys) if key in failures]
-            index.add([changed[n] for n in good], vectors[good],
-                      [items[changed[n]].filter_attributes() for n in good])
-        if gone or failed:
-            index.remove(gone + failed)
-        failed_set = set(failed)
-        kept_hashes = {i: h for i, h in hashes.items() if i not in failed_set}
-        with versioned_folder(index_root, keep=_KEEP_VERSIONS) as staging:
-            index.save(staging / "index")
-            model.save(staging / INDEX_EMBEDDER_DIR)
-            atomic_write_text(staging / INDEX_HASHES_FILE, json.dumps(kept_hashes))
+            ids = [chunk[n] for n in good]
+            vectors = np.ascontiguousarray(vectors[good], dtype=np.float32)
+            index.add(ids, vectors, [items[i].filter_attributes() for i in ids])
+            added += ids
+            failed += [chunk[n] for n, key in enumerate(keys) if key in failures]
+            if small:
+                kept.append(vectors)
+        if not small:
+            return added, failed, None
+        return added, failed, (np.concatenate(kept) if kept
+                               else np.zeros((0, model.dim), np.float32))
+
+    def _attributes_of(self, ids: list[str]) -> list[dict[str, Any]]:
+        found = self.store.find(ids)
+        return [found[i].filter_attributes() for i in ids]
+
+    @staticmethod
+    def _fits_journal(folder: Path, seen: int, changes: int) -> bool:
+        if changes == 0 or seen + 1 > journal.MAX_ENTRIES:
+            return False
+        return journal.item_count(folder) + changes <= journal.MAX_ITEMS
+
+    def _live_index(self, name: str, previous: Path | None, embedder_id: str,
+                    kind: str) -> "_LoadedIndex | None":
+        """The loaded index of ``name`` if it is the saved version and can take the update."""
         with self._lock:
-            self.settings.setdefault("indexes", {})[name] = {
-                "embedder": model.name, "embedder_id": model.embedder_id, "kind": index.kind}
-            self.settings.setdefault("default_index", name)
-            self._write_settings(self.settings)
-            self._loaded.pop(name, None)
-        unchanged = len(hashes) - len(changed)
-        return IndexSummary(name=name, kind=index.kind, embedder=model.name,
-                            embedder_id=model.embedder_id, dim=model.dim, size=len(index),
-                            added=len(changed) - len(failed), removed=len(gone),
-                            unchanged=unchanged, failed=failed)
+            live = self._loaded.get(name)
+        if live is None or previous is None or live.folder != previous:
+            return None
+        if live.embedder.embedder_id != embedder_id or kind not in ("auto", live.index.kind):
+            return None
+        try:
+            live.catch_up()
+        except (OSError, StoreError):
+            return None
+        return live
 
     def _make_embedder(self, embedder: str, options: Mapping[str, Any]):
         from lookalike.models import base as models
 
-        if Path(embedder).is_dir():  # a saved or trained model folder
+        from lookalike.training_run import model_folder
+
+        folder = model_folder(self.path, embedder)  # models/<name> (trained here) or a folder
+        if folder is not None:
             if options:
                 raise LookalikeError("embedder options apply to registry names, not saved models")
-            return models.load(embedder)
+            return models.load(folder)
         return models.create(embedder, **options)
 
-    def _reusable_index(self, previous: Path | None, embedder_id: str, dim: int,
-                        kind: str) -> tuple[VectorIndex | None, dict[str, str]]:
-        """The saved index and its id -> hash map, if it can be updated in place."""
+    def _reusable_index(self, previous: Path | None, embedder_id: str, dim: int, kind: str
+                        ) -> tuple[VectorIndex | None, dict[str, str], int | None]:
+        """The saved index (journal replayed), its id -> hash map and how many journal entries
+        it holds, if it can be updated in place; ``(None, {}, None)`` otherwise."""
         if previous is None:
-            return None, {}
+            return None, {}, None
         try:
             index = load_index(previous / "index", expected_embedder_id=embedder_id,
                                expected_dim=dim)
         except ModelMismatchError:
-            return None, {}  # another embedder: rebuild from the (cached) embeddings
+            return None, {}, None  # another embedder: rebuild from the (cached) embeddings
         if kind not in ("auto", index.kind):
-            return None, {}
-        return index, json.loads((previous / INDEX_HASHES_FILE).read_text())
+            return None, {}, None
+        hashes = json.loads((previous / INDEX_HASHES_FILE).read_text())
+        entries = journal.read(previous)
+        journal.replay(entries, index, hashes)
+        return index, hashes, len(entries)
 
     @staticmethod
     def _choose_kind(kind: str, n_items: int, dim: int) -> str:
@@ -231,6 +314,26 @@ class Project:
         from lookalike.index.choose import choose_index
 
         return choose_index(n_items, dim).kind
+
+    # ---- training ----------------------------------------------------------------------------
+    def train(self, method: str, *, name: str | None = None,
+              label_column: str | None = "article_type",
+              options: Mapping[str, Any] | None = None, resume: bool = False,
+              progress: bool = True):
+        """Train a learning embedder (``cnn``, ``cnn-hash``, ``finetune``, ``pca``,
+        ``projection``, ...) on this catalogue's train split; returns a
+        :class:`~lookalike.training_run.TrainSummary`.
+
+        ``options`` are the embedder's settings and its training settings (``epochs``,
+        ``learning_rate``, ...) in one mapping. Checkpoints go to
+        ``models/<name>/checkpoints/`` (``resume=True`` continues from them) and the finished
+        model to ``models/<name>/``; index it with ``index(embedder="models/<name>")``.
+        """
+        self._require_writable("train")
+        from lookalike.training_run import train_project
+
+        return train_project(self, method, name=name, label_column=label_column,
+                             options=options, resume=resume, progress=progress)
 
     # ---- queries -----------------------------------------------------------------------------
     def similar(self, item_id: str, k: int = 5, filters: Filters | None = None, *,
@@ -461,10 +564,16 @@ class Project:
                 raise UnknownNameError(f"index {name!r} does not exist in {self.path}; "
                                        f"known: {', '.join(self.indexes()) or 'none'}")
             loaded = self._loaded.get(name)
-            if loaded is None or loaded.folder != folder:  # another process saved a new version
-                reuse = loaded.embedder if loaded is not None else None
-                loaded = _LoadedIndex.open(name, folder, self.path, embedder=reuse)
-                self._loaded[name] = loaded
+            if loaded is not None and loaded.folder == folder:
+                try:
+                    loaded.catch_up()  # small updates another process appended meanwhile
+                    return loaded
+                except (OSError, StoreError):
+                    pass  # the version was compacted and pruned under us: load the current one
+            # First use, or another process saved a new version.
+            reuse = loaded.embedder if loaded is not None else None
+            loaded = _LoadedIndex.open(name, folder, self.path, embedder=reuse)
+            self._loaded[name] = loaded
             return loaded
 
     def _require_writable(self, what: str) -> None:
@@ -493,6 +602,7 @@ class _LoadedIndex:
     embedder: Any
     hashes: dict[str, str]
     cache: Any
+    journal_seen: int = 0  # journal entries of ``folder`` already applied to ``index``
 
     @classmethod
     def open(cls, name: str, folder: Path, project_path: Path,
@@ -510,9 +620,18 @@ class _LoadedIndex:
             raise ModelMismatchError(f"{folder}: index built with {index.embedder_id}, "
                                      f"model is {embedder.embedder_id}")
         hashes = json.loads((folder / INDEX_HASHES_FILE).read_text())
+        entries = journal.read(folder)
+        journal.replay(entries, index, hashes)
         cache = EmbeddingCache(project_path / "embeddings" / embedder.embedder_id,
                                embedder.embedder_id, embedder.dim)
-        return cls(name, folder, index, embedder, hashes, cache)
+        return cls(name, folder, index, embedder, hashes, cache, len(entries))
+
+    def catch_up(self) -> int:
+        """Apply journal entries another process appended since; returns how many."""
+        entries = journal.read(self.folder, start=self.journal_seen)
+        journal.replay(entries, self.index, self.hashes)
+        self.journal_seen += len(entries)
+        return len(entries)
 
     def vectors_of(self, ids: Sequence[str], store) -> np.ndarray:
         keys = []

@@ -8,6 +8,7 @@ and a small pointer file is swapped to it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -15,6 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 CURRENT_POINTER = "CURRENT"
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once (from /proc where possible: setting it to read it is racy)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -32,6 +45,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600 files; give the file the permissions a plain open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -61,6 +76,7 @@ def versioned_folder(root: str | Path, keep: int = 1) -> Iterator[Path]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; other readers (workers) need in
     try:
         yield staging
         number = _next_version(root)

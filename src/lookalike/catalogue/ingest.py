@@ -29,7 +29,9 @@ from lookalike.catalogue.sources import (CatalogueSource, SourceRecord, open_sou
 from lookalike.catalogue.store import CatalogueStore, Item, Reject
 from lookalike.errors import ImageRejected, LookalikeError
 
-DUPLICATE_IMAGE_POLICIES = ("keep",)
+#: What to do with an incoming image that is a near-duplicate of one already in the catalogue (or
+#: earlier in the same ingest): store it anyway, store it and list it in the report, or reject it.
+DUPLICATE_IMAGE_POLICIES = ("keep", "warn", "skip")
 
 
 @dataclass
@@ -44,6 +46,9 @@ class IngestReport:
     total: int = 0
     source: str = ""
     seconds: float = 0.0
+    #: Near-duplicates found (``on_duplicate_image`` warn/skip): ``{"id", "duplicate_of",
+    #: "bits", "skipped"}`` each; skipped ones are also rejects with reason ``duplicate``.
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
 
     def rejected_by_reason(self) -> dict[str, int]:
         """How many rejects of each reason, most common first."""
@@ -55,7 +60,9 @@ class IngestReport:
         reasons = ", ".join(f"{n} {reason}" for reason, n in self.rejected_by_reason().items())
         return (f"{self.total} items: {self.added} added, {self.updated} updated, "
                 f"{self.unchanged} unchanged, {len(self.rejected)} rejected"
-                + (f" ({reasons})" if reasons else "") + f" in {self.seconds:.1f} s")
+                + (f" ({reasons})" if reasons else "")
+                + (f", {len(self.duplicates)} near-duplicates" if self.duplicates else "")
+                + f" in {self.seconds:.1f} s")
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "total": self.total, "added": self.added,
@@ -63,18 +70,26 @@ class IngestReport:
                 "rejected_count": len(self.rejected),
                 "rejected_by_reason": self.rejected_by_reason(),
                 "rejected": [r.to_json() for r in self.rejected],
+                "duplicates": list(self.duplicates),
                 "seconds": round(self.seconds, 3)}
 
 
 def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store: CatalogueStore,
            *, progress: bool = True, batch_size: int = 256, on_duplicate_image: str = "keep",
-           max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None) -> IngestReport:
+           max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
+           duplicate_threshold: int | None = None) -> IngestReport:
     """Add or update every record of ``source`` in ``store``; see the module docstring.
 
     ``source`` is anything :func:`~lookalike.catalogue.sources.open_source` accepts, or records.
     ``progress`` shows a Rich progress bar when stderr is a terminal. ``workers`` threads decode
-    images (default: up to 4). ``on_duplicate_image`` is reserved for near-duplicate handling;
-    only ``"keep"`` (store duplicates as separate items) exists today.
+    images (default: up to 4).
+
+    ``on_duplicate_image``: ``"keep"`` stores near-duplicates as separate items without looking;
+    ``"warn"`` stores them and lists them in ``report.duplicates``; ``"skip"`` rejects them
+    (reason ``duplicate``). A near-duplicate is an image within ``duplicate_threshold`` bits
+    (default 8 of 64) of the perceptual hash of an item already in the catalogue or accepted
+    earlier in this ingest, whose colour grid also agrees (the ``phash+colour`` method of
+    :mod:`lookalike.recommend.duplicates`). Items that are unchanged are not checked.
     """
     if on_duplicate_image not in DUPLICATE_IMAGE_POLICIES:
         raise LookalikeError(f"on_duplicate_image={on_duplicate_image!r} is not supported; "
@@ -85,6 +100,13 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
     records = _as_source(source)
     report = IngestReport(total=len(records), source=records.name)
     workers = workers or min(4, os.cpu_count() or 1)
+    matcher = None
+    if on_duplicate_image != "keep":
+        from lookalike.recommend.duplicates import DEFAULT_THRESHOLDS, PHashMatcher
+
+        threshold = DEFAULT_THRESHOLDS["phash+colour"] if duplicate_threshold is None \
+            else duplicate_threshold
+        matcher = PHashMatcher.for_store(store, threshold)
 
     with _progress_bar(progress, f"ingest {records.name}", len(records)) as advance, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
@@ -92,7 +114,10 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
             existing = store.find([record.id for record in batch])
             outcomes = list(pool.map(
                 lambda record, known=existing: _prepare(record, known.get(record.id), store,
-                                                        max_pixels), batch))
+                                                        max_pixels, matcher is not None), batch))
+            if matcher is not None:  # in source order, so the first of two copies is kept
+                outcomes = [_check_duplicate(record, outcome, matcher, on_duplicate_image,
+                                             report) for record, outcome in zip(batch, outcomes)]
             to_write = [item for kind, item in outcomes if kind in ("added", "updated")]
             rejects = [reject for kind, reject in outcomes if kind == "rejected"]
             if any(kind != "unchanged" for kind, _ in outcomes):
@@ -118,8 +143,9 @@ def _as_source(source: str | Path | CatalogueSource | Iterable[SourceRecord]) ->
 
 
 def _prepare(record: SourceRecord, existing: Item | None, store: CatalogueStore,
-             max_pixels: int) -> tuple[str, Any]:
-    """Decide one record: ("unchanged" | "updated" | "added", Item) or ("rejected", Reject).
+             max_pixels: int, with_fingerprint: bool = False) -> tuple[str, Any]:
+    """Decide one record: ("unchanged" | "updated" | "added", Item) or ("rejected", Reject);
+    with ``with_fingerprint`` a new image's ``(item, fingerprint)`` replaces the Item.
 
     Runs in a worker thread; touches the store only through ``put_image`` (files, no SQL).
     """
@@ -141,7 +167,32 @@ def _prepare(record: SourceRecord, existing: Item | None, store: CatalogueStore,
     item = Item(id=record.id, content_hash=content_hash, image_path=path,
                 width=decoded.image.width, height=decoded.image.height,
                 source_hash=source_hash, **_fields(record))
+    if with_fingerprint:
+        from lookalike.recommend.duplicates import fingerprint
+
+        return ("added" if existing is None else "updated"), (item, fingerprint(decoded.image))
     return ("added" if existing is None else "updated"), item
+
+
+def _check_duplicate(record: SourceRecord, outcome: tuple[str, Any], matcher: Any, policy: str,
+                     report: IngestReport) -> tuple[str, Any]:
+    """Apply the near-duplicate policy to one prepared record (main thread, source order)."""
+    kind, value = outcome
+    if not isinstance(value, tuple):
+        return outcome  # unchanged or rejected: nothing new to check
+    item, (code, colours) = value
+    matches = [m for m in matcher.find_fingerprint(code, colours) if m[0] != item.id]
+    if matches:
+        original, bits = matches[0]
+        report.duplicates.append({"id": item.id, "duplicate_of": original, "bits": bits,
+                                  "skipped": policy == "skip"})
+        if policy == "skip":
+            return "rejected", Reject(
+                source=record.row or record.id, reason="duplicate", item_id=record.id,
+                message=f"near-duplicate of catalogue item {original!r} "
+                        f"({bits:g} of 64 perceptual-hash bits differ)")
+    matcher.add_fingerprint(item.id, code, colours)
+    return kind, item
 
 
 def _fields(record: SourceRecord) -> dict[str, Any]:

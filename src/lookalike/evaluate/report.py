@@ -402,15 +402,17 @@ def plot_bars(path: str | Path, rows: Sequence[Mapping[str, Any]], *, x: str,
         axes.axhline(value, linestyle="--", linewidth=1, color="grey")
         axes.annotate(name, (1.0, value), xycoords=("axes fraction", "data"), ha="right",
                       va="bottom", fontsize=7, color="dimgrey")
-    axes.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 4 else 0,
-                    ha="right" if len(groups) > 4 else "center")
+    crowded = len(groups) > 4 or max((len(g) for g in groups), default=0) > 12
+    axes.set_xticks(range(len(groups)), groups, rotation=20 if crowded else 0,
+                    ha="right" if crowded else "center")
     axes.set_ylabel(ylabel or ", ".join(y_columns))
     if ylim:
         axes.set_ylim(*ylim)
     if title:
         axes.set_title(title)
     if len(series) > 1 or hue is not None:
-        axes.legend(fontsize=8)
+        # Beside the axes, so it never hides a bar or a line (constrained layout makes room).
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(axis="y", alpha=0.3)
     return _save_figure(figure, path)
 
@@ -446,7 +448,8 @@ def plot_lines(path: str | Path, rows: Sequence[Mapping[str, Any]], *, x: str,
     if title:
         axes.set_title(title)
     if len(lines) > 1 or hue is not None:
-        axes.legend(fontsize=8)
+        # Beside the axes, so it never hides a bar or a line (constrained layout makes room).
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(alpha=0.3)
     return _save_figure(figure, path)
 

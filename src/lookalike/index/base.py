@@ -163,6 +163,7 @@ INDEX_MANIFEST = "index.json"
 _BUILTIN: dict[str, str] = {
     "exact": "lookalike.index.faiss_backend:ExactIndex",
     "hnsw": "lookalike.index.faiss_backend:HNSWIndex",
+    "binary": "lookalike.index.binary_backend:BinaryIndex",
 }
 _REGISTRY: dict[str, type[VectorIndex]] = {}
 

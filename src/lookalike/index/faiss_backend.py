@@ -477,7 +477,7 @@ class HNSWIndex(FaissIndex):
 
     removes_from_faiss = False
     DEFAULTS: ClassVar[dict[str, Any]] = {
-        "M": 16, "ef_search": 96, "ef_construction": 64, "storage": "SQ8", "rotate": True,
+        "M": 16, "ef_search": 56, "ef_construction": 160, "storage": "SQ8", "rotate": True,
         "train_size": 10_000, "compact_ratio": 0.2, "exact_below": 50_000,
     }
     #: Filtered searches widen the beam to ``ef_search / sqrt(share passing)``, at most this.

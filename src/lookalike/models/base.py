@@ -181,6 +181,19 @@ _BUILTIN: dict[str, str] = {
     "pixels": "lookalike.models.baselines:PixelsEmbedder",
     "hsv-histogram": "lookalike.models.baselines:HSVHistogramEmbedder",
     "efficientnet-lite0": "lookalike.models.efficientnet:EfficientNetLite0Embedder",
+    "phog": "lookalike.models.handcrafted:PHOGEmbedder",
+    "gist": "lookalike.models.handcrafted:GISTEmbedder",
+    "fusion": "lookalike.models.fusion:FusionEmbedder",
+    "cnn": "lookalike.models.cnn:CNNEmbedder",
+    "cnn-hash": "lookalike.models.hashing:CNNHashEmbedder",
+    "lsh": "lookalike.models.hashing:LSHEmbedder",
+    "finetune": "lookalike.models.finetune:FinetuneEmbedder",
+    "pca": "lookalike.models.reduction:PCAEmbedder",
+    "projection": "lookalike.models.reduction:ProjectionEmbedder",
+    "autoencoder": "lookalike.models.autoencoder:AutoencoderEmbedder",
+    "conv-autoencoder": "lookalike.models.autoencoder:ConvAutoencoderEmbedder",
+    "infogan": "lookalike.models.infogan:InfoGANEmbedder",
+    "all-minilm-l6-v2": "lookalike.models.text:MiniLMTextEmbedder",
 }
 _REGISTRY: dict[str, type[Embedder]] = {}
 

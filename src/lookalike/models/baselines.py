@@ -17,7 +17,7 @@ from PIL import Image
 
 from lookalike.errors import LookalikeError
 from lookalike.models.base import Embedder
-from lookalike.models.preprocess import images_to_grid
+from lookalike.models.preprocess import images_to_grid, whole_number
 
 _COLOUR_MODES = {"rgb": "RGB", "grey": "L"}
 
@@ -36,7 +36,12 @@ class PixelsEmbedder(Embedder):
 
     def __init__(self, size: int | tuple[int, int] = 32, colour: str = "rgb",
                  centre: bool = False) -> None:
-        width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if isinstance(size, (int, float, str)):
+            width = height = whole_number("pixels size", size)
+        elif len(size) == 2:
+            width, height = (whole_number("pixels size", s) for s in size)
+        else:
+            raise LookalikeError(f"pixels: size must be N or (width, height), not {size!r}")
         if width < 1 or height < 1 or width * height > 1024 * 1024:
             raise LookalikeError(f"pixels: size {width}x{height} is out of range (1..1024x1024)")
         if colour not in _COLOUR_MODES:
@@ -50,7 +55,8 @@ class PixelsEmbedder(Embedder):
         return self.width * self.height * (3 if self.colour == "rgb" else 1)
 
     def config(self) -> dict[str, Any]:
-        size: int | list[int] = self.width if self.width == self.height else [self.width, self.height]
+        size: int | list[int] = (self.width if self.width == self.height
+                                 else [self.width, self.height])
         return {"size": size, "colour": self.colour, "centre": self.centre}
 
     def _embed_batch(self, images: list[Image.Image]) -> np.ndarray:
@@ -85,12 +91,16 @@ class HSVHistogramEmbedder(Embedder):
 
     def __init__(self, bins: tuple[int, int, int] | list[int] = (16, 4, 4), grid: int = 0,
                  work_size: int = 64, ignore_background: bool = False, sqrt: bool = True) -> None:
-        bins = tuple(int(b) for b in bins)
+        if isinstance(bins, str):  # "16,4,4" from a command line
+            bins = bins.split(",")
+        bins = tuple(whole_number("hsv-histogram bins", b) for b in bins)
         if len(bins) != 3 or not all(1 <= b <= 256 for b in bins):
-            raise LookalikeError(f"hsv-histogram: bins must be three integers in 1..256, not {bins}")
-        if not 0 <= int(grid) <= 8:
+            raise LookalikeError(f"hsv-histogram: bins must be three integers in 1..256, "
+                                 f"not {bins}")
+        grid, work_size = whole_number("grid", grid), whole_number("work_size", work_size)
+        if not 0 <= grid <= 8:
             raise LookalikeError(f"hsv-histogram: grid must be 0 (global only) .. 8, not {grid}")
-        if not 8 <= int(work_size) <= 512 or (grid and int(work_size) % int(grid)):
+        if not 8 <= work_size <= 512 or (grid and work_size % grid):
             raise LookalikeError(f"hsv-histogram: work_size {work_size} must be 8..512 and a "
                                  f"multiple of grid {grid}")
         self.bins: tuple[int, int, int] = bins  # type: ignore[assignment]

@@ -81,7 +81,6 @@ class EmbeddingCache:
         self.folder = Path(folder)
         self.embedder_id = str(embedder_id)
         self.dim = int(dim)
-        self.folder.mkdir(parents=True, exist_ok=True)
         meta_path = self.folder / META_FILE
         if meta_path.is_file():
             try:
@@ -95,8 +94,14 @@ class EmbeddingCache:
                 raise ModelMismatchError(f"{self.folder}: cache is for embedder "
                                          f"{meta.get('embedder_id')}, not {self.embedder_id}")
         else:
-            atomic_write_text(meta_path, json.dumps({"embedder_id": self.embedder_id,
-                                                     "dim": self.dim}, indent=2))
+            try:
+                atomic_write_text(meta_path, json.dumps({"embedder_id": self.embedder_id,
+                                                         "dim": self.dim}, indent=2))
+            except OSError:
+                if self.folder.exists():
+                    raise
+                # A read-only project that never cached this embedder: an empty cache to read;
+                # put() will fail with the filesystem's own error.
         self._lock = threading.RLock()
         self._chunks: list[Path] = []
         self._vectors: list[np.ndarray] = []  # memory maps, one per chunk
@@ -109,6 +114,8 @@ class EmbeddingCache:
     # ---- reading ----------------------------------------------------------------------------
     def _committed_chunks(self) -> list[Path]:
         found = []
+        if not self.folder.is_dir():
+            return []
         for path in self.folder.iterdir():
             match = _CHUNK.match(path.name)
             if match and not path.name.endswith(".keys.npy") and _keys_path(path).is_file():
@@ -231,6 +238,7 @@ class EmbeddingCache:
         if not keys:
             return
         with self._lock:
+            self.folder.mkdir(parents=True, exist_ok=True)
             path = self._next_name()
             _save_npy_atomically(path, vectors)
             _save_npy_atomically(_keys_path(path), _encode_keys(keys))  # the commit
@@ -242,9 +250,12 @@ class EmbeddingCache:
         Run it while no other process writes to this cache (the project holds its write lock).
         """
         with self._lock:
+            if not self.folder.is_dir():
+                return
             self._refresh()
             old = list(self._chunks)
-            if len(old) > 1 or (old and len(self._sorted_keys) < sum(len(v) for v in self._vectors)):
+            rows = sum(len(v) for v in self._vectors)
+            if len(old) > 1 or (old and len(self._sorted_keys) < rows):
                 target = self._next_name()
                 tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
                 try:
@@ -335,7 +346,8 @@ def read_items(keys: Iterable[str], load_image: Callable[[str], Image.Image],
         except Exception as error:  # noqa: BLE001 - reported per key, the run goes on
             return ItemFailed(error)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lookalike-read") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers),
+                            thread_name_prefix="lookalike-read") as pool:
         pending: deque[tuple[str, Future]] = deque()
         key_iter = iter(keys)
         exhausted = False

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
@@ -40,6 +40,7 @@ from lookalike.recommend.results import Recommendation
 from lookalike.serve.schemas import (
     ITEM_ID_PATTERN,
     MAX_K,
+    MAX_TEXT_CHARS,
     CatalogueSummary,
     ErrorResponse,
     Health,
@@ -53,7 +54,7 @@ from lookalike.serve.schemas import (
 from lookalike.serve.security import ApiError, require_api_key
 from lookalike.serve.service import FilterValueError, LookalikeService
 from lookalike.serve.settings import ServeSettings, load_settings
-from lookalike.serve.uploads import BodySizeLimit, UploadTooLarge, read_upload
+from lookalike.serve.uploads import BodySizeLimit, UploadTooLarge, decode_upload, read_upload
 
 log = logging.getLogger("lookalike.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -71,7 +72,10 @@ SECURITY_HEADERS = [
 
 _ERROR_TEXT = {
     401: "API key missing", 403: "Wrong API key, or the service is read-only",
-    404: "Unknown item", 413: "Upload above the byte cap, or image above the pixel cap",
+    404: "Unknown item",
+    409: "Words or per-cluster results asked for, but this catalogue has no text index / "
+         "clusters yet (`lookalike text-index` / `lookalike clusters`)",
+    413: "Upload above the byte cap, or image above the pixel cap",
     422: "Invalid parameter, filter value or image", 503: "No index yet",
 }
 
@@ -119,6 +123,11 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(SecurityHeaders)
     _add_routes(app, service, settings)
+    # Feature routers live in their own modules; they reach the service via app.state.
+    from lookalike.serve import routes_beyond, routes_personal
+
+    app.include_router(routes_personal.router)
+    app.include_router(routes_beyond.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -180,11 +189,43 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
                                 max_pixels=settings.max_pixels, read_only=settings.read_only)
 
     # -- queries --
+    def guided(query: Callable[[], list[Recommendation]]) -> list[Recommendation]:
+        """Run a words / diversified query (CPU-bound: holds an embedding slot), turning 'not
+        prepared for this catalogue' into a clear 409 instead of 'no index yet'."""
+        from lookalike.models.text import TextModelMissing
+
+        try:
+            with service.embed_slots:
+                return service._read(query)
+        except TextModelMissing as error:
+            raise ApiError(503, "not_ready", f"text search is not available: {error}") from None
+        except UnknownNameError as error:
+            if service.index_version() is None:
+                raise  # no image index at all: the usual 503
+            # The catalogue is served, but the words index or the clusters were never built:
+            # a state the operator fixes with one command, not a server failure.
+            raise ApiError(409, "not_prepared", str(error)) from None
+
+    def query_echo(filters: Any, **asked: Any) -> dict[str, Any]:
+        echo = {key: value for key, value in asked.items() if value not in (None, False)}
+        return {**echo, "filters": filters.to_json() if filters else None}
+
     @app.post("/v1/search", response_model=Results, tags=["queries"],
-              summary="Search by photo", responses=_errors(413, 422, 503))
+              summary="Search by photo, words, or a photo refined by words",
+              responses=_errors(409, 413, 422, 503))
     async def search(
-            image: Annotated[UploadFile, File(description="The photo (JPEG, PNG, WebP, GIF, "
-                                                          "BMP or TIFF; sniffed, not trusted).")],
+            image: Annotated[UploadFile | None, File(description="The photo (JPEG, PNG, WebP, "
+                                                                 "GIF, BMP or TIFF; sniffed, not "
+                                                                 "trusted). Optional with `text`.")] = None,
+            text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS, description=(
+                "Words: alone (`red running shoes`) or refining the photo (`in red`).")
+            )] = None,
+            text_weight: Annotated[float | None, Form(ge=0.0, le=1.0, description=(
+                "Weight w of the words in (1 - w) * image + w * text (default 0.5)."))] = None,
+            fusion: Annotated[Literal["weighted", "rrf"], Form(description=(
+                "Weighted score fusion or reciprocal rank fusion."))] = "weighted",
+            per_cluster: Annotated[int | None, Form(ge=1, le=MAX_K, description=(
+                "Diversify: at most this many results from any one catalogue cluster."))] = None,
             k: Annotated[int | None, Form(ge=1, le=MAX_K, description=(
                 "How many results (default: the service's default_k, 5)."))] = None,
             category: Annotated[list[str] | None, Form(
@@ -198,25 +239,65 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
             price_max: Annotated[float | None, Form(allow_inf_nan=False,
                                                     description="Highest price.")] = None
     ) -> Results:
-        """Search by photo: the products that look most like an uploaded image."""
-        data = await read_upload(image, settings.max_upload_bytes)
+        """Search by photo (the products that look most like an uploaded image), by words
+        alone, or by a photo refined by words. Blank words with a photo are a plain photo
+        search; blank words alone, or words the text model cannot read, are a 422."""
+        words = text if text is not None and text.strip() else None
+        if image is None and text is None:
+            raise ApiError(422, "invalid_request", "give an image, text, or both")
+        data = await read_upload(image, settings.max_upload_bytes) if image is not None else None
         k = k or settings.default_k
         filters = await run_in_threadpool(filters_of, category, gender, colour, price_min,
                                           price_max)
-        found = await run_in_threadpool(service.search, data, k, filters)
-        return results(found, k, {"filters": filters.to_json() if filters else None})
+        if words is None and per_cluster is None and data is not None:
+            found = await run_in_threadpool(service.search, data, k, filters)
+        else:
+            from lookalike.recommend.query import recommend
+
+            picture = (await run_in_threadpool(decode_upload, data, settings.max_pixels)
+                       if data is not None else None)
+            found = await run_in_threadpool(guided, lambda: recommend(
+                service.project, image=picture, text=text, k=k, filters=filters,
+                text_weight=text_weight, fusion=fusion, per_cluster=per_cluster,
+                index=service.index_name()))
+        return results(found, k, query_echo(filters, text=words, text_weight=text_weight,
+                                            per_cluster=per_cluster))
 
     @app.get("/v1/items/{item_id}/similar", response_model=Results, tags=["queries"],
-             summary="More like this", responses=_errors(404, 422, 503))
-    def similar(item_id: ItemId, k: KQuery = None, category: CategoryQuery = None,
+             summary="More like this (optionally refined by words)",
+             responses=_errors(404, 409, 422, 503))
+    def similar(item_id: ItemId, k: KQuery = None,
+                text: Annotated[str | None, Query(max_length=MAX_TEXT_CHARS, description=(
+                    "Words refining the item, e.g. `in red`."))] = None,
+                text_weight: Annotated[float | None, Query(ge=0.0, le=1.0, description=(
+                    "Weight w of the words in (1 - w) * image + w * text."))] = None,
+                with_title: Annotated[bool, Query(description=(
+                    "Also match the item's own title (fused item embeddings)."))] = False,
+                fusion: Annotated[Literal["weighted", "rrf"], Query()] = "weighted",
+                per_cluster: Annotated[int | None, Query(ge=1, le=MAX_K, description=(
+                    "Diversify: at most this many results from any one cluster."))] = None,
+                category: CategoryQuery = None,
                 gender: GenderQuery = None, colour: ColourQuery = None,
                 price_min: PriceMinQuery = None, price_max: PriceMaxQuery = None) -> Results:
-        """More like this: the products that look most like a catalogue item (not itself)."""
+        """More like this: the products that look most like a catalogue item (not itself),
+        optionally refined by words or the item's own title, or diversified over clusters."""
         k = k or settings.default_k
         filters = filters_of(category, gender, colour, price_min, price_max)
-        found = service.similar(item_id, k, filters)
-        return results(found, k, {"item": item_id,
-                                  "filters": filters.to_json() if filters else None})
+        words = text if text is not None and text.strip() else None
+        if words is None and not with_title and per_cluster is None:
+            found = service.similar(item_id, k, filters)
+        else:
+            from lookalike.recommend.query import recommend
+
+            if item_id not in service.project.store:
+                raise UnknownItemError(f"unknown item {item_id!r}")
+            found = guided(lambda: recommend(
+                service.project, item_id=item_id, text=text, k=k, filters=filters,
+                text_weight=text_weight, fusion=fusion, with_title=with_title,
+                per_cluster=per_cluster, index=service.index_name()))
+        return results(found, k, {"item": item_id, **query_echo(
+            filters, text=words, text_weight=text_weight, with_title=with_title,
+            per_cluster=per_cluster)})
 
     # -- items --
     @app.get("/v1/items", response_model=ItemList, tags=["catalogue"],

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 #: Ids a client may create with PUT: no slashes, no leading dot, printable ASCII.
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 MAX_K = 100
+#: Longest words query the API accepts (the text model reads about 64 word pieces anyway).
+MAX_TEXT_CHARS = 1000
 
 AttributeValue = str | int | float | bool
 
@@ -75,8 +77,8 @@ class Result(BaseModel):
 class Results(BaseModel):
     results: list[Result]
     k: int
-    query: dict[str, Any] = Field(default_factory=dict,
-                                  description="What was asked: item id and/or the filters.")
+    query: dict[str, Any] = Field(default_factory=dict, description=(
+        "What was asked: item id, words (`text`), `text_weight`, `per_cluster` and the filters."))
 
 
 class ItemDetails(BaseModel):

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from lookalike.errors import LookalikeError, StoreError, UnknownItemError
+from lookalike.index import journal
 from lookalike.index.base import Filters
 from lookalike.project import PROJECT_FILE, Project
 from lookalike.recommend.results import Recommendation
@@ -83,7 +84,8 @@ class LookalikeService:
 
     # ---- readiness -------------------------------------------------------------------------
     def index_version(self) -> str | None:
-        """Name of the current version folder of the served index (None: no index yet)."""
+        """The served index's current version folder, with ``+N`` when N small updates were
+        appended to it since (see lookalike.index.journal); None before the first index."""
         name = self.index_name()
         if not name:
             # The first index may have been built since we opened the project.
@@ -93,7 +95,10 @@ class LookalikeService:
             with self._state_lock:
                 self._reader = Project(self.project_dir, create=False, read_only=True)
         folder = current_version(self.project_dir / "indexes" / name)
-        return folder.name if folder else None
+        if folder is None:
+            return None
+        updates = journal.entry_count(folder)  # small updates appended to that version
+        return f"{folder.name}+{updates}" if updates else folder.name
 
     def index_name(self) -> str | None:
         """The index queries use: ``settings.index``, else the project's default index."""

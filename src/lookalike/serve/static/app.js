@@ -15,6 +15,7 @@
     filtersPanel: $("filters-panel"), filterCount: $("filter-count"),
     category: $("f-category"), gender: $("f-gender"), colour: $("f-colour"),
     priceMin: $("f-price-min"), priceMax: $("f-price-max"), k: $("f-k"),
+    words: $("text-query"), wordsOnly: $("words-only"),
   };
   const state = {
     maxUploadBytes: 10 * 1024 * 1024,
@@ -54,6 +55,19 @@
     if (els.priceMax.value !== "") params.append("price_max", els.priceMax.value);
     params.append("k", els.k.value || "5");
     return params;
+  }
+
+  // The words box: words alone, or words refining the photo / the product shown.
+  function words() {
+    return els.words ? els.words.value.trim() : "";
+  }
+
+  function quoted(text) {
+    return text ? ` “${text}”` : "";
+  }
+
+  function showWordsOnly() {
+    if (els.wordsOnly) els.wordsOnly.hidden = !(words() && (state.lastFile || state.lastItem));
   }
 
   // ---- messages -------------------------------------------------------------------------------
@@ -180,12 +194,15 @@
     say("Looking for similar products…", "busy");
     const form = new FormData();
     form.append("image", file, file.name || "photo");
+    const text = words();
+    if (text) form.append("text", text);
     for (const [name, value] of filterParams()) form.append(name, value);
+    showWordsOnly();
     try {
       const body = await api("/v1/search", { method: "POST", body: form });
       if (ticket !== state.request) return;
       say("");
-      renderResults(body.results, "Most like your photo",
+      renderResults(body.results, text ? `Like your photo,${quoted(text)}` : "Most like your photo",
         `${body.results.length} product${body.results.length === 1 ? "" : "s"}, most similar first.`,
         state.previewUrl, "Your photo");
       focusResults();
@@ -203,18 +220,52 @@
     if (!fromHistory) history.pushState({ item }, "", "#item=" + encodeURIComponent(item.id));
     const ticket = ++state.request;
     say("Finding more like this…", "busy");
+    const params = filterParams();
+    const text = words();
+    if (text) params.append("text", text);
+    showWordsOnly();
     try {
-      const body = await api(`/v1/items/${encodeURIComponent(item.id)}/similar?${filterParams()}`);
+      const body = await api(`/v1/items/${encodeURIComponent(item.id)}/similar?${params}`);
       if (ticket !== state.request) return;
       say("");
       const name = item.title || `item ${item.id}`;
-      renderResults(body.results, `More like: ${name}`,
+      renderResults(body.results, `More like: ${name}${text ? "," + quoted(text) : ""}`,
         [item.category, `${body.results.length} similar products`].filter(Boolean).join(" · "),
         item.image_url, name);
       focusResults();
     } catch (err) {
       if (ticket !== state.request) return;
       say(err.status === 404 ? "That product is no longer in the catalogue." : err.message, "error");
+    }
+  }
+
+  // ---- words alone ----------------------------------------------------------------------------
+  async function searchWords() {
+    const text = words();
+    if (!text) {
+      say("Type a few words first, e.g. “red running shoes”, or choose a photo.", "error");
+      return;
+    }
+    state.lastFile = null;
+    state.lastItem = null;
+    els.preview.hidden = true;
+    if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+    showWordsOnly();
+    const ticket = ++state.request;
+    say("Searching…", "busy");
+    const form = new FormData();
+    form.append("text", text);
+    for (const [name, value] of filterParams()) form.append(name, value);
+    try {
+      const body = await api("/v1/search", { method: "POST", body: form });
+      if (ticket !== state.request) return;
+      say("");
+      renderResults(body.results, `Matching${quoted(text)}`,
+        `${body.results.length} product${body.results.length === 1 ? "" : "s"}, best match first.`);
+      focusResults();
+    } catch (err) {
+      if (ticket !== state.request) return;
+      say(err.message, "error");
     }
   }
 
@@ -322,15 +373,26 @@
     updateFilterCount();
     if (state.lastFile) searchPhoto(state.lastFile);
     else if (state.lastItem) showSimilar(state.lastItem, true);
+    else if (words()) searchWords();
   }
   for (const select of [els.category, els.gender, els.colour, els.k]) select.addEventListener("change", rerun);
   for (const input of [els.priceMin, els.priceMax]) input.addEventListener("change", rerun);
-  els.form.addEventListener("submit", (event) => { event.preventDefault(); rerun(); });
+  els.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!state.lastFile && !state.lastItem && !words()) searchWords();  // says what to type
+    else rerun();
+  });
   els.clear.addEventListener("click", () => {
     for (const select of [els.category, els.gender, els.colour]) select.value = "";
     els.priceMin.value = ""; els.priceMax.value = "";
     rerun();
   });
+  if (els.words) {
+    // The clear (x) of the search box: back to the photo / product alone.
+    els.words.addEventListener("search", () => { if (!words()) rerun(); });
+    els.words.addEventListener("input", showWordsOnly);
+  }
+  if (els.wordsOnly) els.wordsOnly.addEventListener("click", searchWords);
   els.shuffle.addEventListener("click", loadRandom);
   // Back/Forward between products, and links or other scripts that set "#item=<id>".
   window.addEventListener("hashchange", () => {

@@ -1,0 +1,296 @@
+"""Binary codes vs float search: paper 000's hash layer (eqs. 7-8) and LSH (paper 001), measured.
+
+For each dataset (class-match protocol: test queries against the train gallery):
+
+- ``float32 exact``: the trained ``cnn`` embedder's features in the ``exact`` index (the baseline);
+- ``cnn-hash{b}``: a hash layer of ``b`` bits added to that CNN and trained jointly with it for
+  ``--hash-epochs`` epochs, searched in the ``binary`` index by Hamming distance only, and with
+  the top ``--candidates`` re-ranked by Euclidean distance on the float features (floats
+  memory-mapped from disk, as in deployment);
+- ``lsh{b}``: random-hyperplane LSH over the same CNN features, with and without re-ranking.
+
+Columns: P@10 and mAP@100, vector bytes per item (what the searched representation costs),
+measured index bytes per item in RAM (``memory_bytes()``, ids and attributes included), and
+queries per second through ``VectorIndex.search`` (k=100, all queries in one call).
+Finally a 1M-code FAISS ``IndexBinaryFlat`` scan is timed beside a 1M x 128 float32 flat scan.
+
+Trained models are cached in ``benchmarks/.cache/hash_bench/`` (``--retrain`` ignores them); the
+training time of the default ``cnn`` config is reported (the budget is 15 minutes on 2 cores).
+
+    python benchmarks/hash_bench.py                               # both datasets, all bits
+    python benchmarks/hash_bench.py --datasets fashion-mnist --bits 64
+    python benchmarks/hash_bench.py --scan-only                   # just the 1M-code timing
+
+Writes ``benchmarks/results/hash_bench.json`` and ``hash_bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, peak_rss_mb, print_table, write_results  # noqa: E402
+
+from lookalike.evaluate import metrics  # noqa: E402
+from lookalike.evaluate.report import markdown_table  # noqa: E402
+from lookalike.index.base import create_index, load_index  # noqa: E402
+from lookalike.models import base  # noqa: E402
+from lookalike.models.cnn import CNNEmbedder  # noqa: E402
+from lookalike.models.datasets import (  # noqa: E402
+    ImageTensors,
+    fashion_mnist_tensors,
+    frame_tensors,
+)
+from lookalike.models.hashing import CNNHashEmbedder, HyperplaneCoder  # noqa: E402
+from lookalike.storage import atomic_write_text  # noqa: E402
+
+NAME = "hash_bench"
+CACHE = Path(__file__).resolve().parent / ".cache" / NAME
+TARGETS = {"fashion-mnist": {"P@10": 0.93, "mAP@100": 0.90}, "products": {"P@10": 0.85}}
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def load(dataset: str, limit: int | None = None
+         ) -> tuple[ImageTensors, list[str], ImageTensors, list[str], dict[str, Any]]:
+    """(train tensors, train labels, test tensors, test labels, cnn options) of one dataset;
+    ``limit`` samples that many train (and a tenth as many test) items for a quick run."""
+    query_limit = None if limit is None else max(1, limit // 10)
+    if dataset == "fashion-mnist":
+        train = fashion_mnist_tensors("train", limit=limit)
+        test = fashion_mnist_tensors("test", limit=query_limit)
+        labels = [str(v) for v in train.labels.tolist()], [str(v) for v in test.labels.tolist()]
+        return train, labels[0], test, labels[1], {"image_size": [28, 28], "channels": 1}
+    if dataset == "products":
+        from lookalike.catalogue.sources import load_products_frame
+
+        train_frame = load_products_frame(split="train")
+        test_frame = load_products_frame(split="test")
+        if limit is not None:
+            train_frame = train_frame.sample(n=min(limit, len(train_frame)), random_state=0)
+            test_frame = test_frame.sample(n=min(query_limit, len(test_frame)), random_state=0)
+        train = frame_tensors(train_frame, "article_type")
+        # test-only classes have no label code; queries need only their names
+        test = frame_tensors(test_frame, None)
+        return (train, train_frame["article_type"].astype(str).tolist(), test,
+                test_frame["article_type"].astype(str).tolist(), {"label_column": "article_type"})
+    raise SystemExit(f"unknown dataset {dataset!r}; use fashion-mnist or products")
+
+
+def cached(folder: Path, key: dict[str, Any], build: Any, retrain: bool
+           ) -> tuple[Any, dict[str, Any]]:
+    """Load the model saved under ``folder`` for ``key``, or ``build()`` and save it.
+
+    Returns the model and its training record (seconds, stop reason, per-epoch history)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    path = folder.with_name(f"{folder.name}-{digest}")
+    if not (path / "bench.json").is_file() or retrain:
+        started = time.perf_counter()
+        model = build()
+        seconds = time.perf_counter() - started
+        shutil.rmtree(path, ignore_errors=True)
+        model.save(path)
+        atomic_write_text(path / "bench.json", json.dumps({"key": key, "train_seconds": seconds}))
+    record = json.loads((path / "training.json").read_text())
+    record["train_seconds"] = json.loads((path / "bench.json").read_text())["train_seconds"]
+    return base.load(path), record
+
+
+# ---- measuring ------------------------------------------------------------------------------------
+def measure(index: Any, queries: np.ndarray, query_labels: list[str],
+            gallery_label: dict[str, str], n_relevant: np.ndarray, k: int = 100) -> dict[str, Any]:
+    started = time.perf_counter()
+    hits = index.search(queries, k)
+    seconds = time.perf_counter() - started
+    relevant = np.zeros((len(queries), k), dtype=bool)
+    for q, result in enumerate(hits):
+        row = [gallery_label[i] == query_labels[q] for i in result.ids]
+        relevant[q, :len(row)] = row
+    per_query = metrics.per_query_metrics(relevant, n_relevant, ks=(1, 10), map_at=100)
+    means = metrics.mean_metrics(per_query)
+    return {"P@10": means["P@10"], "mAP@100": means["mAP@100"],
+            "index_bytes_per_item": index.memory_bytes() / len(index),
+            "queries_per_s": len(queries) / seconds}
+
+
+def binary_rows(method: str, coder: HyperplaneCoder, gallery: np.ndarray, queries: np.ndarray,
+                ids: list[str], query_labels: list[str], gallery_label: dict[str, str],
+                n_relevant: np.ndarray, candidates: int, workdir: Path) -> list[dict[str, Any]]:
+    """Hamming-only and Hamming + re-rank rows for one coder (re-rank floats memory-mapped)."""
+    dim = gallery.shape[1]
+    codes_only = create_index("binary", dim, coder=coder, rerank=False, store_vectors=False)
+    codes_only.add(ids, gallery)
+    rows = [{"method": method, "search": "hamming", "vector_bytes": coder.bits // 8,
+             **measure(codes_only, queries, query_labels, gallery_label, n_relevant)}]
+    reranked = create_index("binary", dim, coder=coder, candidates=candidates)
+    reranked.add(ids, gallery)
+    folder = workdir / method
+    reranked.save(folder)
+    mapped = load_index(folder, mmap=True)
+    rows.append({"method": method, "search": f"hamming top-{candidates} + euclidean re-rank",
+                 "vector_bytes": coder.bits // 8, "disk_bytes": dim * 4,
+                 **measure(mapped, queries, query_labels, gallery_label, n_relevant),
+                 "index_bytes_per_item_floats_in_ram": reranked.memory_bytes() / len(reranked)})
+    shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict]:
+    train, train_labels, test, test_labels, cnn_options = load(dataset, args.limit)
+    print(f"{dataset}: {len(train)} gallery, {len(test)} queries", flush=True)
+    training = {"threads": args.threads, "progress": args.progress}
+    if args.epochs is not None:
+        training["epochs"] = args.epochs
+
+    cnn, cnn_record = cached(
+        CACHE / dataset / "cnn", {"cnn": cnn_options, "training": training, "limit": args.limit},
+        lambda: CNNEmbedder(**cnn_options).fit_tensors(train, **training), args.retrain)
+    print(f"  cnn: trained in {cnn_record['train_seconds']:.0f} s, "
+          f"{len(cnn_record['history'])} epochs ({cnn_record['stopped']})", flush=True)
+    ids = [str(i) for i in range(len(train))]
+    gallery_label = dict(zip(ids, train_labels))
+    counts: dict[str, int] = {}
+    for label in train_labels:
+        counts[label] = counts.get(label, 0) + 1
+    n_relevant = np.array([counts.get(label, 0) for label in test_labels])
+    gallery = cnn.embed_tensors(train.images)
+    queries = cnn.embed_tensors(test.images)
+
+    exact = create_index("exact", cnn.dim)
+    exact.add(ids, gallery)
+    rows = [{"method": "cnn float32", "search": "exact", "vector_bytes": cnn.dim * 4,
+             **measure(exact, queries, test_labels, gallery_label, n_relevant)}]
+    print(f"  float: P@10 {rows[0]['P@10']:.3f} mAP@100 {rows[0]['mAP@100']:.3f}", flush=True)
+    workdir = CACHE / dataset / "indexes"
+    models = {"cnn": cnn_record}
+    for bits in args.bits:
+        hash_training = {**training, "epochs": args.hash_epochs,
+                         "learning_rate": args.hash_learning_rate}
+        hashed, models[f"cnn-hash{bits}"] = cached(
+            CACHE / dataset / f"cnn-hash{bits}",
+            {"from": cnn.embedder_id, "bits": bits, "training": hash_training},
+            lambda bits=bits: CNNHashEmbedder.from_cnn(cnn, bits).fit_tensors(
+                train, **hash_training), args.retrain)
+        hash_gallery = hashed.embed_tensors(train.images)
+        hash_queries = hashed.embed_tensors(test.images)
+        new = binary_rows(f"cnn-hash{bits}", hashed.coder(), hash_gallery, hash_queries, ids,
+                          test_labels, gallery_label, n_relevant, args.candidates, workdir)
+        new += binary_rows(f"lsh{bits}", HyperplaneCoder.random(cnn.dim, bits, seed=args.seed),
+                           gallery, queries, ids, test_labels, gallery_label, n_relevant,
+                           args.candidates, workdir)
+        for row in new:
+            print(f"  {row['method']:<12} {row['search']:<40} P@10 {row['P@10']:.3f} "
+                  f"mAP@100 {row['mAP@100']:.3f} {row['queries_per_s']:.0f} q/s", flush=True)
+        rows += new
+    for row in rows:
+        row["dataset"] = dataset
+        row["P@10 vs float"] = row["P@10"] - rows[0]["P@10"]
+        row["memory_ratio"] = rows[0]["vector_bytes"] / row["vector_bytes"]
+    return rows, models
+
+
+def scan_timing(n: int, bits: int, dim: int, n_queries: int, seed: int) -> list[dict[str, Any]]:
+    """ms per query of a FAISS flat scan over ``n`` random codes, beside float32 flat."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    out = []
+    binary = faiss.IndexBinaryFlat(bits)
+    binary.add(rng.integers(0, 256, (n, bits // 8), dtype=np.uint8))
+    queries = rng.integers(0, 256, (n_queries, bits // 8), dtype=np.uint8)
+    out.append({"scan": f"IndexBinaryFlat {bits}-bit", "items": n, "bytes_per_item": bits // 8,
+                **_time_scan(binary, queries)})
+    del binary
+    flat = faiss.IndexFlatIP(dim)
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    flat.add(vectors)
+    del vectors
+    float_queries = rng.standard_normal((n_queries, dim), dtype=np.float32)
+    out.append({"scan": f"IndexFlatIP float32 {dim}-d", "items": n, "bytes_per_item": dim * 4,
+                **_time_scan(flat, float_queries)})
+    return out
+
+
+def _time_scan(index: Any, queries: np.ndarray, k: int = 10) -> dict[str, float]:
+    index.search(queries[:4], k)  # warm-up
+    started = time.perf_counter()
+    index.search(queries, k)
+    batch = (time.perf_counter() - started) / len(queries)
+    singles = queries[:50]
+    started = time.perf_counter()
+    for query in singles:
+        index.search(query[None], k)
+    single = (time.perf_counter() - started) / len(singles)
+    return {"ms_per_query_batched": batch * 1e3, "ms_per_query_single": single * 1e3}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="fashion-mnist,products")
+    parser.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--epochs", type=int, default=None, help="cnn epochs (default config)")
+    parser.add_argument("--hash-epochs", type=int, default=3)
+    parser.add_argument("--hash-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--scan-items", type=int, default=1_000_000)
+    parser.add_argument("--scan-only", action="store_true")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="quick run: this many gallery items (a tenth as many queries); "
+                             "results go to hash_bench-quick.*")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--name", default=None, help="results file stem (default hash_bench, "
+                        "or hash_bench-quick with --limit)")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)  # this script's process only
+    torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    models: dict[str, Any] = {}
+    if not args.scan_only:
+        for dataset in args.datasets.split(","):
+            dataset_rows, dataset_models = run_dataset(dataset, args)
+            rows += dataset_rows
+            models[dataset] = dataset_models
+    scans = scan_timing(args.scan_items, 64, 128, 1000, args.seed)
+    columns = ["dataset", "method", "search", "P@10", "P@10 vs float", "mAP@100", "vector_bytes",
+               "memory_ratio", "index_bytes_per_item", "queries_per_s"]
+    if rows:
+        print_table("Class-match retrieval: float vs binary codes", [
+            {c: row.get(c) for c in columns} for row in rows])
+    print_table(f"Scan of {args.scan_items:,} items (2 threads)", scans)
+    targets = {}
+    for dataset, goal in TARGETS.items():
+        float_row = next((r for r in rows if r["dataset"] == dataset and r["search"] == "exact"),
+                         None)
+        if float_row:
+            targets[dataset] = {name: {"target": value, "measured": float_row[name],
+                                       "met": float_row[name] >= value}
+                                for name, value in goal.items()}
+    markdown = "## Float vs binary codes (class match, test vs train)\n\n"
+    markdown += markdown_table([{c: row.get(c) for c in columns} for row in rows]) if rows else ""
+    markdown += f"\n## FAISS scan of {args.scan_items:,} items\n\n" + markdown_table(scans)
+    name = args.name or (NAME if args.limit is None else f"{NAME}-quick")
+    atomic_write_text(RESULTS / f"{name}.md", markdown)
+    path = write_results(name, {"settings": vars(args), "rows": rows, "scan": scans,
+                                "models": models, "targets": targets,
+                                "peak_rss_mb": peak_rss_mb()})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Unsupervised embedders (paper 001's autoencoders, paper 004's InfoGAN) vs raw pixels.
+
+Class-match retrieval, test queries against the train gallery, measured with
+``lookalike.evaluate.retrieval.evaluate_retrieval`` (P@10 and mAP@100):
+
+- ``fashion-mnist``: 10,000 test queries vs the 60,000 training images, relevant = same class;
+- ``products``: the official split of the products Parquet, relevant = same ``article_type``.
+
+Every model trains on the gallery images only, without labels, with its registry default
+training config (each capped at 14 minutes by ``max_minutes``; ``--max-minutes`` /
+``--epochs`` override). The ``pixels`` embedder (the registry default: 32x32 RGB, cosine) is
+measured in the same run as the baseline. Trained models are cached in
+``benchmarks/.cache/unsupervised/`` keyed by their settings (``--retrain`` ignores the cache),
+so a re-run only re-measures retrieval.
+
+    python benchmarks/unsupervised_bench.py                      # both datasets, all models
+    python benchmarks/unsupervised_bench.py --datasets fashion-mnist --models conv-autoencoder
+    python benchmarks/unsupervised_bench.py --gan-size 30 40     # InfoGAN on half-size products
+
+Writes ``benchmarks/results/unsupervised_bench.json`` and ``unsupervised_bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, peak_rss_mb, print_table, write_results  # noqa: E402
+
+from lookalike.evaluate.report import markdown_table  # noqa: E402
+from lookalike.evaluate.retrieval import evaluate_retrieval  # noqa: E402
+from lookalike.models import base  # noqa: E402
+from lookalike.models.datasets import (  # noqa: E402
+    PRODUCT_SIZE,
+    ImageTensors,
+    array_images,
+    fashion_mnist_tensors,
+    frame_tensors,
+)
+from lookalike.storage import atomic_write_text  # noqa: E402
+
+NAME = "unsupervised_bench"
+CACHE = Path(__file__).resolve().parent / ".cache" / "unsupervised"
+MODELS = ("autoencoder", "conv-autoencoder", "infogan")
+#: The issue's target and the paper-004 reference (UT-Zap50K shoes, class-match precision).
+TARGETS = {"fashion-mnist": {"P@10": 0.86}}
+PAPER_004 = {"infogan": 0.84, "best pretrained (ResNet152)": 0.82}
+
+
+# ---- data -------------------------------------------------------------------------------------------
+class Dataset:
+    """Gallery (train) and query (test) images with their class labels as strings."""
+
+    def __init__(self, name: str, limit: int | None) -> None:
+        self.name = name
+        query_limit = None if limit is None else max(1, limit // 6)
+        if name == "fashion-mnist":
+            self.train = fashion_mnist_tensors("train", limit=limit)
+            self.test = fashion_mnist_tensors("test", limit=query_limit)
+            self.train_labels = [self.train.classes[i] for i in self.train.labels.tolist()]
+            self.test_labels = [self.test.classes[i] for i in self.test.labels.tolist()]
+            self.model_options: dict[str, Any] = {"image_size": [28, 28], "channels": 1}
+            self.class_column = "label"
+            self._frames = None
+        elif name == "products":
+            from lookalike.catalogue.sources import load_products_frame
+
+            train = load_products_frame(split="train")
+            test = load_products_frame(split="test")
+            if limit is not None:
+                train = train.sample(n=min(limit, len(train)), random_state=0).sort_index()
+                test = test.sample(n=min(query_limit, len(test)), random_state=0).sort_index()
+            self._frames = (train, test)
+            self.train, self.test = frame_tensors(train, None), frame_tensors(test, None)
+            self.train_labels = train["article_type"].astype(str).tolist()
+            self.test_labels = test["article_type"].astype(str).tolist()
+            self.model_options = {}
+            self.class_column = "article_type"
+        else:
+            raise SystemExit(f"unknown dataset {name!r}; use fashion-mnist or products")
+
+    def at_size(self, size: tuple[int, int]) -> tuple[ImageTensors, ImageTensors]:
+        """Train and test tensors decoded at another size (products only)."""
+        if self._frames is None or tuple(size) == PRODUCT_SIZE:
+            return self.train, self.test
+        return (frame_tensors(self._frames[0], None, size=size),
+                frame_tensors(self._frames[1], None, size=size))
+
+    def pil(self, which: str) -> Any:
+        """The split's images as PIL images (a generator for products: decoded on the fly)."""
+        if self._frames is None:
+            data = self.train if which == "train" else self.test
+            return array_images(data.images[:, 0].numpy())
+        from lookalike.catalogue.images import decode_image
+
+        frame = self._frames[0 if which == "train" else 1]
+        return (decode_image(blob) for blob in frame["image_jpeg"])
+
+
+# ---- models -----------------------------------------------------------------------------------------
+def cached_model(dataset: str, kind: str, options: dict[str, Any], training: dict[str, Any],
+                 train: ImageTensors, limit: int | None, retrain: bool
+                 ) -> tuple[Any, dict[str, Any]]:
+    """The model trained with these settings: loaded from the cache, or trained and saved."""
+    key = {"kind": kind, "options": options, "training": training, "limit": limit,
+           "items": len(train)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    folder = CACHE / dataset / f"{kind}-{digest}"
+    if retrain or not (folder / "bench.json").is_file():
+        print(f"  training {kind} on {len(train):,} images ...", flush=True)
+        started = time.perf_counter()
+        model = base.create(kind, **options).fit_tensors(
+            train, checkpoint_dir=folder / "checkpoints", resume=not retrain, **training)
+        seconds = time.perf_counter() - started
+        shutil.rmtree(folder / "model", ignore_errors=True)
+        model.save(folder / "model")
+        atomic_write_text(folder / "bench.json", json.dumps({"key": key, "train_seconds": seconds}))
+    record = json.loads((folder / "model" / "training.json").read_text())
+    record["train_seconds"] = json.loads((folder / "bench.json").read_text())["train_seconds"]
+    return base.load(folder / "model"), record
+
+
+def evaluate(name: str, queries: np.ndarray, gallery: np.ndarray, data: Dataset
+             ) -> dict[str, Any]:
+    report = evaluate_retrieval(queries, data.test_labels, gallery, data.train_labels,
+                                ks=(1, 10), map_at=100, class_column=data.class_column)
+    return {"dataset": data.name, "method": name, "dim": int(gallery.shape[1]),
+            "P@1": report.metrics["P@1"], "P@10": report.metrics["P@10"],
+            "mAP@100": report.metrics["mAP@100"], "queries": report.n_queries,
+            "gallery": report.n_gallery}
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict]:
+    data = Dataset(name, args.limit)
+    print(f"{name}: {len(data.train):,} gallery, {len(data.test):,} queries", flush=True)
+    rows = []
+
+    pixels = base.create("pixels")
+    started = time.perf_counter()
+    gallery = pixels.embed(data.pil("train"))
+    queries = pixels.embed(data.pil("test"))
+    embed_ms = (time.perf_counter() - started) * 1e3 / (len(gallery) + len(queries))
+    rows.append({**evaluate("pixels (baseline)", queries, gallery, data),
+                 "embed_ms_per_image": embed_ms})
+    print(f"  pixels: P@10 {rows[-1]['P@10']:.3f}", flush=True)
+
+    training: dict[str, Any] = {"threads": args.threads, "progress": args.progress}
+    if args.max_minutes is not None:
+        training["max_minutes"] = args.max_minutes
+    if args.epochs is not None:
+        training["epochs"] = args.epochs
+    records = {}
+    for kind in args.models:
+        options = dict(data.model_options)
+        train, test = data.train, data.test
+        if kind == "infogan":
+            options["categories"] = args.categories
+            if name == "products" and args.gan_size is not None:
+                options["image_size"] = list(args.gan_size)
+                train, test = data.at_size(tuple(args.gan_size))
+        model, record = cached_model(name, kind, options, training, train, args.limit,
+                                     args.retrain)
+        started = time.perf_counter()
+        gallery = model.embed_tensors(train.images)
+        queries = model.embed_tensors(test.images)
+        embed_ms = (time.perf_counter() - started) * 1e3 / (len(gallery) + len(queries))
+        history = record["history"]
+        rows.append({**evaluate(kind, queries, gallery, data), "embed_ms_per_image": embed_ms,
+                     "train_minutes": record["train_seconds"] / 60, "epochs": len(history),
+                     "best_epoch": record["best_epoch"], "stopped": record["stopped"],
+                     "image_size": "x".join(str(v) for v in model.image_size)})
+        records[kind] = {"config": model.config(), "embedder_id": model.embedder_id, **record}
+        print(f"  {kind}: P@10 {rows[-1]['P@10']:.3f} mAP@100 {rows[-1]['mAP@100']:.3f} "
+              f"({len(history)} epochs, {record['train_seconds'] / 60:.1f} min, "
+              f"{record['stopped']})", flush=True)
+    for row in rows:
+        row["P@10 vs pixels"] = row["P@10"] - rows[0]["P@10"]
+    return rows, records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "products"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="override every model's time budget (default config: 14)")
+    parser.add_argument("--categories", type=int, default=10,
+                        help="InfoGAN categorical code size (a guess of the class count)")
+    parser.add_argument("--gan-size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                        help="train the products InfoGAN at this size instead of 60x80")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="quick run: this many gallery items (a sixth as many queries)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args()
+
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)  # this script's process only
+    torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    models: dict[str, Any] = {}
+    for dataset in args.datasets:
+        dataset_rows, models[dataset] = run_dataset(dataset, args)
+        rows += dataset_rows
+
+    columns = ["dataset", "method", "dim", "image_size", "P@1", "P@10", "P@10 vs pixels",
+               "mAP@100", "train_minutes", "epochs", "best_epoch", "stopped",
+               "embed_ms_per_image"]
+    table = [{c: row.get(c) for c in columns} for row in rows]
+    print_table("Unsupervised embedders: class-match retrieval, test vs train", table)
+    targets = {}
+    for dataset, goal in TARGETS.items():
+        learned = [r for r in rows if r["dataset"] == dataset and r["method"] in MODELS]
+        if learned:
+            best = max(learned, key=lambda r: r["P@10"])
+            targets[dataset] = {metric: {"target": value, "best": best["method"],
+                                         "measured": best[metric], "met": best[metric] >= value}
+                                for metric, value in goal.items()}
+    name = args.name or (NAME if args.limit is None else f"{NAME}-quick")
+    markdown = "## Unsupervised embedders (class match, test queries vs train gallery)\n\n"
+    markdown += markdown_table(table)
+    atomic_write_text(RESULTS / f"{name}.md", markdown)
+    path = write_results(name, {"settings": vars(args), "rows": rows, "models": models,
+                                "targets": targets, "paper_004_precision": PAPER_004,
+                                "peak_rss_mb": peak_rss_mb()})
+    print(json.dumps(targets, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""CLI commands beyond the photo: the words index, category-first search, clusters, duplicates.
+
+Words queries themselves are options of the main commands (``lookalike search --text``,
+``lookalike similar ID --text``); ``text-index`` builds or updates the fused index they use.
+
+Registered on the main Typer app when ``lookalike.cli`` imports this module. Each command is a
+thin layer over a plain function taking a :class:`~lookalike.project.Project` first (the same
+functions the REST routes and the tests call).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lookalike.cli import (
+    CategoryOption,
+    ColourOption,
+    GenderOption,
+    IndexOption,
+    JsonOption,
+    KOption,
+    PriceMaxOption,
+    PriceMinOption,
+    ProjectOption,
+    WhereOption,
+    _filters,
+    _print_results,
+    app,
+    out,
+    user_errors,
+)
+from lookalike.errors import LookalikeError
+from lookalike.project import DEFAULT_PROJECT_DIR, Project
+
+ItemOption = Annotated[Optional[str], typer.Option("--item", help="Start from this catalogue item (more like this).")]
+
+
+@app.command("text-index")
+@user_errors
+def text_index_command(
+        column: Annotated[Optional[list[str]], typer.Option("--column", help="Text column(s) to embed (repeatable; default: title).")] = None,
+        index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
+        as_json: JsonOption = False) -> None:
+    """Embed the items' titles and build the words+photo (fused) index."""
+    from lookalike.recommend.text_search import DEFAULT_COLUMNS, build_text_index
+
+    summary = build_text_index(Project(project, create=False), index=index,
+                               columns=column or DEFAULT_COLUMNS, progress=not as_json)
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+        return
+    out.print(f"text index over {summary.image_index!r}: {summary.size} items "
+              f"({', '.join(summary.columns)}), {summary.added} added/updated, "
+              f"{summary.removed} removed, {summary.texts_embedded} texts embedded")
+
+
+@app.command("category-probe")
+@user_errors
+def category_probe_command(
+        column: Annotated[str, typer.Option("--column", help="Attribute to classify.")] = "category",
+        c: Annotated[float, typer.Option("--C", help="Inverse regularisation strength.")] = 1.0,
+        max_iter: Annotated[int, typer.Option("--max-iter")] = 300,
+        index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
+        as_json: JsonOption = False) -> None:
+    """Train the linear probe category-first search uses (on the train split)."""
+    from lookalike.recommend.category_first import train_category_probe
+
+    probe = train_category_probe(Project(project, create=False), column=column, index=index,
+                                 C=c, max_iter=max_iter)
+    info = {"column": probe.column, "classes": len(probe.classes), **probe.info}
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    out.print(f"probe for {column!r}: {len(probe.classes)} classes, {info['n_train']} training "
+              f"items, train accuracy {info['train_accuracy']:.3f} ({info['fit_seconds']} s)")
+
+
+@app.command("category-search")
+@user_errors
+def category_search_command(
+        photo: Annotated[Optional[Path], typer.Argument(help="A photo (or use --item).")] = None,
+        item: ItemOption = None, k: KOption = 5,
+        column: Annotated[str, typer.Option("--column")] = "category",
+        category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
+        price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
+        where: WhereOption = None, index: IndexOption = None,
+        project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Classify the query's category first, then search inside it (paper 001)."""
+    from lookalike.recommend.category_first import category_first_search
+
+    filters = _filters(category, gender, colour, price_min, price_max, where)
+    result = category_first_search(Project(project, create=False, read_only=True), photo,
+                                   item_id=item, k=k, filters=filters, index=index,
+                                   column=column)
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+        return
+    decision = result.decision
+    scope = ", ".join(decision.categories) or "the whole catalogue"
+    out.print(f"searched {scope} ({decision.scope}, confidence {decision.confidence:.2f})",
+              highlight=False)
+    _print_results(result.results, False, f"most like {photo or item}")
+
+
+@app.command("clusters")
+@user_errors
+def clusters_command(
+        k: Annotated[int, typer.Option("-k", "--k", min=2, max=100_000, help="Number of clusters.")] = 50,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        method: Annotated[str, typer.Option("--method", help="faiss or minibatch.")] = "faiss",
+        index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
+        as_json: JsonOption = False) -> None:
+    """K-means over the catalogue's embeddings: purity, NMI and a picture grid per cluster."""
+    from lookalike.recommend.clusters import clusters
+
+    report = clusters(Project(project, create=False), k=k, seed=seed, method=method,
+                      index=index)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    scores = ", ".join(f"{c}: purity {report.purity[c]:.3f} NMI {report.nmi[c]:.3f}"
+                       for c in report.purity)
+    out.print(f"{report.k} clusters over {len(report.ids)} items ({report.seconds:.1f} s); "
+              f"{scores}", highlight=False)
+    if report.folder:
+        out.print(f"saved: {report.folder}  picture grid: {report.folder / 'clusters.html'}")
+
+
+@app.command("duplicates")
+@user_errors
+def duplicates_command(
+        method: Annotated[str, typer.Option("--method", help="phash+colour, phash or embedding.")] = "phash+colour",
+        threshold: Annotated[Optional[float], typer.Option("--threshold", help="Max Hamming bits (phash) or min cosine (embedding).")] = None,
+        photo: Annotated[Optional[Path], typer.Option("--photo", help="Only check this photo against the catalogue.")] = None,
+        index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
+        as_json: JsonOption = False) -> None:
+    """Groups of near-duplicate products (or the duplicates of one --photo)."""
+    from lookalike.recommend.duplicates import duplicates, find_duplicate_of
+
+    proj = Project(project, create=False)
+    if photo is not None:
+        matches = find_duplicate_of(proj, photo, method=method, threshold=threshold, index=index)
+        if as_json:
+            out.print_json(json.dumps({"duplicates": [{"id": i, "distance": d}
+                                                      for i, d in matches]}))
+            return
+        if not matches:
+            out.print(f"{photo}: no near-duplicate in the catalogue")
+        for item_id, distance in matches:
+            out.print(f"{item_id}\t{distance:g}", highlight=False)
+        return
+    if threshold is not None and method.startswith("phash") and not float(threshold).is_integer():
+        raise LookalikeError(f"--threshold {threshold}: phash thresholds are whole bits")
+    report = duplicates(proj, method=method, threshold=threshold, index=index)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    out.print(f"{method} (threshold {report.threshold:g}): {len(report.groups)} groups, "
+              f"{report.n_duplicate_items} of {report.n_items} items, {report.n_pairs} pairs "
+              f"({report.seconds:.1f} s)")
+    for group in report.groups[:10]:
+        out.print(f"  {len(group.ids)}: {' '.join(group.ids[:8])}"
+                  + (" ..." if len(group.ids) > 8 else ""), highlight=False)
+    if report.folder:
+        out.print(f"report: {report.folder / 'groups.json'}  picture grid: "
+                  f"{report.folder / 'groups.html'}")

@@ -1,0 +1,178 @@
+"""CLI commands for personalised picks and shop-the-look.
+
+Registered on ``lookalike.cli.app`` when this module is imported (``lookalike.cli`` imports it
+at its end)::
+
+    lookalike recommend --history 15970,39386 -k 10 --method latent-svm --json
+    lookalike recommend --shopper u42              # history from the ingested event log
+    lookalike look scene.jpg --like 15970 --top-regions 3 --windows 40,60,80 --stride 10
+    lookalike ingest-events events.csv
+    lookalike eval-recs --method knn-vote --holdout 1
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from lookalike.cli import (
+    CategoryOption,
+    ColourOption,
+    GenderOption,
+    IndexOption,
+    JsonOption,
+    KOption,
+    PriceMaxOption,
+    PriceMinOption,
+    ProjectOption,
+    WhereOption,
+    _filters,
+    _print_results,
+    app,
+    out,
+    user_errors,
+)
+from lookalike.errors import LookalikeError
+from lookalike.project import DEFAULT_PROJECT_DIR, Project
+
+def _id_list(values: list[str]) -> list[str]:
+    """Ids given as repeated options and/or comma-separated (``--history 1,2 --history 3``)."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _sizes(values: list[str]) -> tuple[int, ...]:
+    """Window sizes from ``--windows 20,30,40`` and/or repeated options; a clear error if not
+    whole numbers."""
+    sizes = []
+    for part in _id_list(values):
+        if not part.isdigit():
+            raise LookalikeError(f"window sizes must be whole numbers of pixels, got {part!r}")
+        sizes.append(int(part))
+    return tuple(sizes)
+
+
+MethodOption = Annotated[str, typer.Option(
+    "--method", "-m", help="centroid, knn-vote or latent-svm (paper 000's latent SVM).")]
+
+
+@app.command()
+@user_errors
+def recommend(
+        items: Annotated[Optional[list[str]], typer.Argument(help="Item ids the shopper viewed, oldest first.", show_default=False)] = None,
+        history: Annotated[Optional[list[str]], typer.Option("--history", help="Item ids the shopper viewed, comma-separated, oldest first (repeatable; same as the arguments).")] = None,
+        shopper: Annotated[Optional[str], typer.Option("--shopper", help="Use this shopper's history from the ingested event log.")] = None,
+        last: Annotated[Optional[int], typer.Option("--last", min=1, help="Only the shopper's last N events.")] = None,
+        method: MethodOption = "centroid", k: KOption = 10,
+        diversity: Annotated[float, typer.Option("--diversity", min=0.0, max=1.0, help="0 = most relevant, 1 = most varied (MMR).")] = 0.0,
+        category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
+        price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
+        where: WhereOption = None, index: IndexOption = None,
+        project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Personalised picks from a history of viewed items (seen items are never returned)."""
+    from lookalike.recommend.events import shopper_history
+    from lookalike.recommend.personal import recommend as run
+
+    given = _id_list([*(items or []), *(history or [])])
+    proj = Project(project, create=False, read_only=True)
+    if shopper is not None:
+        if given:
+            raise LookalikeError("give item ids or --shopper, not both")
+        given = shopper_history(proj, shopper, last)
+    filters = _filters(category, gender, colour, price_min, price_max, where)
+    results = run(proj, given, k=k, method=method, filters=filters,
+                  diversity=diversity, index=index)
+    _print_results(results, as_json, f"picked for {shopper or 'this history'} ({method})")
+
+
+@app.command()
+@user_errors
+def look(
+        photo: Annotated[Path, typer.Argument(help="A scene photo.")],
+        history: Annotated[Optional[list[str]], typer.Option("--history", help="Items the shopper viewed, comma-separated (repeatable).")] = None,
+        like: Annotated[Optional[str], typer.Option("--like", help="Rank regions by similarity to this item.")] = None,
+        method: MethodOption = "centroid", k: KOption = 5,
+        top_regions: Annotated[int, typer.Option("--top-regions", min=1, max=50, help="Regions to return.")] = 5,
+        windows: Annotated[Optional[list[str]], typer.Option("--windows", "--window", help="Window sizes in px, comma-separated (default 20,30,...,100).")] = None,
+        stride: Annotated[Optional[int], typer.Option("--stride", min=1, help="Window step in px (default: smallest window / 4).")] = None,
+        aspect: Annotated[float, typer.Option("--aspect", min=0.25, max=4.0, help="Window height / width (default 4/3, the catalogue photos' shape; 1 = paper 000's squares).")] = 4 / 3,
+        features: Annotated[str, typer.Option("--features", help="Embedder of the fast pass over every window; 'index' = the index's own.")] = "phog+hsv-histogram",
+        rerank: Annotated[int, typer.Option("--rerank", min=0, max=1000, help="How many of the best windows the index's embedder re-scores from their crops (0: none).")] = 50,
+        index: IndexOption = None,
+        project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Shop the look: regions of a scene photo with the most similar products for each."""
+    from lookalike.recommend.regions import DEFAULT_WINDOWS
+    from lookalike.recommend.regions import look as run
+
+    sizes = _sizes(windows or [])
+    proj = Project(project, create=False, read_only=True)
+    found = run(proj, photo, history=_id_list(history or []) or None, like=like, k=k,
+                windows=sizes or DEFAULT_WINDOWS, stride=stride,
+                top_regions=top_regions, features=None if features == "index" else features,
+                method=method, index=index, aspect=aspect, rerank=rerank)
+    if as_json:
+        out.print_json(json.dumps(found))
+        return
+    out.print(f"{photo}: {found['windows']['count']} windows ({found['features']}, "
+              f"ranked by {found['mode']}) in {found['seconds']:.2f} s")
+    table = Table(title_justify="left")
+    for column in ("#", "box [x0, y0, x1, y1]", "score", "products"):
+        table.add_column(column, overflow="fold")
+    for rank, region in enumerate(found["regions"], 1):
+        products = ", ".join(f"{i['id']} {i.get('category') or ''}".strip()
+                             for i in region["items"])
+        table.add_row(str(rank), str(region["box"]), f"{region['score']:.3f}", products)
+    out.print(table)
+
+
+@app.command("ingest-events")
+@user_errors
+def ingest_events_command(
+        log: Annotated[Path, typer.Argument(help="CSV or Parquet with shopper, item, timestamp[, event].")],
+        project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Add a shopper event log to the project (atomic; re-ingesting adds nothing twice)."""
+    from lookalike.recommend.events import ingest_events
+
+    report = ingest_events(Project(project, create=False), log)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    out.print(f"{log}: {report.added} events added, {report.duplicates} already present, "
+              f"{report.unknown_items} skipped (item not in the catalogue"
+              f"{': ' + ', '.join(report.unknown_examples) if report.unknown_examples else ''}); "
+              f"{report.total_events} events from {report.shoppers} shoppers in total")
+
+
+@app.command("eval-recs")
+@user_errors
+def eval_recs_command(
+        method: MethodOption = "centroid",
+        k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Cut-off for HR@k and NDCG@k.")] = 10,
+        holdout: Annotated[int, typer.Option("--holdout", min=1, help="Last events per shopper held out.")] = 1,
+        min_history: Annotated[int, typer.Option("--min-history", min=1, help="Skip shoppers with a shorter history.")] = 1,
+        max_shoppers: Annotated[Optional[int], typer.Option("--max-shoppers", min=1, help="Evaluate a seeded sample of shoppers.")] = None,
+        event: Annotated[Optional[list[str]], typer.Option("--event", help="Only these event types (repeatable).")] = None,
+        diversity: Annotated[float, typer.Option("--diversity", min=0.0, max=1.0)] = 0.0,
+        index: IndexOption = None,
+        project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Replay the event log: hide each shopper's last events, report HR@k, NDCG@k, coverage."""
+    from lookalike.recommend.events import evaluate_recs
+
+    report = evaluate_recs(Project(project, create=False, read_only=True), method, k=k,
+                           holdout=holdout, min_history=min_history, max_shoppers=max_shoppers,
+                           event_types=event, index=index, diversity=diversity)
+    if as_json:
+        out.print_json(json.dumps(report.to_json()))
+        return
+    table = Table(title=f"{method}: {report.n_shoppers} shoppers, last {holdout} held out",
+                  title_justify="left")
+    for name in report.metrics:
+        table.add_column(name)
+    table.add_row(*[f"{v:.4f}" for v in report.metrics.values()])
+    out.print(table)
+    skipped = {k_: v for k_, v in report.skipped.items() if v}
+    if skipped:
+        out.print(f"skipped shoppers: {skipped}")

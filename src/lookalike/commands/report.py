@@ -1,0 +1,89 @@
+"""``lookalike report``: embedders side by side (quality, speed, size), precision against
+catalogue size and the activation study, written as Markdown + JSON + PNG + HTML into a folder.
+
+Registered on the main Typer app when ``lookalike.cli`` imports this module; a thin layer over
+:func:`lookalike.evaluate.comparison.compare` and
+:func:`lookalike.evaluate.comparison_pages.write_report`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lookalike.cli import JsonOption, app, err, out, user_errors
+from lookalike.errors import LookalikeError
+
+
+@app.command("report")
+@user_errors
+def report_command(
+        catalogue: Annotated[str, typer.Option("--catalogue", help="products, fashion-mnist, demo, or all (= products + fashion-mnist).")] = "all",
+        embedder: Annotated[Optional[list[str]], typer.Option("--embedder", "-e", help="Registry name (NAME, NAME@SIZE, NAME:key=value) or saved-model folder (repeatable; default: pixels, hsv-histogram, efficientnet-lite0@224 and @112). Raw pixels is always included.")] = None,
+        models_dir: Annotated[Optional[list[Path]], typer.Option("--models-dir", help="Add every saved model found below this folder (repeatable).")] = None,
+        sizes: Annotated[str, typer.Option("--sizes", help="Gallery sizes for precision against catalogue size (the full train split is always added).")] = "1000,5000,10000,20000",
+        out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the report into.")] = Path("lookalike-report"),
+        quick: Annotated[bool, typer.Option("--quick", help="Subsample: products 500 vs 5,000, Fashion-MNIST 1,000 vs 10,000; activation study 2 epochs x 600 images.")] = False,
+        cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where embeddings and metrics are cached (default: $LOOKALIKE_CACHE_DIR/report or ~/.cache/lookalike/report).")] = None,
+        threads: Annotated[int, typer.Option("--threads", min=1, max=256, help="CPU threads for embedding, timing and search.")] = 2,
+        candidates: Annotated[int, typer.Option("--candidates", min=1, help="Hamming candidates re-ranked per query for binary codes.")] = 100,
+        products: Annotated[Optional[Path], typer.Option("--products-parquet", help="The products Parquet (default: $LOOKALIKE_PRODUCTS_PARQUET or ../shared/data/).")] = None,
+        activation_study: Annotated[bool, typer.Option("--activation-study", help="Re-run the activation study (bounded: 5 epochs x 3,000 images per dataset, 3 min cap per training; --quick: 2 x 600).")] = False,
+        from_results: Annotated[Optional[Path], typer.Option("--from-results", help="Include the activation study from this JSON (benchmarks/results/activation_study.json).")] = None,
+        as_json: JsonOption = False) -> None:
+    """Compare embedders (quality, speed, size), precision against catalogue size, activations."""
+    from lookalike.evaluate.activation import load_activation_results, run_activation_study
+    from lookalike.evaluate.comparison import (
+        ALL_CATALOGUES,
+        CATALOGUES,
+        DEFAULT_EMBEDDERS,
+        compare,
+        parse_sizes,
+    )
+    from lookalike.evaluate.comparison_pages import comparison_table, write_report
+
+    if catalogue == "all":
+        catalogues: tuple[str, ...] = ALL_CATALOGUES
+    elif catalogue in CATALOGUES:
+        catalogues = (catalogue,)
+    else:
+        raise LookalikeError(f"--catalogue {catalogue!r}: choose from {', '.join(CATALOGUES)} "
+                             "or all")
+    if activation_study and from_results:
+        raise LookalikeError("give either --activation-study (re-run) or --from-results FILE, "
+                             "not both")
+    specs = [part.strip() for item in (embedder or []) for part in item.split(",")
+             if part.strip()] or list(DEFAULT_EMBEDDERS)
+    # Fail on a bad results file before the long part of the run.
+    activation = load_activation_results(from_results) if from_results else None
+    comparison = compare(catalogues, specs, models_dir or (), parse_sizes(sizes),
+                         cache_dir=cache_dir, quick=quick, threads=threads,
+                         candidates=candidates, products_path=products, progress=not as_json)
+    if activation_study:
+        progress = None if as_json else (lambda line: err.log(line, highlight=False))
+        activation = run_activation_study(quick=quick, threads=threads, log=progress)
+    comparison.activation = activation
+    files = write_report(comparison, out_dir)
+    if as_json:
+        out.print_json(json.dumps({"files": {k: str(v) for k, v in files.items()},
+                                   "rows": comparison.rows}, default=float))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    # Off a terminal Rich would wrap the wide table at 80 columns.
+    console = out if out.is_terminal else Console(width=240)
+    header, cells = comparison_table(comparison)
+    table = Table(title="Embedder comparison", title_justify="left")
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < 2 else "right", overflow="fold")
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
+    for note in comparison.notes:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {files['markdown']}, {files['json']}, {files['html']} and "
+              f"{len(files) - 3} plot(s)", highlight=False, soft_wrap=True)

@@ -1,0 +1,105 @@
+"""``lookalike train METHOD``: learn an embedder on the project's own catalogue.
+
+A thin layer over :meth:`lookalike.project.Project.train`; registered on the main Typer app when
+``lookalike.cli`` imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from lookalike.cli import JsonOption, ProjectOption, app, out, user_errors
+from lookalike.errors import LookalikeError
+from lookalike.project import DEFAULT_PROJECT_DIR, Project
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, lists, true/false),
+    else kept as text: ``epochs=3``, ``hidden=[256,64]``, ``head=cosine``."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise LookalikeError(f"--option {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value.strip()
+
+
+def parse_size(text: str) -> list[int]:
+    """``60x80`` (width x height) or ``112`` (square)."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers, default=0) < 1:
+        raise LookalikeError(f"--image-size {text!r}: expected WIDTHxHEIGHT (e.g. 60x80) or one "
+                             "number")
+    return numbers * 2 if len(numbers) == 1 else numbers
+
+
+@app.command("train")
+@user_errors
+def train_command(
+        method: Annotated[str, typer.Argument(help="What to train: cnn, cnn-hash, finetune, pca, projection, autoencoder, ...")],
+        name: Annotated[Optional[str], typer.Option("--name", help="Model name (default: the method); saved in models/NAME.")] = None,
+        label_column: Annotated[str, typer.Option("--label-column", help="Catalogue column with the class labels.")] = "article_type",
+        epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (stage 2 for finetune).")] = None,
+        image_size: Annotated[Optional[str], typer.Option("--image-size", help="Training image size WIDTHxHEIGHT (default: the catalogue's).")] = None,
+        option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Model or training setting KEY=VALUE (repeatable).")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of models/NAME.")] = False,
+        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
+        project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Learn an embedder on the catalogue's train split; then index it with --embedder models/NAME."""
+    options: dict[str, Any] = dict(parse_option(text) for text in option or [])
+    if epochs is not None:
+        options["epochs"] = epochs
+    if image_size is not None:
+        options["image_size"] = parse_size(image_size)
+    if seed is not None:
+        options["seed"] = seed
+    proj = Project(project, create=False)
+    summary = proj.train(method, name=name, label_column=label_column, options=options,
+                         resume=resume, progress=not as_json)
+    if as_json:
+        out.print_json(json.dumps(summary.to_json(), default=str))
+        return
+    table = Table(title=f"trained {summary.embedder} as models/{summary.name}",
+                  title_justify="left", show_header=False)
+    rows = [("model", summary.model_dir), ("embedder id", summary.embedder_id),
+            ("dimensions", str(summary.dim)),
+            ("training items", f"{summary.items} ({summary.classes} classes of "
+                               f"{summary.label_column})" if summary.label_column else
+             str(summary.items)),
+            ("seconds", f"{summary.seconds:.1f}")]
+    rows += _result_rows(summary.result)
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+    out.print(f"index it with: {summary.index_command} --project {project}", highlight=False)
+
+
+def _result_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Best epoch and validation numbers of the trainers' results (nested stages too)."""
+    rows: list[tuple[str, str]] = []
+    stages = {"": result}
+    stages.update({f"{k} ": v for k, v in result.items()
+                   if isinstance(v, dict) and "history" in v})
+    for prefix, stage in stages.items():
+        history = stage.get("history") or []
+        if not history:
+            continue
+        best = stage.get("best_epoch") or len(history)
+        row = history[min(len(history), max(1, best)) - 1]
+        numbers = ", ".join(f"{k} {v:.4f}" for k, v in row.items()
+                            if k.startswith("val_") and isinstance(v, (int, float)))
+        stopped = f", stopped: {stage['stopped']}" if stage.get("stopped") else ""
+        rows.append((f"{prefix}best epoch".strip(),
+                     f"{best} of {len(history)}{stopped}; {numbers}"))
+    return rows

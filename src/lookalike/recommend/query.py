@@ -1,0 +1,66 @@
+"""One query verb for the main commands: a photo, an item or words, in any mix, optionally
+diversified over the catalogue's clusters.
+
+``lookalike search`` / ``lookalike similar`` and ``POST /v1/search`` /
+``GET /v1/items/{id}/similar`` all call :func:`recommend`, so the CLI, the API and the web page
+offer exactly the same options:
+
+* a photo alone or an item alone: the plain image search (no text model is loaded);
+* words alone, a photo refined by words, an item refined by words (or by its own title): the
+  fused words+photo index of :mod:`lookalike.recommend.text_search`;
+* ``per_cluster=n``: at most ``n`` results from any one K-means cluster of
+  :mod:`lookalike.recommend.clusters` (the clusters must have been computed with
+  ``lookalike clusters``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from lookalike.errors import LookalikeError
+from lookalike.index.base import Filters
+from lookalike.recommend.results import Recommendation
+
+
+def recommend(project, *, image: Any = None, item_id: str | None = None,
+              text: str | None = None, k: int = 5, filters: Filters | None = None,
+              text_weight: float | None = None, fusion: str = "weighted",
+              with_title: bool = False, per_cluster: int | None = None,
+              index: str | None = None, exclude: Iterable[str] = ()) -> list[Recommendation]:
+    """The ``k`` best products for a photo (path, bytes or PIL image), a catalogue item and/or
+    words; see the module docstring.
+
+    Blank ``text`` with a photo or an item is a plain image search; blank text alone, text in a
+    script the text model cannot read and a query with nothing to search with raise
+    :class:`~lookalike.models.text.TextQueryError` (a :class:`~lookalike.errors.LookalikeError`).
+    ``with_title`` adds the item's own title to a more-like-this query (fused item embeddings).
+    """
+    from lookalike.recommend.text_search import search_with_text
+
+    if per_cluster is not None and per_cluster < 1:
+        raise LookalikeError(f"per_cluster must be at least 1, not {per_cluster}")
+    if with_title and item_id is None:
+        raise LookalikeError("with_title refines more-like-this; give an item id")
+    exclude = list(exclude)
+
+    def fetch(n: int) -> list[Recommendation]:
+        return search_with_text(project, image=image, text=text, item_id=item_id, k=n,
+                                filters=filters, text_weight=text_weight, fusion=fusion,
+                                use_item_text=with_title, index=index, exclude=exclude)
+
+    if per_cluster is None:
+        return fetch(k)
+    from lookalike.recommend.clusters import _diverse, load_clusters
+
+    if image is not None and not hasattr(image, "convert"):
+        # Decode once, not on every (longer) fetch.
+        from lookalike.project import _as_image
+
+        image = _as_image(image)
+    saved = load_clusters(project, index)
+    limit = len(project._index(index).index)
+    return _diverse(fetch, saved.cluster_of, k, per_cluster, limit)
+
+
+__all__ = ["recommend"]

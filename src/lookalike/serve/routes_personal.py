@@ -1,0 +1,178 @@
+"""REST endpoints for personalised picks and shop-the-look (mounted by ``create_app``)::
+
+    app.include_router(lookalike.serve.routes_personal.router)
+
+``POST /v1/recommend`` (JSON)
+    ``{"history": ["15970", "39386"], "k": 10, "method": "centroid", "diversity": 0.2,
+    "category": ["Tshirts"], ...}`` -> the same ``Results`` body as ``/v1/search``. The history
+    comes from the client (the web page keeps it in the browser's localStorage); the server
+    stores nothing about shoppers.
+``POST /v1/look`` (multipart)
+    ``image`` (the scene photo) plus optional form fields ``history`` (ids separated by commas),
+    ``like`` (one item id), ``k``, ``top_regions``, ``method``, ``windows`` ("20,40,60"),
+    ``stride`` -> ``{"regions": [{"box": [x0, y0, x1, y1], "score": s, "items": [...]}], ...}``.
+
+Errors use the app's handlers: unknown history ids are a 404 naming them, bad parameters a 422,
+an image above the caps a 413.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from lookalike.errors import LookalikeError
+from lookalike.recommend.personal import parse_history
+from lookalike.recommend.regions import DEFAULT_WINDOWS
+from lookalike.serve.schemas import MAX_K, ErrorResponse, Result, Results
+
+router = APIRouter(tags=["personal"])
+#: The longest history a request may carry (a browser keeps the last few dozen views).
+MAX_HISTORY = 200
+#: The service caps scenes at this longer side before sliding windows over them.
+LOOK_MAX_SIDE = 1024
+
+Method = Literal["centroid", "knn-vote", "latent-svm"]  # = lookalike.recommend.personal.METHODS
+
+
+class RecommendRequest(BaseModel):
+    """Body of ``POST /v1/recommend``."""
+
+    history: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=MAX_HISTORY, description="Item ids the shopper viewed, oldest first.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many picks.")
+    method: Method = Field("centroid", description="centroid, knn-vote or latent-svm.")
+    diversity: float = Field(0.0, ge=0.0, le=1.0, description="0 = most relevant, 1 = most varied.")
+    category: list[str] | None = None
+    gender: list[str] | None = None
+    colour: list[str] | None = None
+    price_min: float | None = Field(None, allow_inf_nan=False)
+    price_max: float | None = Field(None, allow_inf_nan=False)
+
+
+class Region(BaseModel):
+    box: list[int] = Field(description="[x0, y0, x1, y1] in the uploaded photo's pixels.")
+    score: float = Field(description="How strongly the region matches the query (higher first).")
+    items: list[Result]
+
+
+class LookResponse(BaseModel):
+    regions: list[Region]
+    mode: str = Field(description="history, like or product-likeness.")
+    features: str
+    scene: dict[str, Any]
+    windows: dict[str, Any]
+    seconds: float
+
+
+def _service(request: Request) -> Any:
+    return request.app.state.service
+
+
+def _project(service: Any) -> Any:
+    # The service's read-only Project (public name if the service offers one).
+    return getattr(service, "project", None) or service._reader
+
+
+def _slots(service: Any) -> Any:
+    # CPU-heavy work (window features, SVM fits) shares the service's embedding slots.
+    return getattr(service, "_embed_slots", None) or contextlib.nullcontext()
+
+
+def _result(recommendation: Any) -> Result:
+    from lookalike.serve.app import image_url
+
+    data = recommendation if isinstance(recommendation, dict) else recommendation.to_json()
+    return Result(id=data["id"], title=data.get("title"), category=data.get("category"),
+                  score=data["score"], image_url=image_url(data["id"]),
+                  attributes=data.get("attributes") or {})
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "An item id in the history is unknown"},
+    413: {"model": ErrorResponse, "description": "Upload or image above the caps"},
+    422: {"model": ErrorResponse, "description": "Invalid parameter or image"},
+    503: {"model": ErrorResponse, "description": "No index yet"},
+}
+
+
+@router.post("/v1/recommend", response_model=Results, summary="Personalised picks",
+             responses=_ERRORS)
+def recommend_endpoint(body: RecommendRequest, request: Request) -> Results:
+    """Picks for a shopper from the items they viewed (never one of those items)."""
+    from lookalike.recommend.personal import recommend
+
+    service = _service(request)
+    filters = service.filters(category=body.category, gender=body.gender, colour=body.colour,
+                              price_min=body.price_min, price_max=body.price_max)
+    with _slots(service):
+        found = recommend(_project(service), body.history, k=body.k, method=body.method,
+                          filters=filters, diversity=body.diversity)
+    return Results(k=body.k, results=[_result(r) for r in found],
+                   query={"history": list(dict.fromkeys(body.history)), "method": body.method,
+                          "diversity": body.diversity,
+                          "filters": filters.to_json() if filters else None})
+
+
+def _windows(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return DEFAULT_WINDOWS
+    try:
+        sizes = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise LookalikeError(f"windows must be sizes in px separated by commas, got {text!r}") \
+            from None
+    if not sizes or len(sizes) > 20 or min(sizes) < 8 or max(sizes) > LOOK_MAX_SIDE:
+        raise LookalikeError(f"windows must be 1-20 sizes between 8 and {LOOK_MAX_SIDE} px")
+    return sizes
+
+
+@router.post("/v1/look", response_model=LookResponse, summary="Shop the look",
+             responses=_ERRORS)
+async def look_endpoint(
+        request: Request,
+        image: Annotated[UploadFile, File(description="The scene photo.")],
+        history: Annotated[str | None, Form(max_length=64 * 1024, description=(
+            "Item ids the shopper viewed, separated by commas (optional)."))] = None,
+        like: Annotated[str | None, Form(max_length=256, description=(
+            "Rank regions by similarity to this catalogue item (optional)."))] = None,
+        k: Annotated[int, Form(ge=1, le=MAX_K, description="Products per region.")] = 5,
+        top_regions: Annotated[int, Form(ge=1, le=20, description="Regions to return.")] = 5,
+        method: Annotated[Method, Form(description="Shopper model for a history.")] = "centroid",
+        windows: Annotated[str | None, Form(max_length=200, description=(
+            "Window sizes in px, e.g. 20,40,60 (default 20..100 by 10)."))] = None,
+        stride: Annotated[int | None, Form(ge=2, le=256, description=(
+            "Window step in px (default: a quarter of the smallest window)."))] = None,
+        aspect: Annotated[float, Form(ge=0.25, le=4.0, allow_inf_nan=False, description=(
+            "Window height / width (default 4/3, the catalogue photos' shape)."))] = 4 / 3,
+) -> LookResponse:
+    """Regions of a scene photo worth shopping, each with the most similar products."""
+    from lookalike.recommend.regions import look
+    from lookalike.serve.uploads import decode_upload, read_upload
+
+    service = _service(request)
+    settings = request.app.state.settings
+    data = await read_upload(image, settings.max_upload_bytes)
+    ids = parse_history(history) if history and history.strip() else None
+    if ids is not None and len(ids) > MAX_HISTORY:
+        raise LookalikeError(f"history has {len(ids)} items; at most {MAX_HISTORY}")
+    sizes = _windows(windows)
+
+    def run() -> dict[str, Any]:
+        scene = decode_upload(data, settings.max_pixels, name="scene photo")
+        with _slots(service):
+            return look(_project(service), scene, history=ids,
+                        like=like.strip() if like and like.strip() else None, k=k,
+                        windows=sizes, stride=stride, top_regions=top_regions, method=method,
+                        aspect=aspect, max_side=LOOK_MAX_SIDE)
+
+    found = await run_in_threadpool(run)
+    return LookResponse(
+        regions=[Region(box=r["box"], score=r["score"], items=[_result(i) for i in r["items"]])
+                 for r in found["regions"]],
+        mode=found["mode"], features=found["features"], scene=found["scene"],
+        windows=found["windows"], seconds=found["seconds"])

@@ -1,0 +1,277 @@
+"""Near-duplicates on real product photos: re-encoded copies are found, look-alikes are not."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+from typer.testing import CliRunner
+
+from lookalike import Project
+from lookalike.errors import LookalikeError, UnknownNameError
+from lookalike.recommend.duplicates import (
+    PHashMatcher,
+    catalogue_fingerprints,
+    catalogue_phashes,
+    duplicates,
+    find_duplicate_of,
+    group_pairs,
+    hamming,
+    hamming_pairs,
+    phash_code,
+)
+
+TYPES = ["Tshirts", "Casual Shoes", "Watches", "Ties", "Sunglasses", "Kurtas", "Handbags"]
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def frame(products_parquet: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(products_parquet)
+    frame = frame[frame["article_type"].isin(TYPES)].sort_values("id")
+    frame = frame.groupby("article_type", group_keys=False).head(45)
+    return frame.drop_duplicates("image_jpeg")  # one item per distinct photo
+
+
+@pytest.fixture(scope="module")
+def shop(frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    folder = tmp_path_factory.mktemp("dedup-shop")
+    manifest = folder / "slice.parquet"
+    pd.DataFrame({"id": frame["id"].astype(str), "image": frame["image_jpeg"],
+                  "title": frame["title"], "category": frame["article_type"],
+                  "colour": frame["base_colour"]}).to_parquet(manifest)
+    project = Project(folder / "project")
+    project.ingest(manifest, progress=False)
+    project.index("hsv-histogram", progress=False)
+    return project
+
+
+def _photo(shop: Project, item_id: str) -> Image.Image:
+    return Image.open(shop.store.image_path(item_id)).convert("RGB")
+
+
+@pytest.mark.parametrize("method", ["phash", "phash+colour"])
+def test_a_re_encoded_copy_is_found_as_a_duplicate(shop: Project, method: str) -> None:
+    for item_id in shop.store.ids()[:40:8]:
+        original = _photo(shop, item_id)
+        copy = _jpeg(original, quality=40)
+        found = dict(find_duplicate_of(shop, copy, method=method))
+        assert item_id in found, (method, item_id)
+        brighter = ImageEnhance.Brightness(original).enhance(1.1)
+        assert item_id in dict(find_duplicate_of(shop, brighter, method=method))
+
+
+def test_the_embedding_method_finds_a_mild_copy(shop: Project) -> None:
+    # hsv-histogram (the fast test embedder) moves a lot under heavy JPEG; q90 is mild.
+    for item_id in shop.store.ids()[:40:8]:
+        copy = _jpeg(_photo(shop, item_id), quality=90)
+        found = find_duplicate_of(shop, copy, method="embedding", threshold=0.95)
+        assert item_id in dict(found)
+        assert all(0.0 <= d <= 0.05 + 1e-6 for _, d in found)
+
+
+def test_products_of_one_type_in_another_colour_are_not_duplicates(shop: Project) -> None:
+    frame = shop.store.frame()
+    plain = duplicates(shop, method="phash", save=False)
+    checked = duplicates(shop, method="phash+colour", save=False)
+
+    def look_alike_pairs(report) -> set[tuple[str, str]]:
+        pairs = set()
+        for group in report.groups:
+            for a in group.ids:
+                for b in group.ids:
+                    if a < b and frame.loc[a, "category"] == frame.loc[b, "category"] \
+                            and frame.loc[a, "colour"] != frame.loc[b, "colour"]:
+                        pairs.add((a, b))
+        return pairs
+
+    fooled = look_alike_pairs(plain)
+    assert len(fooled) >= 20, "phash alone should pair look-alikes of another colour here"
+    # Colour labels are noisy at 60x80 (a 'Black' tie that looks navy), so allow a few.
+    assert len(look_alike_pairs(checked) & fooled) <= 0.1 * len(fooled)
+    for item_id in frame.index[:20]:  # and every photo still finds itself
+        assert item_id in dict(find_duplicate_of(shop, _photo(shop, item_id)))
+
+
+def test_pure_phash_is_blind_to_colour_and_the_colour_check_is_not(shop: Project) -> None:
+    # The reason phash+colour is the default: a grey-scale hash cannot tell colours apart.
+    frame = shop.store.frame()
+    checked = 0
+    for item_id in frame.index[frame["colour"].isin(["Red", "Blue", "Green"])][:5]:
+        original = _photo(shop, item_id)
+        swapped = Image.merge("RGB", original.split()[::-1])  # red <-> blue
+        if hamming(phash_code(original), phash_code(swapped)) > 8:
+            continue
+        assert item_id in dict(find_duplicate_of(shop, swapped, method="phash"))
+        assert item_id not in dict(find_duplicate_of(shop, swapped, method="phash+colour"))
+        checked += 1
+    assert checked >= 3
+
+
+def test_multi_hash_range_search_is_exact(shop: Project) -> None:
+    ids, codes = catalogue_phashes(shop)
+    assert len(ids) == len(shop.store)
+    distances = hamming(codes[:, None, :], codes[None, :, :])  # small slice: brute force is fine
+    for radius in (0, 4, 8, 11, 14):
+        pairs = hamming_pairs(codes, radius)
+        upper = np.triu_indices(len(codes), 1)
+        expected = {(int(i), int(j)) for i, j in zip(*upper) if distances[i, j] <= radius}
+        assert {(int(i), int(j)) for i, j, _ in pairs} == expected
+        assert all(distances[i, j] == d for i, j, d in pairs)
+
+
+def test_groups_join_chains_of_pairs() -> None:
+    pairs = np.array([[0, 1, 2], [1, 2, 4], [5, 6, 0]])
+    groups = group_pairs(8, pairs)
+    assert [g.tolist() for g in groups] == [[0, 1, 2], [5, 6]]
+    assert group_pairs(3, np.zeros((0, 3))) == []
+
+
+def test_catalogue_report_finds_an_ingested_copy(shop: Project, tmp_path: Path) -> None:
+    source = shop.store.ids()[3]
+    copy = _jpeg(_photo(shop, source).resize((90, 120)), quality=60)
+    manifest = tmp_path / "copy.parquet"
+    pd.DataFrame({"id": ["copy-of-" + source], "image": [copy], "title": ["a copy"],
+                  "category": [shop.store.get(source).category]}).to_parquet(manifest)
+    shop.ingest(manifest, progress=False)
+    shop.index("hsv-histogram", progress=False)
+    try:
+        for method in ("phash", "phash+colour"):
+            report = duplicates(shop, method=method)
+            together = [g for g in report.groups if source in g.ids]
+            assert together and "copy-of-" + source in together[0].ids, method
+            assert (report.folder / "groups.html").read_text().count("<img") >= 2
+            saved = json.loads((report.folder / "groups.json").read_text())
+            assert saved["n_groups"] == len(report.groups)
+    finally:
+        shop.remove_items(["copy-of-" + source])
+
+
+def test_ingest_warns_about_or_skips_near_duplicates(shop: Project, frame: pd.DataFrame,
+                                                     products_parquet: Path,
+                                                     tmp_path: Path) -> None:
+    from lookalike.cli import app
+
+    source = shop.store.ids()[5]
+    copy = _jpeg(_photo(shop, source), quality=45)
+    # A real T-shirt that is not in the shop and has no near-duplicate there: a look-alike of
+    # the shop's T-shirts, not a copy of one.
+    full = pd.read_parquet(products_parquet, columns=["id", "article_type", "image_jpeg"])
+    candidates = full[(full["article_type"] == "Tshirts") & ~full["id"].isin(frame["id"])]
+    fresh = next(row for row in candidates.head(40).itertuples()
+                 if not find_duplicate_of(shop, row.image_jpeg))
+    fresh_image = Image.open(io.BytesIO(fresh.image_jpeg)).convert("RGB")
+    fresh_copy = _jpeg(ImageEnhance.Brightness(fresh_image.resize((72, 96))).enhance(1.08), 70)
+    manifest = tmp_path / "incoming.parquet"
+    new_ids = ["copy-of-" + source, "new-tshirt", "new-tshirt-again"]
+    pd.DataFrame({"id": new_ids, "image": [copy, fresh.image_jpeg, fresh_copy],
+                  "title": ["a copy", "a new T-shirt", "the new T-shirt again"],
+                  "category": ["Tshirts"] * 3}).to_parquet(manifest)
+    before = len(shop.store)
+    try:
+        # warn: everything is stored; the copy of a catalogue photo and the second copy of a
+        # photo earlier in the same ingest are listed
+        report = shop.ingest(manifest, progress=False, on_duplicate_image="warn")
+        assert report.added == 3 and not report.rejected
+        assert {(d["id"], d["duplicate_of"], d["skipped"]) for d in report.duplicates} == {
+            ("copy-of-" + source, source, False), ("new-tshirt-again", "new-tshirt", False)}
+        shop.remove_items(new_ids)
+        # skip, from the command line: the duplicates become rejects with a clear reason
+        result = CliRunner().invoke(app, ["ingest", str(manifest), "--on-duplicate", "skip",
+                                          "--project", str(shop.path), "--json"])
+        assert result.exit_code == 0, result.output
+        body = json.loads(result.stdout)
+        assert body["added"] == 1 and body["rejected_by_reason"] == {"duplicate": 2}
+        assert "new-tshirt" in shop.store and "copy-of-" + source not in shop.store
+        assert any(f"near-duplicate of catalogue item {source!r}" in r["message"]
+                   for r in body["rejected"])
+        text = CliRunner().invoke(app, ["ingest", str(manifest), "--on-duplicate", "warn",
+                                        "--project", str(shop.path)])
+        assert text.exit_code == 0 and "near-duplicate of" in text.output, text.output
+        bad = CliRunner().invoke(app, ["ingest", str(manifest), "--on-duplicate", "drop",
+                                       "--project", str(shop.path)])
+        assert bad.exit_code == 1 and "keep, warn, skip" in bad.output
+    finally:
+        shop.remove_items([i for i in new_ids if i in shop.store])
+    assert len(shop.store) == before
+
+
+def test_matcher_adds_items_and_bad_input_errors(shop: Project) -> None:
+    prints = catalogue_fingerprints(shop)
+    ids = prints.ids
+    matcher = PHashMatcher(prints.take(range(10)), threshold=4)
+    outsider = _photo(shop, ids[20])
+    assert ids[20] not in dict(matcher.find(outsider))
+    matcher.add(ids[20], outsider)
+    assert matcher.find(outsider)[0] == (ids[20], 0.0)
+    with pytest.raises(UnknownNameError):
+        duplicates(shop, method="nope")
+    with pytest.raises(LookalikeError, match="whole number"):
+        duplicates(shop, method="phash", threshold=2.5)
+
+
+def test_cli_duplicates(shop: Project, tmp_path: Path) -> None:
+    import lookalike.commands.beyond  # noqa: F401
+    from lookalike.cli import app
+
+    photo = tmp_path / "copy.jpg"
+    photo.write_bytes(_jpeg(_photo(shop, shop.store.ids()[1]), quality=50))
+    runner = CliRunner()
+    one = runner.invoke(app, ["duplicates", "--photo", str(photo), "--project", str(shop.path),
+                              "--json"])
+    assert one.exit_code == 0, one.output
+    assert shop.store.ids()[1] in [d["id"] for d in json.loads(one.stdout)["duplicates"]]
+    report = runner.invoke(app, ["duplicates", "--project", str(shop.path)])
+    assert report.exit_code == 0, report.output and "groups" in report.output
+
+
+def test_rest_routes_serve_duplicates(shop: Project) -> None:
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve.app import create_app
+    from lookalike.serve.settings import ServeSettings
+
+    duplicates(shop)  # saves the default report
+    app = create_app(ServeSettings(project=shop.path, read_only=True))
+    item_id = shop.store.ids()[2]
+    with TestClient(app) as client:
+        body = client.get("/v1/duplicates").json()
+        assert body["method"] == "phash+colour" and body["n_groups"] >= 1
+        assert all(len(g["items"]) >= 2 for g in body["groups"])
+        found = client.get(f"/v1/items/{item_id}/duplicates").json()
+        assert found["item"] == item_id and item_id not in [d["id"] for d in found["duplicates"]]
+        assert client.get("/v1/duplicates", params={"method": "embedding"}).status_code == 404
+        assert client.get("/v1/items/nope/duplicates").status_code == 404
+        assert client.get("/v1/duplicates", params={"method": "bogus"}).status_code == 422
+
+
+def test_words_and_clusters_not_prepared_are_a_clear_409(shop: Project) -> None:
+    """This shop has an image index but no text index and no clusters: asking the main query
+    routes for words or per-cluster results says which command prepares them."""
+    from fastapi.testclient import TestClient
+
+    from lookalike.serve.app import create_app
+    from lookalike.serve.settings import ServeSettings
+
+    item_id = shop.store.ids()[0]
+    with TestClient(create_app(ServeSettings(project=shop.path, read_only=True))) as client:
+        for response, command in (
+                (client.post("/v1/search", data={"text": "red shoes"}), "lookalike text-index"),
+                (client.get(f"/v1/items/{item_id}/similar", params={"text": "in red"}),
+                 "lookalike text-index"),
+                (client.get(f"/v1/items/{item_id}/similar", params={"per_cluster": 1}),
+                 "lookalike clusters")):
+            assert response.status_code == 409, response.text
+            assert response.json()["error"]["code"] == "not_prepared"
+            assert command in response.json()["error"]["message"]
+        assert client.get(f"/v1/items/{item_id}/similar").status_code == 200  # plain still works
