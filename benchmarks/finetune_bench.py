@@ -101,10 +101,11 @@ def all_layers(model, pixels: np.ndarray, cache: Path) -> dict[str, np.ndarray]:
             return (features, *hidden, self.network.head.classifier(hidden[-1]))
 
     names = ["backbone", *widths, "logits"]
+    onnx_names = [name if not name.isdigit() else f"hidden{name}" for name in names]
     with tempfile.TemporaryDirectory() as work:
         path = Path(work) / "all.onnx"
         export_onnx(AllLayers(), path, int(pixels.shape[1]),
-                    (int(pixels.shape[3]), int(pixels.shape[2])), names)
+                    (int(pixels.shape[3]), int(pixels.shape[2])), onnx_names)
         session = _session(path, model.num_threads or 2)
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for start in range(0, len(pixels), 128):
@@ -123,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[],
                         help="finetune setting KEY=VALUE (model or training; repeatable)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--limit", type=int, default=None, help="train on a seeded sample")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="a seeded sample of the train split as training set *and* gallery "
+                             "(for every row, baselines included)")
     parser.add_argument("--name", default="finetune_bench")
     parser.add_argument("--fresh", action="store_true", help="retrain even if cached")
     args = parser.parse_args(argv)
@@ -139,18 +142,26 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     train_pixels, train_ids, train_labels = split_pixels("train")
     test_pixels, test_ids, test_labels = split_pixels("test")
+    all_train_ids = list(train_ids)
+    sample = np.arange(len(train_ids))
+    if args.limit:
+        sample = np.sort(np.random.default_rng(0).permutation(len(train_ids))[:args.limit])
+        train_pixels = train_pixels[sample]
+        train_ids = [train_ids[i] for i in sample]
+        train_labels = [train_labels[i] for i in sample]
     classes = sorted(set(train_labels))
     code_of = {name: i for i, name in enumerate(classes)}
     train_codes = np.array([code_of[x] for x in train_labels])
     test_codes = np.array([code_of.get(x, -1) for x in test_labels])
     known = test_codes >= 0
-    print(f"products: {len(train_ids):,} train, {len(test_ids):,} test ({known.sum():,} of a "
+    print(f"products: {len(train_ids):,} train (= gallery), {len(test_ids):,} test ({known.sum():,} of a "
           f"trained class), {len(classes)} classes; loaded in {time.perf_counter() - started:.0f} s",
           flush=True)
     rows: list[dict[str, Any]] = []
 
     # ---- baselines: pretrained Lite0 and a linear probe on it --------------------------------
-    lite0 = lite0_vectors({"queries": test_ids, "gallery": train_ids})
+    lite0 = lite0_vectors({"queries": test_ids, "gallery": all_train_ids})
+    lite0["gallery"] = lite0["gallery"][sample]
     rows.append({"method": "efficientnet-lite0@224 pretrained", "dim": 1280,
                  **retrieval(lite0["queries"], test_labels, lite0["gallery"], train_labels)})
     probe, probe_seconds = linear_probe(lite0["gallery"], train_codes, len(classes), seed=0)
@@ -180,11 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         model = base.load(model_dir)
         print(f"loaded the trained model from {model_dir}", flush=True)
     else:
-        rows_used = np.arange(len(train_ids))
-        if args.limit:
-            rows_used = np.sort(np.random.default_rng(0).permutation(len(train_ids))[:args.limit])
-        data = ImageTensors(torch.from_numpy(train_pixels[rows_used]),
-                            torch.from_numpy(train_codes[rows_used]), tuple(classes))
+        data = ImageTensors(torch.from_numpy(train_pixels), torch.from_numpy(train_codes),
+                            tuple(classes))
         model = FinetuneEmbedder(**model_options)
         model.fit_tensors(data, checkpoint_dir=run / "checkpoints", resume=not args.fresh,
                           threads=args.threads, **fit_options)

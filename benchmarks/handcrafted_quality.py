@@ -52,6 +52,7 @@ FUSIONS = (("phog", "hsv-histogram"), ("phog", "gist"), ("hsv-histogram", "gist"
 FITTED = ((("phog", "hsv-histogram", "gist"), (0.0, 0.5, 1.0, 2.0)),
           (("gist", "efficientnet-lite0"), (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)))
 VALIDATION = 1000
+CHUNK = 4000
 
 
 def load(quick: bool, seed: int = 0):
@@ -90,12 +91,27 @@ def embed_cached(name: str, frame, tag: str) -> tuple[np.ndarray, float]:
             vectors = np.load(candidate, allow_pickle=False)
             if vectors.shape == (len(frame), embedder.dim):
                 return vectors, float("nan")
-    started = time.perf_counter()
-    vectors = embedder.embed(images(frame))
-    seconds = (time.perf_counter() - started) / max(1, len(frame))
+    # Embedded in chunks, each saved as it is done: an interrupted run (the full train split
+    # takes GIST several minutes) continues from the last finished chunk when run again.
     CACHE.mkdir(parents=True, exist_ok=True)
+    chunks, seconds, embedded = [], 0.0, 0
+    for number, start in enumerate(range(0, len(frame), CHUNK)):
+        part = path.with_name(f"{path.stem}.part{number}.npy")
+        if part.is_file():
+            chunks.append(np.load(part, allow_pickle=False))
+            continue
+        started = time.perf_counter()
+        chunk = embedder.embed(images(frame.iloc[start:start + CHUNK]))
+        seconds += time.perf_counter() - started
+        embedded += len(chunk)
+        np.save(part, chunk)
+        chunks.append(chunk)
+        print(f"    {name} {tag}: {start + len(chunk)}/{len(frame)}", flush=True)
+    vectors = np.concatenate(chunks)
     np.save(path, vectors)
-    return vectors, seconds
+    for number in range(len(chunks)):
+        path.with_name(f"{path.stem}.part{number}.npy").unlink(missing_ok=True)
+    return vectors, (seconds / embedded if embedded else float("nan"))
 
 
 def evaluate(name: str, queries: np.ndarray, gallery: np.ndarray, test, train) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -199,39 +200,50 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[list[dict[str, 
 
 
 def scan_timing(n: int, bits: int, dim: int, n_queries: int, seed: int) -> list[dict[str, Any]]:
-    """ms per query of a FAISS flat scan over ``n`` random codes, beside float32 flat."""
-    import faiss
+    """ms per query of a FAISS flat Hamming scan over ``n`` codes, beside a float32 flat scan.
 
-    rng = np.random.default_rng(seed)
+    The vectors are the index benchmark's jittered real vectors (benchmarks/index_data.py:
+    PCA-256 of real photos plus spectrum-shaped noise); the codes are their random-hyperplane
+    (LSH) bits, so the scan sees real code statistics. ``dim`` is kept for the float row.
+    """
+    import faiss
+    from index_data import jittered_set
+
+    from lookalike.models.hashing import HyperplaneCoder
+
+    base, queries, _ = jittered_set(n, n_queries=max(n_queries, 1000), seed=seed)
+    queries = queries[:n_queries]
+    coder = HyperplaneCoder.random(base.shape[1], bits, seed=seed)
     out = []
     binary = faiss.IndexBinaryFlat(bits)
-    binary.add(rng.integers(0, 256, (n, bits // 8), dtype=np.uint8))
-    queries = rng.integers(0, 256, (n_queries, bits // 8), dtype=np.uint8)
+    for start in range(0, n, 100_000):
+        binary.add(coder.codes(base[start:start + 100_000]))
+    query_codes = coder.codes(queries)
     out.append({"scan": f"IndexBinaryFlat {bits}-bit", "items": n, "bytes_per_item": bits // 8,
-                **_time_scan(binary, queries)})
+                **_time_scan(binary, query_codes)})
     del binary
-    flat = faiss.IndexFlatIP(dim)
-    vectors = rng.standard_normal((n, dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    flat.add(vectors)
-    del vectors
-    float_queries = rng.standard_normal((n_queries, dim), dtype=np.float32)
-    out.append({"scan": f"IndexFlatIP float32 {dim}-d", "items": n, "bytes_per_item": dim * 4,
-                **_time_scan(flat, float_queries)})
+    flat = faiss.IndexFlatIP(base.shape[1])
+    flat.add(base)
+    out.append({"scan": f"IndexFlatIP float32 {base.shape[1]}-d", "items": n,
+                "bytes_per_item": base.shape[1] * 4, **_time_scan(flat, queries)})
     return out
 
 
 def _time_scan(index: Any, queries: np.ndarray, k: int = 10) -> dict[str, float]:
     index.search(queries[:4], k)  # warm-up
+    cpu = time.process_time()
     started = time.perf_counter()
     index.search(queries, k)
     batch = (time.perf_counter() - started) / len(queries)
+    batch_cpu = (time.process_time() - cpu) / len(queries)
     singles = queries[:50]
     started = time.perf_counter()
     for query in singles:
         index.search(query[None], k)
     single = (time.perf_counter() - started) / len(singles)
-    return {"ms_per_query_batched": batch * 1e3, "ms_per_query_single": single * 1e3}
+    return {"ms_per_query_batched": batch * 1e3, "ms_per_query_single": single * 1e3,
+            "cpu_ms_per_query_batched": batch_cpu * 1e3,
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:

@@ -48,6 +48,10 @@ WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 GALLERY = Filters.of(split="train")
 
 
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def relevant_matrix(hits, frame, rule) -> np.ndarray:
     """``[n_queries, k]`` bool: ``rule(query_row, result_id)`` per rank (False past the end)."""
     k = max(len(h.ids) for h in hits) if hits else 0
@@ -65,7 +69,10 @@ def main() -> None:
     parser.add_argument("--tune-queries", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", default=",".join(map(str, WEIGHTS)),
+                        help="text weights to sweep (fewer = quicker), e.g. 0.3,0.5,0.7,0.9")
     args = parser.parse_args()
+    weights = tuple(float(w) for w in args.weights.split(","))
 
     import faiss
     import torch
@@ -231,19 +238,23 @@ def main() -> None:
 
     # tune on train queries, report on test queries
     tune_a_ids, tune_a_asked = colour_queries(tune_ids)
-    tune_a = scenario_a(tune_a_ids, tune_a_asked, WEIGHTS)
+    log(f"tuning on {len(tune_ids)} train queries, weights {weights}")
+    tune_a = scenario_a(tune_a_ids, tune_a_asked, weights)
     weight_a = {f: best_weight(tune_a, f"photo + words ({f})", "P@10 type+colour")
                 for f in ("weighted", "rrf")}
-    tune_b = scenario_b(tune_ids, WEIGHTS)
+    tune_b = scenario_b(tune_ids, weights)
     weight_b = best_weight(tune_b, "photo + own title", "P@10 type")
 
     test_a_ids, test_a_asked = colour_queries(test_ids)
-    test_a_all = scenario_a(test_a_ids, test_a_asked, WEIGHTS)
+    log(f"weights chosen on train: A {weight_a}, B {weight_b}; testing on {len(test_ids)}")
+    test_a_all = scenario_a(test_a_ids, test_a_asked, weights)
     test_a = [r for r in test_a_all if r["method"] in ("photo alone", "photo + colour filter",
                                                        "words alone")
               or (r["method"].startswith("photo + words") and
                   r["weight"] == weight_a[r["method"].split("(")[1][:-1]])]
-    test_b_all = scenario_b(test_ids, WEIGHTS)
+    log("A done")
+    test_b_all = scenario_b(test_ids, weights)
+    log("B done")
     test_b = [r for r in test_b_all if r["method"] == "photo alone" or r["weight"] == weight_b]
     test_c, examples = scenario_c(test_ids)
 
@@ -265,7 +276,8 @@ def main() -> None:
           f"{build_seconds:.0f} s; one photo+words query {latency_ms:.1f} ms")
     print(write_results(f"text_bench-{name}", {
         "embedder": args.embedder, "gallery": len(train_ids), "test_queries": len(test_ids),
-        "tune_queries": len(tune_ids), "weights_chosen": {"A": weight_a, "B": weight_b},
+        "tune_queries": len(tune_ids), "weights_swept": list(weights),
+        "weights_chosen": {"A": weight_a, "B": weight_b},
         "A_test": test_a, "B_test": test_b, "C_test": test_c, "C_examples": examples,
         "A_test_sweep": test_a_all, "B_test_sweep": test_b_all, "A_tune_sweep": tune_a,
         "B_tune_sweep": tune_b, "text_index_build_s": round(build_seconds, 1),

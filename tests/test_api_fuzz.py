@@ -116,7 +116,7 @@ def test_no_server_errors_on_real_items(api_schema: schemathesis.BaseSchema, ser
     statuses: list[int] = []
     operations = [result.ok() for result in api_schema.get_all_operations()]
     item_reads = [op for op in operations if op.method.lower() == "get" and "{item_id}" in op.path]
-    assert len(item_reads) == 3
+    assert len(item_reads) == 4  # details, image, similar, duplicates
 
     for operation in item_reads:
         for item_id in real_ids:

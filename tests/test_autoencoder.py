@@ -55,7 +55,7 @@ def dense(fmnist_train: ImageTensors) -> AutoencoderEmbedder:
 def conv(fmnist_train: ImageTensors) -> ConvAutoencoderEmbedder:
     model = base.create("conv-autoencoder", **FMNIST, seed=3)
     assert isinstance(model, ConvAutoencoderEmbedder)
-    return model.fit_tensors(fmnist_train, epochs=3, patience=0, **FAST)
+    return model.fit_tensors(fmnist_train, epochs=2, patience=0, **FAST)
 
 
 @pytest.mark.parametrize("which", ["dense", "conv"])
@@ -149,7 +149,7 @@ def test_demo_catalogue_pil_fit_beats_chance() -> None:
     train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     # the products' 60x80 RGB by default; thinner layers keep the test fast
     model = base.create("conv-autoencoder", conv_channels=(16, 32, 64), seed=0)
-    model.fit(jpeg_images(train["image_jpeg"]), epochs=3, patience=0, **FAST)
+    model.fit(jpeg_images(train["image_jpeg"]), epochs=2, patience=0, **FAST)
     assert model.training_result.history[-1]["val_loss"] < model.training_result.history[0][
         "val_loss"]
     gallery = model.embed(jpeg_images(train["image_jpeg"]))

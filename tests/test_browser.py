@@ -226,13 +226,13 @@ def test_words_box_and_browse_view(browser, server: str, shop: Path, tmp_path: P
     # Words alone: type and press Enter.
     words.fill("black watch")
     words.press("Enter")
-    page.wait_for_function("document.querySelector('#results-title').textContent"
+    page.wait_for_function("() => document.querySelector('#results-title').textContent"
                            ".startsWith('Matching')")
     assert [cards.nth(n).get_attribute("data-id") for n in range(cards.count())] == by_words
     # A photo refined by the words in the box.
     words.fill("in red")
     page.set_input_files("#photo", str(upload))
-    page.wait_for_function("document.querySelector('#results-title').textContent"
+    page.wait_for_function("() => document.querySelector('#results-title').textContent"
                            ".startsWith('Like your photo')")
     assert [cards.nth(n).get_attribute("data-id") for n in range(cards.count())] == \
         by_photo_and_words

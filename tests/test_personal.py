@@ -263,6 +263,17 @@ def test_look_finds_the_liked_product_in_a_scene(shop: Project, products: pd.Dat
     assert len(found["regions"]) == 3 and all(len(r["items"]) == 4 for r in found["regions"])
 
 
+def test_project_methods_equal_the_functions(shop: Project, products: pd.DataFrame) -> None:
+    """The Python API mirrors the CLI: Project.recommend / Project.look call the same code."""
+    history = _of(shop, "Watches", 3)
+    assert [r.id for r in shop.recommend(history, k=5)] == \
+        [r.id for r in recommend(shop, history, k=5)]
+    scene_bytes = products["image_jpeg"].iloc[1]
+    scene = Image.open(io.BytesIO(scene_bytes)).convert("RGB")
+    assert shop.look(scene_bytes, like=history[0], top_regions=1)["regions"][0]["box"] == \
+        look(shop, scene, like=history[0], top_regions=1)["regions"][0]["box"]
+
+
 def test_look_with_a_history_and_without_any(shop: Project, products: pd.DataFrame) -> None:
     scene = Image.open(io.BytesIO(products["image_jpeg"].iloc[0])).convert("RGB")
     scene = scene.resize((240, 320))

@@ -141,9 +141,14 @@ def test_rerun_reads_the_cache(report_run, tmp_path: Path) -> None:
     pixels_id = create("pixels").embedder_id
     cached = sorted(p.name for p in cache.glob(f"demo-*-{pixels_id}.npy"))
     assert len(cached) == 2  # queries and gallery, keyed by embedder id
-    before = {p: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
+    stored = [*cache.glob("*.npy"), *cache.glob("report-metrics/*.json")]
+    assert len(stored) > 10
+    before = {p: p.stat().st_mtime_ns for p in stored}
     again = compare(["demo"], ["pixels"], sizes=[500], cache_dir=cache)
-    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == before  # nothing rewritten
+    # neither embeddings nor metrics (main table, 500-item gallery) were computed again
+    assert {p: p.stat().st_mtime_ns for p in stored} == before
+    assert sorted(cache.glob("report-metrics/*.json")) == sorted(
+        p for p in stored if p.suffix == ".json")
     vectors = np.load(cache / cached[1], mmap_mode="r")
     assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors[:5], axis=1), 1)
     first = json.loads((report_run[0] / "report.json").read_text())["rows"][0]

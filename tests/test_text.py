@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import socket
 from collections import Counter
@@ -165,7 +166,25 @@ def test_text_model_loads_offline_and_refuses_images(monkeypatch: pytest.MonkeyP
         raise AssertionError("the text model tried to open a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    model = MiniLMTextEmbedder()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from lookalike.models.base import create
+
+    model = create("all-minilm-l6-v2")  # registered like every embedder
+    assert isinstance(model, MiniLMTextEmbedder)
+    import sentence_transformers
+
+    seen = {}
+    real = sentence_transformers.SentenceTransformer
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen["offline"] = os.environ.get("HF_HUB_OFFLINE")
+        seen["local_files_only"] = kwargs.get("local_files_only")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", spy)
+    model.embed_texts(["warm up"])
+    assert seen == {"offline": "1", "local_files_only": True}  # offline while loading ...
+    assert "HF_HUB_OFFLINE" not in os.environ  # ... and the process's environment is restored
     vectors = model.embed_texts(["Puma Men Black T-shirt", "Puma Men Black Tshirt", "gold watch"])
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     assert np.linalg.norm(vectors, axis=1) == pytest.approx(1.0, abs=1e-5)
@@ -222,6 +241,25 @@ def test_text_index_update_is_incremental(shop: Project, products_parquet: Path)
     assert again.texts_embedded == 0
     image = Image.open(io.BytesIO(pd.read_parquet(products_parquet).iloc[0]["image_jpeg"]))
     assert search_with_text(shop, image.convert("RGB"), "blue", k=2)
+
+
+def test_added_and_removed_items_reach_the_words_index(products_parquet: Path,
+                                                      tmp_path: Path) -> None:
+    """``index(text_columns=...)`` builds the words index; add_item / remove_items keep it
+    current (a new product is found by its words at once, a removed one is gone)."""
+    frame = _slice(products_parquet, per_type=8)
+    manifest = tmp_path / "small.parquet"
+    pd.DataFrame({"id": frame["id"].astype(str), "image": frame["image_jpeg"],
+                  "title": frame["title"], "category": frame["article_type"]}
+                 ).to_parquet(manifest)
+    project = Project(tmp_path / "p")
+    project.ingest(manifest, progress=False)
+    project.index("pixels", progress=False, text_columns=["title"])
+    photo = pd.read_parquet(products_parquet).sort_values("id").iloc[-1]["image_jpeg"]
+    project.add_item("zebra-1", photo, {"title": "Zebra striped aviator pyjama gizmo"})
+    assert search_with_text(project, text="zebra striped pyjama gizmo", k=1)[0].id == "zebra-1"
+    project.remove_items(["zebra-1"])
+    assert "zebra-1" not in [r.id for r in search_with_text(project, text="zebra gizmo", k=5)]
 
 
 def test_rest_search_and_similar_take_words(shop: Project) -> None:

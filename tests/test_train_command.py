@@ -37,7 +37,8 @@ def project_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def first_run(project_dir: Path) -> dict:
     code, output = invoke("train", "cnn", "--name", "shop-cnn", "--epochs", "1", "--seed", "3",
-                          "--option", "patience=0", "--project", str(project_dir), "--json")
+                          "--option", "patience=0", "--option", "batch_size=32", "--project",
+                          str(project_dir), "--json")
     assert code == 0, output
     return json.loads(output)
 
@@ -50,7 +51,8 @@ def test_train_writes_a_loadable_model_and_checkpoints(first_run: dict, project_
     frame = Project(project_dir, create=False).store.frame()
     assert first_run["items"] == int((frame["split"] == "train").sum())  # train split only
     history = first_run["result"]["history"]
-    assert len(history) == 1 and history[0]["val_accuracy"] > 0.4  # 6 classes
+    # 6 classes; the most frequent (T-shirts) is 37% of them
+    assert len(history) == 1 and history[0]["val_accuracy"] > 0.5, history
     assert (folder / "config.json").is_file() and (folder / "weights.safetensors").is_file()
     assert (folder / "checkpoints" / "epoch-0001.json").is_file()
     assert first_run["index_command"] == "lookalike index --embedder models/shop-cnn"
@@ -72,8 +74,8 @@ def test_index_the_trained_model_then_query(first_run: dict, project_dir: Path) 
 
 def test_resume_continues_the_run(first_run: dict, project_dir: Path) -> None:
     code, output = invoke("train", "cnn", "--name", "shop-cnn", "--epochs", "2", "--seed", "3",
-                          "--option", "patience=0", "--resume", "--project", str(project_dir),
-                          "--json")
+                          "--option", "patience=0", "--option", "batch_size=32", "--resume",
+                          "--project", str(project_dir), "--json")
     assert code == 0, output
     history = json.loads(output)["result"]["history"]
     assert len(history) == 2

@@ -129,11 +129,13 @@ def index_command(
         kind: Annotated[str, typer.Option("--kind", help="Index type: auto, exact, hnsw, ...")] = "auto",
         name: Annotated[str, typer.Option("--name", help="Index name.")] = "default",
         image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for CNN embedders.")] = None,
+        text_column: Annotated[Optional[list[str]], typer.Option("--text-column", help="Also embed this text column (e.g. title) for words queries (repeatable); kept up to date afterwards.")] = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Embed the catalogue and build or update an index."""
     options = {"image_size": image_size} if image_size else {}
     summary = Project(project, create=False).index(embedder, kind=kind, name=name,
-                                                   embedder_options=options, progress=not as_json)
+                                                   embedder_options=options, progress=not as_json,
+                                                   text_columns=text_column)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return

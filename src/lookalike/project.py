@@ -131,19 +131,42 @@ class Project:
     # ---- embedding and indexing --------------------------------------------------------------
     def index(self, embedder: str = DEFAULT_EMBEDDER, *, kind: str = "auto",
               name: str = DEFAULT_INDEX_NAME, embedder_options: Mapping[str, Any] | None = None,
-              index_options: Mapping[str, Any] | None = None, progress: bool = True) -> IndexSummary:
+              index_options: Mapping[str, Any] | None = None, progress: bool = True,
+              text_columns: Sequence[str] | None = None) -> IndexSummary:
         """Embed the catalogue and build (or incrementally update) the index ``name``.
 
         ``embedder`` is a registry name (see ``lookalike.models.base.available()``) or the folder
         of a saved/trained model. Only images not embedded before are embedded (the cache is keyed
         by content hash and embedder id); items added, changed or removed since the last run are
         applied to the existing index without a rebuild when the embedder is unchanged.
+        ``text_columns`` (e.g. ``["title"]``) also embeds those columns with the MiniLM text model
+        into the words index queries with ``text`` use; once built, later runs (and
+        ``add_item``/``remove_items``) keep it up to date.
         """
         self._require_writable("index")
         with self.write_lock():
-            return self._index_locked(embedder, kind=kind, name=name,
-                                      embedder_options=embedder_options,
-                                      index_options=index_options, progress=progress)
+            summary = self._index_locked(embedder, kind=kind, name=name,
+                                         embedder_options=embedder_options,
+                                         index_options=index_options, progress=progress)
+            if text_columns:
+                from lookalike.recommend.text_search import build_text_index
+
+                build_text_index(self, index=name, columns=list(text_columns), progress=progress)
+            else:
+                self._refresh_text_index(name, progress=progress)
+            return summary
+
+    def _refresh_text_index(self, name: str, progress: bool = False) -> None:
+        """Keep the words index of image index ``name`` (if one was built) up to date, with the
+        columns it was built with: only new or changed titles are embedded."""
+        from lookalike.recommend import text_search
+
+        folder = current_version(self.path / text_search.TEXT_DIR / name)
+        if folder is None:
+            return
+        columns = json.loads((folder / text_search.TEXT_META).read_text()).get("columns")
+        text_search.build_text_index(self, index=name, columns=columns or ["title"],
+                                     progress=progress)
 
     def _index_locked(self, embedder: str, *, kind: str, name: str,
                       embedder_options: Mapping[str, Any] | None,
@@ -529,6 +552,25 @@ class Project:
         entry = self.settings["indexes"][name]
         return self.index(str(folder / INDEX_EMBEDDER_DIR), kind=entry["kind"], name=name,
                           progress=progress)
+
+    # ---- personalisation and shop the look (thin: the functions live in lookalike.recommend) ----
+    def recommend(self, history: str | Sequence[str], k: int = 10, method: str = "centroid",
+                  filters: Filters | None = None, diversity: float = 0.0, *,
+                  index: str | None = None, **options: Any) -> list[Recommendation]:
+        """Personalised picks from a viewing history (ids, or "id,id"); seen items excluded.
+        ``method``: centroid, knn-vote or latent-svm. See :func:`lookalike.recommend.personal.recommend`."""
+        from lookalike.recommend.personal import recommend
+
+        return recommend(self, history, k=k, method=method, filters=filters,
+                         diversity=diversity, index=index, **options)
+
+    def look(self, scene: str | Path | bytes | Image.Image, *, history: Any = None,
+             like: str | None = None, k: int = 5, **options: Any) -> dict[str, Any]:
+        """Shop the look: the regions of a scene photo worth shopping, each with the most similar
+        products. See :func:`lookalike.recommend.regions.look` for the options."""
+        from lookalike.recommend.regions import look
+
+        return look(self, _as_image(scene), history=history, like=like, k=k, **options)
 
     # ---- introspection -----------------------------------------------------------------------
     def default_index_name(self) -> str | None:

@@ -231,8 +231,10 @@ def _set_threads(embedder: Embedder, threads: int | None) -> None:
 
 
 def _folder_label(embedder: Embedder, folder: Path) -> str:
-    """``name (folder)``: the model's own name, and where it came from for same-named models."""
-    return f"{embedder.name} ({folder.name})"
+    """``name (folder)``: the model's own name, and where it came from for same-named models
+    (the parent folder's name when the folder itself is just called ``model``)."""
+    where = folder.parent.name if folder.name in ("model", "embedder") else folder.name
+    return f"{embedder.name} ({where})"
 
 
 def find_saved_models(folder: str | Path) -> tuple[list[Path], list[str]]:
@@ -479,6 +481,7 @@ def code_metrics(coder: Any, queries: np.ndarray, query_labels: np.ndarray, gall
 def _cached_metrics(cache_dir: Path, key: dict[str, Any],
                     compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``compute()``'s result, stored as JSON under a hash of ``key`` so re-runs skip it."""
+    key = json.loads(json.dumps(key))  # tuples become lists, as they come back from the file
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / "report-metrics" / f"{digest}.json"
     if path.is_file():

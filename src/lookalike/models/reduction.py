@@ -226,8 +226,13 @@ class ProjectionEmbedder(_ReducedEmbedder):
                                  f"dimensions; use dim <= {n_classes - 1} or method='linear'")
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-        lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto",
-                                         n_components=self.out_dim).fit(vectors, codes)
+        import warnings
+
+        with warnings.catch_warnings():
+            # classes with a single item are normal in a catalogue; sklearn warns per class
+            warnings.filterwarnings("ignore", message="Only one sample available")
+            lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto",
+                                             n_components=self.out_dim).fit(vectors, codes)
         self.fit_info = {"items": len(vectors), "classes": n_classes}
         # The eigen solver's transform is x @ scalings; centring on the data mean first only
         # shifts every row by the same vector, and makes cosine similarity meaningful.

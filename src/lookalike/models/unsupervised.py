@@ -57,6 +57,8 @@ class UnsupervisedEmbedder(Embedder):
     """
 
     needs_fit: ClassVar[bool] = True
+    #: ``Project.train`` gives these every training item, labelled or not.
+    needs_labels: ClassVar[bool] = False
     batch_size = 256
     #: TrainConfig overrides of this embedder's default run (subclasses set their own).
     default_training: ClassVar[dict[str, Any]] = {}

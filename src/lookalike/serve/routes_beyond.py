@@ -98,10 +98,15 @@ def list_clusters(
         limit: Annotated[int, Query(ge=1, le=1000, description="Clusters, largest first.")] = 50
 ) -> ClusterList:
     """The saved K-means clusters of the default index, largest first, each with its most
-    central items (a click on one starts more-like-this)."""
-    saved = _saved_clusters(request)
-    report = saved.report
+    central items (a click on one starts more-like-this). No clusters saved yet is an empty list
+    (``k`` = 0), not an error, so the page can ask without logging a failed request."""
+    from lookalike.recommend.clusters import load_clusters
+
     project = _project(request)
+    try:
+        report = load_clusters(project).report
+    except UnknownNameError:
+        return ClusterList(k=0, index=project.default_index_name() or "", clusters=[])
     order = sorted(range(report["k"]), key=lambda c: -report["sizes"][c])[:limit]
     clusters = []
     for cluster in order:

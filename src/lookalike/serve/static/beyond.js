@@ -95,8 +95,9 @@
     try {
       body = await api("/v1/clusters?per_cluster=8&limit=12");
     } catch (err) {
-      return;  // no clusters saved yet: the view stays away
+      return;  // the service cannot say: the view stays away
     }
+    if (!body.clusters || !body.clusters.length) return;  // no clusters saved yet
     const section = browseSection();
     const rows = $("cluster-rows");
     rows.replaceChildren();
