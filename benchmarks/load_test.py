@@ -2,7 +2,7 @@
 photo and a few catalogue updates against the full products catalogue.
 
     python benchmarks/load_test.py --prepare-only     # first time: ingest + index (minutes)
-    python benchmarks/load_test.py                    # 50 clients x 60 s, 2 workers
+    python benchmarks/load_test.py                    # 50 clients x 60 s, 1 worker
 
 Phases, each bounded in time, all in one run:
 
@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("--index-kind", default="auto",
                         help="auto (the project's default index) or exact / hnsw (an extra "
                              "index of that kind, built from the cached embeddings)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--photo-size", default="480x640",
                         help="WxH of the uploaded photos ('original' for the 60x80 files)")

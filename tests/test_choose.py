@@ -6,7 +6,7 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.index.base import create_index
-from lookalike.index.choose import EXACT_MAX_ITEMS, IndexChoice, choose_index, exact_bytes, hnsw_bytes
+from lookalike.index.choose import EXACT_MAX_FLOATS, EXACT_MAX_ITEMS, IndexChoice, choose_index, exact_bytes, hnsw_bytes
 
 RAW_1M = 1_000_000 * 256 * 4
 
@@ -29,6 +29,11 @@ def test_large_catalogue_gets_quantised_hnsw_within_half_the_raw_size():
 def test_threshold_is_at_exact_max_items():
     assert choose_index(EXACT_MAX_ITEMS - 1, 128).kind == "exact"
     assert choose_index(EXACT_MAX_ITEMS, 128).kind == "hnsw"
+    # wide vectors: a full scan per query is memory-bound, so fewer of them go to HNSW
+    assert choose_index(2_000, 1280).kind == "exact"
+    assert choose_index(44_072, 1280).kind == "hnsw"
+    assert choose_index(EXACT_MAX_FLOATS // 1280, 1280).kind == "exact"
+    assert choose_index(EXACT_MAX_FLOATS // 1280 + 1, 1280).kind == "hnsw"
 
 
 def test_memory_budget_moves_to_smaller_codes_and_says_so():

@@ -2,7 +2,8 @@
 
 The thresholds come from ``benchmarks/index_bench.py`` (numbers in docs/index.md):
 
-* below ``EXACT_MAX_ITEMS`` exact search is fast enough on two cores and perfect, so ``exact``;
+* below ``EXACT_MAX_ITEMS`` vectors and ``EXACT_MAX_FLOATS`` floats scanned per query, exact
+  search is fast enough on two cores and perfect, so ``exact``;
 * above, a rotated-SQ8 HNSW graph (0.48x the resident memory of raw float vectors) reaches
   recall@10 0.95 at 1M x 256 with ef_search 56 (efConstruction 160) at > 10,000 queries/s; ``ef_search`` is picked from the recall target;
 * a recall target beyond what 8-bit codes allow moves to 16-bit or float storage; a memory budget
@@ -16,8 +17,12 @@ from typing import Any
 
 from lookalike.errors import LookalikeError
 
-#: Below this many vectors ``exact`` is chosen (unless it would not fit the memory budget).
+#: Below this many vectors ``exact`` is chosen (unless it would not fit the memory budget) ...
 EXACT_MAX_ITEMS = 50_000
+#: ... and only while a query scans at most this many floats (64 MB): exact search is bound by
+#: memory bandwidth, so 44k x 1,280-d (225 MB a query) is ~45 ms where HNSW takes ~1 ms
+#: (benchmarks/load_test.py: 3x the throughput).
+EXACT_MAX_FLOATS = 16_777_216
 
 #: HNSW storage options, most compact first: (factory code, bytes per dimension, the recall@10
 #: of exact search over the codes after rotation, on 200k jittered real vectors:
@@ -98,9 +103,10 @@ def choose_index(n_vectors: int, dim: int, memory_budget_bytes: int | None = Non
     raw_mb = n_vectors * dim * 4 / 1e6
 
     exact_size = exact_bytes(n_vectors, dim)
-    if exact_size <= budget and (n_vectors < EXACT_MAX_ITEMS or target_recall >= 0.999):
+    small = n_vectors < EXACT_MAX_ITEMS and n_vectors * dim <= EXACT_MAX_FLOATS
+    if exact_size <= budget and (small or target_recall >= 0.999):
         why = (f"{n_vectors:,} vectors: exact search is fast enough and perfect"
-               if n_vectors < EXACT_MAX_ITEMS else
+               if small else
                f"recall target {target_recall} needs exact search ({raw_mb:,.0f} MB of floats)")
         return IndexChoice("exact", {}, why, exact_size)
 

@@ -67,6 +67,7 @@ class LookalikeService:
         self._writer: Project | None = None
         self._state_lock = threading.Lock()
         self._view: _CatalogueView | None = None
+        self._view_lock = threading.Lock()
         slots = settings.max_concurrent_embeddings or (os.cpu_count() or 1)
         # Embedding a photo is CPU-bound; more at once than there are cores only adds latency.
         self._embed_slots = threading.BoundedSemaphore(slots)
@@ -223,13 +224,19 @@ class LookalikeService:
         view = self._view
         if view is not None and view.version == version:
             return view
-        store = self._reader.store
-        values = {column: store.values(column) for column in EQUALITY_FILTERS}
-        prices = [float(v) for v in store.values("price")]
-        view = _CatalogueView(version=version, ids=store.ids(), values=values,
-                              price_range=(min(prices), max(prices)) if prices else None)
-        self._view = view
-        return view
+        # One thread rebuilds; the others wait for it instead of all rebuilding at once (after
+        # an update, every concurrent request would otherwise redo the same queries).
+        with self._view_lock:
+            view = self._view
+            if view is not None and view.version == version:
+                return view
+            store = self._reader.store
+            values = {column: store.values(column) for column in EQUALITY_FILTERS}
+            prices = [float(v) for v in store.values("price")]
+            view = _CatalogueView(version=version, ids=store.ids(), values=values,
+                                  price_range=(min(prices), max(prices)) if prices else None)
+            self._view = view
+            return view
 
     # ---- writes ----------------------------------------------------------------------------
     def put_item(self, item_id: str, data: bytes, attributes: Mapping[str, Any]) -> bool:
