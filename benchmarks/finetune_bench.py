@@ -32,16 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import peak_rss_mb, print_table, write_results  # noqa: E402
 from _learned_common import LEARNED_CACHE, lite0_vectors, split_pixels  # noqa: E402
 
+from lookalike.commands.train import parse_option  # noqa: E402
+
 PAPER_TOP3 = 0.76
 TARGET_P10 = 0.85
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    key, _, value = text.partition("=")
-    try:
-        return key.strip(), json.loads(value)
-    except ValueError:
-        return key.strip(), value
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -20,6 +20,8 @@ training time of the default ``cnn`` config is reported (the budget is 15 minute
     python benchmarks/hash_bench.py                               # both datasets, all bits
     python benchmarks/hash_bench.py --datasets fashion-mnist --bits 64
     python benchmarks/hash_bench.py --scan-only                   # just the 1M-code timing
+    python benchmarks/hash_bench.py --datasets fashion-mnist --cnn-option head=cosine \
+        --cnn-option margin=0.2 --cnn-option augment=flip+shift --name hash_bench-fmnist-cosine
 
 Writes ``benchmarks/results/hash_bench.json`` and ``hash_bench.md``.
 """
@@ -46,6 +48,7 @@ from lookalike.evaluate import metrics  # noqa: E402
 from lookalike.evaluate.report import markdown_table  # noqa: E402
 from lookalike.index.base import create_index, load_index  # noqa: E402
 from lookalike.models import base  # noqa: E402
+from lookalike.commands.train import parse_option  # noqa: E402
 from lookalike.models.cnn import CNNEmbedder  # noqa: E402
 from lookalike.models.datasets import (  # noqa: E402
     ImageTensors,
@@ -58,6 +61,11 @@ from lookalike.storage import atomic_write_text  # noqa: E402
 NAME = "hash_bench"
 CACHE = Path(__file__).resolve().parent / ".cache" / NAME
 TARGETS = {"fashion-mnist": {"P@10": 0.93, "mAP@100": 0.90}, "products": {"P@10": 0.85}}
+
+
+CNN_MODEL_OPTIONS = {"activation", "fc_activation", "conv_channels", "hidden", "embedding_dim",
+                     "batch_norm", "dropout", "convs_per_block", "head", "cosine_scale", "margin",
+                     "seed"}
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -151,6 +159,9 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[list[dict[str, 
     training = {"threads": args.threads, "progress": args.progress}
     if args.epochs is not None:
         training["epochs"] = args.epochs
+    for text in args.cnn_option:  # model options go to the CNN, the rest to its training run
+        key, value = parse_option(text)
+        (cnn_options if key in CNN_MODEL_OPTIONS else training)[key] = value
 
     cnn, cnn_record = cached(
         CACHE / dataset / "cnn", {"cnn": cnn_options, "training": training, "limit": args.limit},
@@ -251,6 +262,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="fashion-mnist,products")
     parser.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--epochs", type=int, default=None, help="cnn epochs (default config)")
+    parser.add_argument("--cnn-option", action="append", default=[],
+                        help="KEY=VALUE for the cnn (model option or training option; "
+                             "repeatable), e.g. head=cosine or augment=flip+shift")
     parser.add_argument("--hash-epochs", type=int, default=3)
     parser.add_argument("--hash-learning-rate", type=float, default=1e-3)
     parser.add_argument("--candidates", type=int, default=100)
@@ -293,14 +307,22 @@ def main() -> None:
             targets[dataset] = {name: {"target": value, "measured": float_row[name],
                                        "met": float_row[name] >= value}
                                 for name, value in goal.items()}
+    name = args.name or (NAME if args.limit is None else f"{NAME}-quick")
+    previous_path = RESULTS / f"{name}.json"
+    kept = []
+    if args.scan_only and previous_path.is_file():
+        # a scan-only run re-times the scan and keeps the retrieval rows of the last full run
+        previous = json.loads(previous_path.read_text())
+        rows, models = previous.get("rows", []), previous.get("models", {})
+        targets = previous.get("targets", {})
+        kept = ["rows", "models", "targets"] if rows else []
     markdown = "## Float vs binary codes (class match, test vs train)\n\n"
     markdown += markdown_table([{c: row.get(c) for c in columns} for row in rows]) if rows else ""
     markdown += f"\n## FAISS scan of {args.scan_items:,} items\n\n" + markdown_table(scans)
-    name = args.name or (NAME if args.limit is None else f"{NAME}-quick")
     atomic_write_text(RESULTS / f"{name}.md", markdown)
     path = write_results(name, {"settings": vars(args), "rows": rows, "scan": scans,
                                 "models": models, "targets": targets,
-                                "peak_rss_mb": peak_rss_mb()})
+                                "kept_from_earlier_run": kept, "peak_rss_mb": peak_rss_mb()})
     print(f"wrote {path}")
 
 

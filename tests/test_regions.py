@@ -29,7 +29,7 @@ from lookalike.recommend.regions import (
     window_grids,
     windowed_features,
 )
-from lookalike.recommend.scenes import compose_scene, decode_jpeg, like_scene
+from lookalike.recommend.scenes import compose_scene, decode_jpeg, like_scene, product_mask
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +239,35 @@ def test_scene_generator_places_real_products_without_overlap(products: pd.DataF
     x0, y0, x1, y1 = scene.target.box  # the pasted pixels are the product photo's, white included
     patch = np.asarray(scene.image)[y0:y1, x0:x1]
     assert patch[:3, :3].mean() > 200
+
+
+def test_product_mask_drops_the_backdrop_and_keeps_the_product(products: pd.DataFrame) -> None:
+    photo = decode_jpeg(products.iloc[0]["image_jpeg"])
+    pixels = np.asarray(photo)
+    mask = product_mask(photo)
+    assert mask.shape == pixels.shape[:2]
+    assert not mask[0].any() and not mask[-1].any()  # a catalogue photo's border is backdrop
+    assert 0.05 < mask.mean() < 0.95
+    # a white patch *inside* a dark product is not backdrop: it is not connected to the border
+    framed = np.full((40, 30, 3), 255, np.uint8)
+    framed[10:30, 8:22] = 20
+    framed[17:23, 12:18] = 255
+    inner = product_mask(Image.fromarray(framed))
+    assert inner[10:30, 8:22].all() and not inner[:10].any()
+    noisy = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    assert product_mask(Image.fromarray(noisy)).all()  # no plain border: all product
+
+
+def test_cutout_scenes_place_the_product_itself(products: pd.DataFrame) -> None:
+    scene, _ = like_scene(products, np.random.default_rng(3), distractors=2, cutout=True)
+    background = np.asarray(compose_scene(scene.background, [], np.random.default_rng(0)).image)
+    pixels = np.asarray(scene.image)
+    for placed in scene.products:
+        x0, y0, x1, y1 = placed.box  # the object's own box: its border rows hold product pixels
+        changed = np.abs(pixels[y0:y1, x0:x1].astype(int)
+                         - background[y0:y1, x0:x1].astype(int)).max(axis=2) > 30
+        assert changed[0].any() and changed[-1].any() and changed[:, 0].any()
+        assert changed.mean() < 0.97  # the white backdrop was not pasted
 
 
 # ---- latent SVM --------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from lookalike.models.datasets import (
     images_to_tensor,
     to_float,
 )
+from lookalike.models.heads import HEADS, make_classifier
 from lookalike.models.training import ClassificationTask, Task, TrainConfig, TrainResult, train
 
 TRAINING_FILE = "training.json"
@@ -61,7 +62,8 @@ class ConvNet(nn.Module):
                  conv_channels: Sequence[int] = (32, 64, 128), hidden: int = 256,
                  embedding_dim: int = 128, activation: str = "lrelu-softplus",
                  fc_activation: str | None = None, negative_slope: float = DEFAULT_NEGATIVE_SLOPE,
-                 batch_norm: bool = True, dropout: float = 0.3) -> None:
+                 batch_norm: bool = True, dropout: float = 0.3, convs_per_block: int = 1,
+                 head: str = "softmax", cosine_scale: float = 16.0) -> None:
         super().__init__()
         fc_activation = fc_activation or activation
         for name in (activation, fc_activation):
@@ -70,13 +72,15 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for block, out_channels in enumerate(conv_channels):
-            stride = 2 if block == 0 and min(width, height) > 40 else 1
-            layers.append(nn.Conv2d(channels, out_channels, 3, stride=stride, padding=1,
-                                    bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
-            layers += [make_activation(activation, negative_slope), nn.MaxPool2d(2)]
-            channels = out_channels
+            for conv in range(convs_per_block):
+                stride = 2 if block == 0 and conv == 0 and min(width, height) > 40 else 1
+                layers.append(nn.Conv2d(channels, out_channels, 3, stride=stride, padding=1,
+                                        bias=not batch_norm))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(out_channels))
+                layers.append(make_activation(activation, negative_slope))
+                channels = out_channels
+            layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         with torch.no_grad():  # in eval mode, so batch norm statistics are not touched
             flat = self.features.eval()(torch.zeros(1, in_channels, height, width)).numel()
@@ -93,7 +97,7 @@ class ConvNet(nn.Module):
 
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), *fc(flat, hidden),
                                   nn.Dropout(dropout), *fc(hidden, embedding_dim))
-        self.classifier = nn.Linear(embedding_dim, n_classes)
+        self.classifier = make_classifier(head, embedding_dim, n_classes, cosine_scale)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -128,9 +132,17 @@ class CNNEmbedder(Embedder):
                  conv_channels: Sequence[int] = (32, 64, 128), hidden: int = 256,
                  embedding_dim: int = 128, batch_norm: bool = True, dropout: float = 0.3,
                  label_column: str = "article_type", classes: Sequence[str] = (),
-                 mean: Sequence[float] = (), std: Sequence[float] = (), seed: int = 0) -> None:
+                 mean: Sequence[float] = (), std: Sequence[float] = (), seed: int = 0,
+                 convs_per_block: int = 1, head: str = "softmax", cosine_scale: float = 16.0,
+                 margin: float = 0.0) -> None:
         for name in (activation, fc_activation or activation):
             make_activation(name)  # raises the clear unknown-name error
+        if head not in HEADS:
+            raise LookalikeError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        if margin and head != "cosine":
+            raise LookalikeError("margin needs head='cosine'")
+        if convs_per_block < 1:
+            raise LookalikeError(f"convs_per_block must be >= 1, got {convs_per_block}")
         if channels not in (1, 3):
             raise ModelMismatchError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -148,6 +160,10 @@ class CNNEmbedder(Embedder):
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
         self.seed = int(seed)
+        self.convs_per_block = int(convs_per_block)
+        self.head = head
+        self.cosine_scale = float(cosine_scale)
+        self.margin = float(margin)
         self.training_result: TrainResult | None = None
         self._module: nn.Module | None = None
         self._fingerprint: str | None = None
@@ -164,7 +180,9 @@ class CNNEmbedder(Embedder):
                 "hidden": self.hidden, "embedding_dim": self.embedding_dim,
                 "batch_norm": self.batch_norm, "dropout": self.dropout,
                 "label_column": self.label_column, "classes": list(self.classes),
-                "mean": self.mean, "std": self.std, "seed": self.seed}
+                "mean": self.mean, "std": self.std, "seed": self.seed,
+                "convs_per_block": self.convs_per_block, "head": self.head,
+                "cosine_scale": self.cosine_scale, "margin": self.margin}
 
     def _weights_fingerprint(self) -> dict[str, str]:
         if self._module is None:
@@ -186,11 +204,14 @@ class CNNEmbedder(Embedder):
                            conv_channels=self.conv_channels, hidden=self.hidden,
                            embedding_dim=self.embedding_dim, activation=self.activation,
                            fc_activation=self.fc_activation, negative_slope=self.negative_slope,
-                           batch_norm=self.batch_norm, dropout=self.dropout)
+                           batch_norm=self.batch_norm, dropout=self.dropout,
+                           convs_per_block=self.convs_per_block, head=self.head,
+                           cosine_scale=self.cosine_scale)
 
     def make_task(self, module: nn.Module) -> Task:
         """What the trainer optimises (subclasses add loss terms)."""
-        return ClassificationTask(module, self.mean, self.std)
+        return ClassificationTask(module, self.mean, self.std,
+                                  margin_logit=self.margin * self.cosine_scale)
 
     @property
     def module(self) -> nn.Module:

@@ -72,6 +72,7 @@ from lookalike.models.datasets import (
     images_to_tensor,
 )
 from lookalike.models.feature_training import VectorTrainResult, train_on_vectors
+from lookalike.models.heads import HEADS, make_classifier, margin_loss
 from lookalike.models.training import (
     ClassificationTask,
     TrainConfig,
@@ -82,7 +83,6 @@ from lookalike.models.training import (
 VARIANT = "efficientnet-lite0"
 BACKBONE_DIM = 1280
 N_BLOCKS = 16  # MBConv blocks of Lite0
-HEADS = ("softmax", "cosine")
 BACKENDS = ("onnx", "torch")
 TRAINING_FILE = "training.json"
 #: Bump when the inference export changes, so cached ONNX files are rebuilt.
@@ -102,20 +102,6 @@ HEAD_OPTIONS = {"head_epochs": 10, "head_learning_rate": 1e-3, "head_batch_size"
 
 
 # ---- the network -----------------------------------------------------------------------------
-class CosineClassifier(nn.Module):
-    """Logits ``scale * cos(x, w_c)`` (normalised features and class weights, as in NormFace /
-    CosFace); ``margin`` is subtracted from the true class's cosine in the loss only."""
-
-    def __init__(self, in_features: int, classes: int, scale: float = 16.0) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(classes, in_features))
-        nn.init.xavier_uniform_(self.weight)
-        self.scale = float(scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
-
-
 class Head(nn.Module):
     """Paper 002's new layers: ``1280 -> hidden[0] -> hidden[1]`` with ReLU, then a classifier."""
 
@@ -125,8 +111,7 @@ class Head(nn.Module):
         sizes = [BACKBONE_DIM, *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.dropout = nn.Dropout(dropout)
-        self.classifier: nn.Module = (CosineClassifier(sizes[-1], classes, scale)
-                                      if kind == "cosine" else nn.Linear(sizes[-1], classes))
+        self.classifier = make_classifier(kind, sizes[-1], classes, scale)
 
     def hidden(self, features: torch.Tensor) -> list[torch.Tensor]:
         """The ReLU output of every hidden layer."""
@@ -241,20 +226,15 @@ class FinetuneTask(ClassificationTask):
 
     def __init__(self, module: _BackModel, low: Sequence[float], step: Sequence[float],
                  label_smoothing: float, margin: float, scale: float) -> None:
-        super().__init__(module, [0.0] * len(low), [1.0] * len(low), label_smoothing)
+        super().__init__(module, [0.0] * len(low), [1.0] * len(low), label_smoothing,
+                         float(margin) * float(scale))
         self.low = torch.tensor(low, dtype=torch.float32).view(1, -1, 1, 1)
         self.step = torch.tensor(step, dtype=torch.float32).view(1, -1, 1, 1)
-        self.margin_logit = float(margin) * float(scale)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         # channels-last: PyTorch's CPU depthwise convolutions are several times faster in NHWC
         x = images.to(torch.float32).mul_(self.step).add_(self.low)
         return x.contiguous(memory_format=torch.channels_last)
-
-    def loss(self, inputs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        if labels is None:
-            raise TrainingError("fine-tuning needs class labels")
-        return margin_loss(self.module(inputs), labels, self.margin_logit, self.label_smoothing)
 
     def validation_sums(self, inputs: torch.Tensor, labels: torch.Tensor | None
                         ) -> dict[str, float]:
@@ -268,14 +248,6 @@ class FinetuneTask(ClassificationTask):
         from lookalike.models.training import _optimizer
 
         return [_optimizer([p for p in self.module.parameters() if p.requires_grad], config)]
-
-
-def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin_logit: float = 0.0,
-                label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy with ``margin_logit`` taken off each true class's logit (CosFace)."""
-    if margin_logit:
-        logits = logits - margin_logit * F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 # ---- the embedder ------------------------------------------------------------------------------

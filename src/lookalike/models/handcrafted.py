@@ -196,22 +196,24 @@ def kernel_spectra(kernels: list[np.ndarray], shape: tuple[int, int]) -> np.ndar
     return fft.fft2(grids, axes=(-2, -1)).astype(np.complex64)
 
 
-def gabor_magnitudes(grey: np.ndarray, spectra: np.ndarray, pad: int) -> np.ndarray:
+def gabor_magnitudes(grey: np.ndarray, spectra: np.ndarray, pad: int,
+                     workers: int | None = None) -> np.ndarray:
     """``|grey * kernel|`` for every kernel: ``[n, n_kernels, H, W]`` float32.
 
     ``grey`` is ``[n, H, W]``; it is padded symmetrically by ``pad`` so the circular FFT
     convolution does not wrap one border onto the other; ``spectra`` must be for the padded shape.
+    ``workers`` is scipy.fft's thread count (None: one).
     """
     from scipy import fft
 
     padded = np.pad(grey, ((0, 0), (pad, pad), (pad, pad)), mode="symmetric")
     if padded.shape[-2:] != spectra.shape[-2:]:
         raise ValueError(f"spectra are for {spectra.shape[-2:]}, image padded to {padded.shape}")
-    image_spectrum = fft.fft2(padded.astype(np.float32), axes=(-2, -1))
+    image_spectrum = fft.fft2(padded.astype(np.float32), axes=(-2, -1), workers=workers)
     height, width = grey.shape[-2:]
     out = np.empty((grey.shape[0], len(spectra), height, width), dtype=np.float32)
     for n in range(len(spectra)):  # one filter at a time keeps memory at one batch of planes
-        response = fft.ifft2(image_spectrum * spectra[n], axes=(-2, -1))
+        response = fft.ifft2(image_spectrum * spectra[n], axes=(-2, -1), workers=workers)
         out[:, n] = np.abs(response[:, pad:pad + height, pad:pad + width])
     # FFT round-off leaves ~1e-7 where there is no texture at all; keep such places exactly 0 so
     # a flat image (or window) has a zero descriptor rather than normalised noise.

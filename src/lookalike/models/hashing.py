@@ -123,7 +123,7 @@ class HashNet(nn.Module):
     def __init__(self, backbone: ConvNet, bits: int, n_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
-        dim = backbone.classifier.in_features
+        dim = backbone.classifier.weight.shape[1]  # linear or cosine classifier
         self.hash = nn.Linear(dim, bits)
         self.hash_classifier = nn.Linear(bits, n_classes)
         # Unit rows have entries ~1/sqrt(dim); scaling them back to ~1 lets the default

@@ -247,7 +247,7 @@ class ProjectionEmbedder(_ReducedEmbedder):
         from torch import nn
 
         from lookalike.models.feature_training import train_on_vectors
-        from lookalike.models.finetune import CosineClassifier
+        from lookalike.models.heads import CosineClassifier
 
         mean = vectors.mean(axis=0)
         start = PCA(n_components=min(self.out_dim, len(vectors) - 1), random_state=self.seed)

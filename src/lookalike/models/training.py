@@ -35,6 +35,7 @@ from torch import nn
 
 from lookalike.errors import LookalikeError
 from lookalike.models.datasets import ImageTensors, stratified_split, to_float
+from lookalike.models.heads import margin_loss
 
 HISTORY_FILE = "history.json"
 BEST_WEIGHTS = "best.safetensors"
@@ -68,8 +69,11 @@ class TrainConfig:
     seed: int = 0
     #: torch threads for this run (restored afterwards); None leaves the current setting.
     threads: int | None = 2
-    #: ``flip`` mirrors half of every batch left-right; ``none`` trains on the pixels as given.
+    #: ``flip`` mirrors half of every batch left-right; ``shift`` moves every image by up to
+    #: ``shift_pixels`` in x and y (edges repeated); ``flip+shift`` does both; ``none`` trains on
+    #: the pixels as given.
     augment: str = "none"
+    shift_pixels: int = 2
     #: Stop after the epoch that crosses this wall-clock budget (None: no budget).
     max_minutes: float | None = None
     eval_batch_size: int = 512
@@ -86,7 +90,9 @@ class TrainConfig:
             (self.schedule in ("cosine", "constant"),
              f"schedule must be cosine or constant, got {self.schedule!r}"),
             (self.mode in ("max", "min"), f"mode must be max or min, got {self.mode!r}"),
-            (self.augment in ("none", "flip"), f"augment must be none or flip, got {self.augment!r}"),
+            (self.augment in AUGMENTS,
+             f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"),
+            (self.shift_pixels >= 0, f"shift_pixels must be >= 0, got {self.shift_pixels}"),
             (0.0 < self.validation_fraction < 1.0,
              f"validation_fraction must be in (0, 1), got {self.validation_fraction}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
@@ -108,6 +114,27 @@ class TrainConfig:
         if self.schedule == "constant":
             return self.learning_rate
         return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+
+
+AUGMENTS = ("none", "flip", "shift", "flip+shift")
+
+
+def augment_batch(inputs: torch.Tensor, config: TrainConfig,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The batch as ``config.augment`` says: mirrored and/or shifted per image, seeded."""
+    if "flip" in config.augment:
+        flip = torch.rand(len(inputs), generator=generator) < 0.5
+        inputs[flip] = inputs[flip].flip(-1)
+    pad = config.shift_pixels
+    if "shift" in config.augment and pad > 0:
+        # One padded copy, then each image is cut at its own offset; replicate padding keeps a
+        # product photo's white border white.
+        padded = F.pad(inputs, (pad, pad, pad, pad), mode="replicate")
+        offsets = torch.randint(0, 2 * pad + 1, (len(inputs), 2), generator=generator)
+        height, width = inputs.shape[-2:]
+        inputs = torch.stack([padded[i, :, dy:dy + height, dx:dx + width]
+                              for i, (dy, dx) in enumerate(offsets.tolist())])
+    return inputs
 
 
 # ---- what is trained ----------------------------------------------------------------------------
@@ -159,14 +186,16 @@ class ClassificationTask(Task):
     """
 
     def __init__(self, module: nn.Module, mean: list[float], std: list[float],
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, margin_logit: float = 0.0) -> None:
         super().__init__(module, mean, std)
         self.label_smoothing = label_smoothing
+        #: CosFace margin in logit units (margin x scale of a cosine head; 0: plain softmax).
+        self.margin_logit = float(margin_logit)
 
     def loss(self, inputs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:
             raise TrainingError("classification needs labels")
-        return F.cross_entropy(self.module(inputs), labels, label_smoothing=self.label_smoothing)
+        return margin_loss(self.module(inputs), labels, self.margin_logit, self.label_smoothing)
 
     def validation_sums(self, inputs: torch.Tensor, labels: torch.Tensor | None
                         ) -> dict[str, float]:
@@ -411,9 +440,7 @@ def _train(task: Task, data: ImageTensors, config: TrainConfig,
             for batch in _batches(len(train_index), config.batch_size, generator):
                 rows = train_index[batch]
                 inputs = task.prepare(data.images[rows])
-                if config.augment == "flip":
-                    flip = torch.rand(len(rows), generator=generator) < 0.5
-                    inputs[flip] = inputs[flip].flip(-1)
+                inputs = augment_batch(inputs, config, generator)
                 labels = None if data.labels is None else data.labels[rows]
                 loss = task.training_step(inputs, labels, optimizers)
                 if not math.isfinite(loss):

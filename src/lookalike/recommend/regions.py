@@ -35,6 +35,7 @@ the catalogue products most similar to each (:func:`look`).
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -353,13 +354,15 @@ class GISTWindows(WindowFeatures):
         grey = _grey(pixels)
         grey -= grey.mean()
         pad = embedder.pad
-        shape = (fft.next_fast_len(grey.shape[0] + 2 * pad),
-                 fft.next_fast_len(grey.shape[1] + 2 * pad))
+        # FFT shapes are rounded up to multiples of 64, so scenes of similar sizes share one
+        # cached filter bank (building it costs as much as filtering the scene).
+        shape = (fft.next_fast_len(-(-(grey.shape[0] + 2 * pad) // 64) * 64),
+                 fft.next_fast_len(-(-(grey.shape[1] + 2 * pad) // 64) * 64))
         spectra = self._spectra(embedder, shape)
         # Pad to the fast FFT shape: a symmetric border of `pad`, the rest on the far side.
         extra = (shape[0] - grey.shape[0] - 2 * pad, shape[1] - grey.shape[1] - 2 * pad)
         padded = np.pad(grey, ((pad, pad + extra[0]), (pad, pad + extra[1])), mode="symmetric")
-        energy = gabor_magnitudes(padded[None], spectra, 0)[0]  # [F, Hp, Wp]
+        energy = gabor_magnitudes(padded[None], spectra, 0, workers=SCORING_THREADS)[0]
         energy = energy[:, pad:pad + grey.shape[0], pad:pad + grey.shape[1]]
         self.table = integral_image(energy).transpose(1, 2, 0).copy()  # [H+1, W+1, F]
 
@@ -802,6 +805,8 @@ class Region:
     vector: np.ndarray = field(repr=False)
 
 
+#: Threads that pool and score window bands, and run the GIST filter bank's FFTs.
+SCORING_THREADS = min(2, os.cpu_count() or 1)
 #: Windows are pooled and scored in bands of about this many feature floats (4 MB), so the
 #: temporaries of one band stay in the CPU caches and memory stays flat for any scene.
 BAND_FLOATS = 1 << 20
@@ -822,21 +827,30 @@ def score_windows(features: WindowFeatures, grids: Iterable[WindowGrid],
     Features are pooled and scored one band of window rows at a time (:func:`grid_bands`) and
     then dropped, so memory stays at one band's ``windows x dim`` floats however big the scene.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from threadpoolctl import threadpool_limits
 
-    all_boxes, all_scores = [], []
-    # One BLAS thread: the bands are small (4 MB), and OpenBLAS's second thread spinning
-    # between the many small products fought the ONNX Runtime / PyTorch threads for the
-    # two cores (CNN pass 0.7 s with one BLAS thread, 3-6 s with two on a busy machine).
-    with threadpool_limits(limits=1, user_api="blas"):
-        for grid in grids:
-            for band in grid_bands(grid, features.embedder.dim):
-                all_scores.append(np.asarray(scorer(features.for_grid(band)),
-                                             dtype=np.float64).ravel())
-            all_boxes.append(grid.boxes())
-    if not all_boxes:
+    grids = list(grids)
+    if not grids:
         return np.zeros((0, 4), dtype=np.int64), np.zeros(0)
-    return np.concatenate(all_boxes), np.concatenate(all_scores)
+    bands = [band for grid in grids for band in grid_bands(grid, features.embedder.dim)]
+
+    def score(band: WindowGrid) -> np.ndarray:
+        return np.asarray(scorer(features.for_grid(band)), dtype=np.float64).ravel()
+
+    # Bands are independent and numpy releases the GIL in the pooling arithmetic, so
+    # SCORING_THREADS threads each take bands (in order). One BLAS thread each: the bands are
+    # small (4 MB), and OpenBLAS's own threads spinning between the many small products fought
+    # the ONNX Runtime / PyTorch threads for the two cores (CNN pass 0.7 s with one BLAS thread,
+    # 3-6 s with two on a busy machine).
+    with threadpool_limits(limits=1, user_api="blas"):
+        if SCORING_THREADS > 1 and len(bands) > 1:
+            with ThreadPoolExecutor(SCORING_THREADS) as pool:
+                all_scores = list(pool.map(score, bands))
+        else:
+            all_scores = [score(band) for band in bands]
+    return np.concatenate([grid.boxes() for grid in grids]), np.concatenate(all_scores)
 
 
 #: Windows of the fast pass re-scored exactly by default (see :func:`find_regions`).

@@ -89,11 +89,45 @@ def _overlaps(box: tuple[int, int, int, int], boxes: Sequence[tuple[int, int, in
                for b in boxes)
 
 
+#: A backdrop pixel differs from the backdrop colour by at most this much in every channel.
+BACKDROP_TOLERANCE = 24
+#: A photo has a plain backdrop when at least this share of its border is the backdrop colour.
+PLAIN_BORDER = 0.6
+
+
+def product_mask(photo: Image.Image, tolerance: int = BACKDROP_TOLERANCE) -> np.ndarray:
+    """Where the product is in a catalogue photo: ``[H, W]`` bool, False on the backdrop.
+
+    The backdrop colour is the median colour of the photo's border (white or light grey in a
+    catalogue); the backdrop is the pixels within ``tolerance`` of it *connected to the border*,
+    so same-coloured parts inside the product (a white collar, a logo) stay. A photo whose
+    border is not mostly one colour (:data:`PLAIN_BORDER`, e.g. a lifestyle shot) is all
+    product."""
+    from scipy import ndimage
+
+    pixels = np.asarray(photo.convert("RGB")).astype(np.int16)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    colour = np.median(border, axis=0)
+    if (np.abs(border - colour).max(axis=1) <= tolerance).mean() < PLAIN_BORDER:
+        return np.ones(pixels.shape[:2], dtype=bool)
+    near = (np.abs(pixels - colour).max(axis=2) <= tolerance)
+    labels, _ = ndimage.label(near, structure=np.ones((3, 3), dtype=bool))
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    mask = ~np.isin(labels, edge[edge > 0])
+    return mask if mask.any() else np.ones_like(mask)
+
+
 def compose_scene(background: str | Image.Image,
                   products: Sequence[tuple[str, Image.Image, str]], rng: np.random.Generator, *,
                   size: tuple[int, int] = SCENE_SIZE, side_range: tuple[int, int] = SIDE_RANGE,
-                  gap: int = 4, max_tries: int = 500) -> Scene:
-    """Paste ``(item_id, photo, role)`` products at random free positions onto a background."""
+                  gap: int = 4, max_tries: int = 500, cutout: bool = False) -> Scene:
+    """Place ``(item_id, photo, role)`` products at random free positions onto a background.
+
+    ``cutout=True`` (the default) places the product itself: the photo's white backdrop
+    (:func:`product_mask`) is dropped, so the scene shows the object on the background photo, as
+    a shopper's scene would, and each box is the object's own box. ``cutout=False`` pastes the
+    whole photo, white rectangle included, and the box is the rectangle.
+    """
     low, high = side_range
     if not 4 <= low <= high:
         raise LookalikeError(f"side_range must be increasing and at least 4 px, got {side_range}")
@@ -117,7 +151,18 @@ def compose_scene(background: str | Image.Image,
         else:
             raise LookalikeError(f"could not place {len(products)} products without overlap "
                                  f"in a {width}x{height} scene")
-        canvas.paste(photo.convert("RGB").resize((w, h), Image.BILINEAR), box[:2])
+        resized = photo.convert("RGB").resize((w, h), Image.BILINEAR)
+        if cutout:
+            mask = Image.fromarray(product_mask(photo).astype(np.uint8) * 255).resize(
+                (w, h), Image.BILINEAR)
+            canvas.paste(resized, box[:2], mask)
+            inside = np.asarray(mask) >= 128
+            if inside.any():  # the object's own box
+                rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+                box = (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1,
+                       y0 + int(rows[-1]) + 1)
+        else:
+            canvas.paste(resized, box[:2])
         placed.append(PlacedProduct(str(item_id), box, role))
     return Scene(canvas, name, placed)
 
@@ -152,7 +197,7 @@ def colour_family(colour: str | None) -> str | None:
 
 def like_scene(frame: Any, rng: np.random.Generator, *, distractors: int = 4,
                background: str | None = None, size: tuple[int, int] = SCENE_SIZE,
-               side_range: tuple[int, int] = SIDE_RANGE,
+               side_range: tuple[int, int] = SIDE_RANGE, cutout: bool = False,
                query_split: str = "train", scene_split: str = "test") -> tuple[Scene, str]:
     """A scene for "find this product": returns the scene and the ``like`` item id.
 
@@ -185,7 +230,7 @@ def like_scene(frame: Any, rng: np.random.Generator, *, distractors: int = 4,
     order = rng.permutation(len(products))  # the target is not always pasted first
     name = background or BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     scene = compose_scene(name, [products[i] for i in order], rng, size=size,
-                          side_range=side_range)
+                          side_range=side_range, cutout=cutout)
     scene.info = {"like": str(like["id"]), "article_type": key[0], "colour": key[1]}
     return scene, str(like["id"])
 
