@@ -28,8 +28,10 @@ object's own). Two ways to say what the shopper wants:
 A scene is a hit when the best region overlaps the target's box with IoU >= 0.5. Rows: each
 window size alone (Table 3's columns), all sizes 20-100 together, all sizes with the cascade
 (the 50 best windows re-scored from their crops with the same features), and all sizes with the
-CNN checking the crops of a handcrafted pass; windows are either paper 000's squares or 3:4
-like the catalogue photos. Columns: PHOG+colour, PHOG+GIST, colour+GIST, CNN
+CNN checking the crops of a handcrafted pass; the last two also ``+boxes``, with the learned
+box regressor shipped in the package (:mod:`lookalike.recommend.box_regression`, trained on
+scenes of *train*-split photos) moving the windows onto the products, as ``look`` does by
+default. Windows are either paper 000's squares or 3:4 like the catalogue photos. Columns: PHOG+colour, PHOG+GIST, colour+GIST, CNN
 (EfficientNet-Lite0) and PHOG+colour+GIST.
 
     python benchmarks/look_bench.py                # 40 scenes per mode (about an hour)
@@ -56,6 +58,7 @@ from _common import RESULTS, peak_rss_mb, print_table, write_results  # noqa: E4
 
 from lookalike.evaluate.report import markdown_table, plot_lines  # noqa: E402
 from lookalike.models.base import create  # noqa: E402
+from lookalike.recommend.box_regression import packaged_box_regressor  # noqa: E402
 from lookalike.recommend.personal import fit_latent_svm, image_instances  # noqa: E402
 from lookalike.recommend.regions import (  # noqa: E402
     DEFAULT_WINDOWS,
@@ -84,6 +87,8 @@ CNN = "efficientnet-lite0"
 STRIDE = 5
 RERANK = 50
 CHECKPOINTS = Path(__file__).resolve().parent / ".cache" / "checkpoints"
+#: The box regressor shipped with the package (what ``look`` uses): the ``+boxes`` rows.
+BOXES = packaged_box_regressor()
 
 
 # ---- speed ----------------------------------------------------------------------------------------
@@ -208,14 +213,16 @@ def evaluate_scene(scene, embedder, make_scorer, make_checker=None) -> dict[str,
                 out[f"{aspect_name}/{size}"] = float(box_iou(target, boxes[rows[np.argmax(
                     scores[rows])]])[0])
         out[f"{aspect_name}/all"] = float(box_iou(target, boxes[int(np.argmax(scores))])[0])
-        best = rerank_windows(boxes, scores, prepared.pixels, embedder, scorer, rerank=RERANK,
-                              top_regions=1)[0]
-        out[f"{aspect_name}/all+cascade"] = float(box_iou(target, best.box)[0])
+        for suffix, regressor in (("", None), ("+boxes", BOXES)):
+            best = rerank_windows(boxes, scores, prepared.pixels, embedder, scorer,
+                                  rerank=RERANK, top_regions=1, box_regressor=regressor)[0]
+            out[f"{aspect_name}/all+cascade{suffix}"] = float(box_iou(target, best.box)[0])
         if make_checker is not None:
             checker = make_checker(prepared.pixels, sample[:SCENE_NEGATIVES // 5])
-            best = rerank_windows(boxes, scores, prepared.pixels, *checker, rerank=RERANK,
-                                  top_regions=1)[0]
-            out[f"{aspect_name}/all+CNN check"] = float(box_iou(target, best.box)[0])
+            for suffix, regressor in (("", None), ("+boxes", BOXES)):
+                best = rerank_windows(boxes, scores, prepared.pixels, *checker, rerank=RERANK,
+                                      top_regions=1, box_regressor=regressor)[0]
+                out[f"{aspect_name}/all+CNN check{suffix}"] = float(box_iou(target, best.box)[0])
     return out
 
 
@@ -223,7 +230,9 @@ def quality(frame, features: dict[str, str], modes: list[str], n_scenes: int,
             seed: int, cutout: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per mode and feature set, the IoUs of every scene (checkpointed after each scene in
     ``benchmarks/.cache/checkpoints/`` so a long run can be split over several commands)."""
-    checkpoint = CHECKPOINTS / f"look_bench-{n_scenes}-{seed}{'-cutout' if cutout else ''}.json"
+    # v2: the rows with the box regressor (+boxes) were added.
+    suffix = "-cutout" if cutout else ""
+    checkpoint = CHECKPOINTS / f"look_bench-v2-{n_scenes}-{seed}{suffix}.json"
     done: dict[str, Any] = json.loads(checkpoint.read_text()) if checkpoint.is_file() else {}
 
     def save() -> None:

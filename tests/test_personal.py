@@ -410,10 +410,15 @@ def test_scene_edge_cases_through_look_and_rest(shop: Project) -> None:
     assert all(0 <= x0 < x1 <= 180 and 0 <= y0 < y1 <= 240
                for x0, y0, x1, y1 in (r["box"] for r in found["regions"]))
     # Exactly the smallest 3:4 window (20 x 25 px on the 5 px grid): one window, one region.
-    found = look(shop, photo.resize((20, 25)), like=like, top_regions=3)
+    found = look(shop, photo.resize((20, 25)), like=like, top_regions=3, refine=False)
     assert [r["box"] for r in found["regions"]] == [[0, 0, 20, 25]]
+    # The box regressor may tighten that one window onto the product; it stays in the photo.
+    found = look(shop, photo.resize((20, 25)), like=like, top_regions=3)
+    assert found["windows"]["boxes_refined"] and len(found["regions"]) == 1
+    x0, y0, x1, y1 = found["regions"][0]["box"]
+    assert 0 <= x0 < x1 <= 20 and 0 <= y0 < y1 <= 25 and (x1 - x0) * (y1 - y0) >= 0.5 * 500
     huge = photo.resize((4000, 3000))  # scaled to 1,024 px for the windows, boxes mapped back
-    found = look(shop, encoded(huge, "JPEG"), like=like, top_regions=2)
+    found = look(shop, encoded(huge, "JPEG"), like=like, top_regions=2, refine=False)
     assert found["scene"]["width"] == 4000 and found["scene"]["working_scale"] == 0.256
     assert all(0 <= x0 < x1 <= 4000 and 0 <= y0 < y1 <= 3000 and x1 - x0 >= 20 / 0.256 - 1
                for x0, y0, x1, y1 in (r["box"] for r in found["regions"]))
@@ -427,6 +432,9 @@ def test_scene_edge_cases_through_look_and_rest(shop: Project) -> None:
         assert "smaller than the smallest window" in reply.json()["error"]["message"]
         reply = post(encoded(grey))
         assert reply.status_code == 200 and len(reply.json()["regions"]) == 5
+        assert reply.json()["windows"]["boxes_refined"] is True
+        reply = post(encoded(grey), refine="false", top_regions="1")
+        assert reply.status_code == 200 and reply.json()["windows"]["boxes_refined"] is False
         reply = post(encoded(huge, "JPEG"), top_regions="1")
         assert reply.status_code == 200, reply.text
         assert reply.json()["scene"]["width"] == 4000

@@ -6,6 +6,7 @@ at its end)::
     lookalike recommend --history 15970,39386 -k 10 --method latent-svm --json
     lookalike recommend --shopper u42              # history from the ingested event log
     lookalike look scene.jpg --like 15970 --top-regions 3 --windows 40,60,80 --stride 10
+    lookalike train-boxes --scenes 600               # the box regressor, on this catalogue
     lookalike ingest-events events.csv
     lookalike eval-recs --method knn-vote --holdout 1
 """
@@ -101,6 +102,7 @@ def look(
         aspect: Annotated[float, typer.Option("--aspect", min=0.25, max=4.0, help="Window height / width (default 4/3, the catalogue photos' shape; 1 = paper 000's squares).")] = 4 / 3,
         features: Annotated[str, typer.Option("--features", help="Embedder of the fast pass over every window; 'index' = the index's own.")] = "phog+hsv-histogram",
         rerank: Annotated[int, typer.Option("--rerank", min=0, max=1000, help="How many of the best windows the index's embedder re-scores from their crops (0: none).")] = 50,
+        refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Move the boxes onto the products with the learned box regressor (`lookalike train-boxes`, else the packaged one).")] = True,
         index: IndexOption = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Shop the look: regions of a scene photo with the most similar products for each."""
@@ -112,7 +114,7 @@ def look(
     found = run(proj, photo, history=_id_list(history or []) or None, like=like, k=k,
                 windows=sizes or DEFAULT_WINDOWS, stride=stride,
                 top_regions=top_regions, features=None if features == "index" else features,
-                method=method, index=index, aspect=aspect, rerank=rerank)
+                method=method, index=index, aspect=aspect, rerank=rerank, refine=refine)
     if as_json:
         out.print_json(json.dumps(found))
         return
@@ -126,6 +128,30 @@ def look(
                              for i in region["items"])
         table.add_row(str(rank), str(region["box"]), f"{region['score']:.3f}", products)
     out.print(table)
+
+
+@app.command("train-boxes")
+@user_errors
+def train_boxes(
+        scenes: Annotated[int, typer.Option("--scenes", min=10, help="Generated training scenes (5 products each).")] = 600,
+        per_product: Annotated[int, typer.Option("--per-product", min=1, help="Jittered boxes per placed product.")] = 6,
+        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 10,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the scenes and the training.")] = 0,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
+        project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Train shop-the-look's box regressor on scenes generated from this catalogue's photos."""
+    from lookalike.recommend.box_regression import train_project_box_regressor
+
+    proj = Project(project, create=False)
+    summary = train_project_box_regressor(proj, scenes=scenes, per_product=per_product,
+                                          epochs=epochs, seed=seed, resume=resume)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(f"box regressor: {summary['samples']} boxes from {scenes} scenes; validation IoU "
+              f"{summary['val_iou_before']:.3f} -> {summary['val_iou']:.3f} after "
+              f"{summary['epochs']} epochs ({summary['seconds']:.0f} s); saved to "
+              f"{summary['folder']}")
 
 
 @app.command("ingest-events")

@@ -130,13 +130,13 @@ def stratified_split(labels: np.ndarray | torch.Tensor | None, n: int, fraction:
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded ``(train_rows, validation_rows)``: ``fraction`` of each class (rounded) held out.
 
-    Classes too small to lose an item keep all of them for training. Without labels the split
-    is a plain seeded permutation.
+    Classes too small to lose an item keep all of them for training. Without labels (or with
+    multi-column targets, as box regression has) the split is a plain seeded permutation.
     """
     if not 0.0 <= fraction < 1.0:
         raise DatasetError(f"validation fraction must be in [0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
-    if labels is None:
+    if labels is None or np.asarray(labels).ndim != 1:  # no classes (or regression targets)
         order = rng.permutation(n)
         cut = int(round(n * fraction))
         return np.sort(order[cut:]), np.sort(order[:cut])

@@ -892,7 +892,8 @@ def refine_boxes(box: np.ndarray, width: int, height: int, step: float = 0.125,
 def rerank_windows(boxes: np.ndarray, scores: np.ndarray, pixels: np.ndarray,
                    embedder: Embedder, scorer: Callable[[np.ndarray], np.ndarray], *,
                    rerank: int = DEFAULT_RERANK, top_regions: int = 5,
-                   iou_threshold: float = 0.3, refine: int = 0) -> list[Region]:
+                   iou_threshold: float = 0.3, refine: int = 0,
+                   box_regressor: Any = None) -> list[Region]:
     """The cascade's second stage: crop, embed and re-score a shortlist of scored windows.
 
     The shortlist is the ``rerank`` best windows after a loose NMS (IoU 0.7, so they are not all
@@ -900,11 +901,19 @@ def rerank_windows(boxes: np.ndarray, scores: np.ndarray, pixels: np.ndarray,
     final NMS can always return ``top_regions`` regions). With ``refine > 0`` the ``refine``
     best re-scored windows are then nudged (:func:`refine_boxes`: shifts of 1/8 of their size
     and 0.85x / 1.15x scales, off the stride grid) and each keeps its best-scoring variant.
+
+    With a ``box_regressor`` (:class:`~lookalike.recommend.box_regression.BoxRegressor`) every
+    shortlisted window is first moved onto the object in it (one step), so the check compares
+    well-framed crops, and the returned regions get two more steps (their vectors and scores
+    are then those of the final crops). Crop similarity says *which* product; the regressor
+    says *where* its edges are.
     """
     shortlist = np.unique(np.concatenate([
         nms(boxes, scores, 0.7, max_keep=rerank),
         nms(boxes, scores, iou_threshold, max_keep=top_regions)]))
-    boxes = boxes[shortlist]
+    boxes = unmoved = boxes[shortlist]
+    if box_regressor is not None:
+        boxes = box_regressor.refine(pixels, boxes, steps=1)
     crops = CropWindows(embedder, pixels)
     vectors = crops.for_boxes(boxes)
     exact = np.asarray(scorer(vectors), dtype=np.float64).ravel()
@@ -919,8 +928,44 @@ def rerank_windows(boxes: np.ndarray, scores: np.ndarray, pixels: np.ndarray,
             best = int(np.argmax(found_scores))
             if found_scores[best] > exact[i]:
                 boxes[i], vectors[i], exact[i] = variants[best], found[best], found_scores[best]
+    if box_regressor is not None:
+        keep = nms(boxes, exact, iou_threshold, max_keep=top_regions + SPARE_REGIONS)
+        return _regress_regions(boxes[keep], exact[keep], pixels, box_regressor, crops,
+                                lambda v: np.asarray(scorer(v), dtype=np.float64).ravel(),
+                                iou_threshold, top_regions,
+                                unmoved[nms(unmoved, scores[shortlist], iou_threshold)])
     keep = nms(boxes, exact, iou_threshold, max_keep=top_regions)
     return [Region(boxes[i], float(exact[i]), vectors[i]) for i in keep]
+
+
+#: Extra candidates moved by the box regressor: two regions may land on the same product.
+SPARE_REGIONS = 5
+
+
+def _regress_regions(boxes: np.ndarray, scores: np.ndarray, pixels: np.ndarray,
+                     box_regressor: Any, features: WindowFeatures,
+                     scorer: Callable[[np.ndarray], np.ndarray], iou_threshold: float,
+                     top_regions: int, fallback: np.ndarray) -> list[Region]:
+    """The ``top_regions`` final regions from ``boxes`` (best ``scores`` first), each moved by
+    two regressor steps and described again (the vector of the final crop; the score that
+    ranked it). A region that lands on one already kept (IoU above ``iou_threshold``) is
+    dropped; when the regressor pulled several windows onto one product, the rest are filled
+    from ``fallback`` (unmoved windows, best first, scored by ``scorer``) that overlap none."""
+    out: list[Region] = []
+
+    def add(candidates: np.ndarray, ranking: np.ndarray | None) -> None:
+        vectors = features.for_boxes(candidates)
+        ranking = scorer(vectors) if ranking is None else ranking
+        for box, score, vector in zip(candidates, ranking, vectors):
+            if len(out) == top_regions:
+                return
+            if not out or box_iou(box, np.stack([r.box for r in out])).max() <= iou_threshold:
+                out.append(Region(box, float(score), vector))
+
+    add(box_regressor.refine(pixels, boxes, steps=2), scores)
+    if len(out) < top_regions and len(fallback):
+        add(fallback, None)
+    return sorted(out, key=lambda region: -region.score)
 
 
 def find_regions(embedder: Embedder, scene: PreparedScene,
@@ -929,7 +974,8 @@ def find_regions(embedder: Embedder, scene: PreparedScene,
                  top_regions: int = 5, iou_threshold: float = 0.3,
                  aspect: float = DEFAULT_ASPECT, rerank: int = DEFAULT_RERANK,
                  verifier: tuple[Embedder, Callable[[np.ndarray], np.ndarray]] | None = None,
-                 fast: bool = True, features: WindowFeatures | None = None) -> list[Region]:
+                 fast: bool = True, features: WindowFeatures | None = None,
+                 box_regressor: Any = None) -> list[Region]:
     """The ``top_regions`` best windows of a scene after NMS, with their feature vectors.
 
     ``scorer`` maps unit-length window features ``[n, dim]`` to scores ``[n]`` (higher is
@@ -941,7 +987,8 @@ def find_regions(embedder: Embedder, scene: PreparedScene,
     given (e.g. the CNN after a handcrafted fast pass), else by the same embedder and scorer.
     The returned vectors are then the verifier's. The fast pass handles the ~10^5 windows; the
     exact price is paid for a few dozen. ``features`` may be given when already built for this
-    scene (block: :func:`grid_block`).
+    scene (block: :func:`grid_block`). ``box_regressor`` moves the windows onto the objects in
+    them (see :func:`rerank_windows`).
     """
     if top_regions < 1:
         raise SceneError(f"top_regions must be at least 1, got {top_regions}")
@@ -953,10 +1000,14 @@ def find_regions(embedder: Embedder, scene: PreparedScene,
         exact_embedder, exact_scorer = verifier or (embedder, scorer)
         return rerank_windows(boxes, scores, scene.pixels, exact_embedder, exact_scorer,
                               rerank=rerank, top_regions=top_regions,
-                              iou_threshold=iou_threshold)
-    keep = nms(boxes, scores, iou_threshold, max_keep=top_regions)
+                              iou_threshold=iou_threshold, box_regressor=box_regressor)
+    spare = SPARE_REGIONS if box_regressor is not None else 0
+    keep = nms(boxes, scores, iou_threshold, max_keep=top_regions + spare)
     if not len(keep):
         return []
+    if box_regressor is not None:
+        return _regress_regions(boxes[keep], scores[keep], scene.pixels, box_regressor,
+                                features, scorer, iou_threshold, top_regions, boxes[keep])
     vectors = features.for_boxes(boxes[keep])
     return [Region(boxes[i], float(scores[i]), vectors[n]) for n, i in enumerate(keep)]
 
@@ -1082,7 +1133,7 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
          method: str = "centroid", rerank: int = DEFAULT_RERANK, aspect: float = DEFAULT_ASPECT,
          filters: Any = None, index: str | None = None, iou_threshold: float = 0.3,
          max_side: int = DEFAULT_MAX_SIDE, fast: bool = True, scene_negatives: int = 500,
-         seed: int = 0, **model_options: Any) -> dict[str, Any]:
+         seed: int = 0, refine: bool = True, **model_options: Any) -> dict[str, Any]:
     """Shop the look: the regions of a scene photo worth shopping, each with similar products.
 
     Regions are ranked
@@ -1103,13 +1154,17 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
     region's products. Windows are ``N`` px wide and ``aspect * N`` high (default 3:4, the
     catalogue photos' shape; ``aspect=1`` gives paper 000's squares) for ``N`` in ``windows``,
     on a ``stride`` grid (default: a quarter of the smallest), over the scene scaled to at most
-    ``max_side`` px; boxes are in the original photo's ``[x0, y0, x1, y1]`` pixels.
+    ``max_side`` px; boxes are in the original photo's ``[x0, y0, x1, y1]`` pixels. With
+    ``refine`` (the default) a learned box regressor moves the checked windows onto the objects
+    in them (:mod:`lookalike.recommend.box_regression`: the project's own from
+    ``lookalike train-boxes``, else the one shipped with the package).
     Returns ``{"regions": [{"box", "score", "items": [...]}, ...], "mode", "scene", ...}``.
     """
     import time
 
     from lookalike.errors import UnknownItemError
     from lookalike.project import _as_image
+    from lookalike.recommend.box_regression import box_regressor_for
     from lookalike.recommend.personal import _check_method, check_history, parse_history
 
     started = time.perf_counter()
@@ -1143,10 +1198,11 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
             ids, like, method, seed,
             lambda: CropWindows(checker.embedder, scene.pixels).for_boxes(crops),
             **model_options))
+    regressor = box_regressor_for(project) if refine else None
     regions = find_regions(screen.embedder, scene, scorer, windows=windows, stride=stride,
                            top_regions=top_regions, iou_threshold=iou_threshold, aspect=aspect,
                            rerank=rerank, verifier=verifier, fast=fast,
-                           features=window_features)
+                           features=window_features, box_regressor=regressor)
     out_regions = []
     if regions:
         vectors = np.stack([r.vector for r in regions])  # the checker's (index) vectors
@@ -1167,7 +1223,8 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
                   "working_scale": round(scene.scale, 6)},
         "windows": {"sizes": [[g.width, g.height] for g in grids], "stride": grids[0].stride,
                     "count": int(sum(len(g) for g in grids)), "rerank": rerank,
-                    "fast": fast and has_fast_windows(screen.embedder)},
+                    "fast": fast and has_fast_windows(screen.embedder),
+                    "boxes_refined": regressor is not None},
         "regions": out_regions,
         "seconds": round(time.perf_counter() - started, 4),
     }

@@ -10,7 +10,8 @@
 ``POST /v1/look`` (multipart)
     ``image`` (the scene photo) plus optional form fields ``history`` (ids separated by commas),
     ``like`` (one item id), ``k``, ``top_regions``, ``method``, ``windows`` ("20,40,60"),
-    ``stride`` -> ``{"regions": [{"box": [x0, y0, x1, y1], "score": s, "items": [...]}], ...}``.
+    ``stride``, ``aspect``, ``refine`` ->
+    ``{"regions": [{"box": [x0, y0, x1, y1], "score": s, "items": [...]}], ...}``.
 
 Errors use the app's handlers: unknown history ids are a 404 naming them, bad parameters a 422,
 an image above the caps a 413.
@@ -149,6 +150,8 @@ async def look_endpoint(
             "Window step in px (default: a quarter of the smallest window)."))] = None,
         aspect: Annotated[float, Form(ge=0.25, le=4.0, allow_inf_nan=False, description=(
             "Window height / width (default 4/3, the catalogue photos' shape)."))] = 4 / 3,
+        refine: Annotated[bool, Form(description=(
+            "Move the boxes onto the products with the learned box regressor."))] = True,
 ) -> LookResponse:
     """Regions of a scene photo worth shopping, each with the most similar products."""
     from lookalike.recommend.regions import look
@@ -168,7 +171,7 @@ async def look_endpoint(
             return look(_project(service), scene, history=ids,
                         like=like.strip() if like and like.strip() else None, k=k,
                         windows=sizes, stride=stride, top_regions=top_regions, method=method,
-                        aspect=aspect, max_side=LOOK_MAX_SIDE)
+                        aspect=aspect, max_side=LOOK_MAX_SIDE, refine=refine)
 
     found = await run_in_threadpool(run)
     return LookResponse(
