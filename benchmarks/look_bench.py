@@ -6,7 +6,8 @@ windows). "Fast" is the library path: features computed once per scene and poole
 every window scored and NMS applied (``fast_cpu_s`` is the CPU time of the same work: on a busy
 machine it is closer to the unloaded wall time; the CNN runs 2 threads so its CPU time is about
 twice its wall time); ``cascade_s`` is the extra time of re-scoring the 50 best windows from
-their crops. "Naive" crops every window and embeds the crop; it is
+their crops, ``boxes_s`` what the box regressor adds to that (one step over the shortlist, two
+over the regions). "Naive" crops every window and embeds the crop; it is
 timed on a random sample of windows in the same run and scaled to all windows (the full loop
 would take minutes to hours). The agreement column is the correlation of fast and naive
 window scores on that sample.
@@ -118,6 +119,10 @@ def speed(frame, features: dict[str, str], naive_sample: int, seed: int) -> list
         rerank_windows(boxes, scores, prepared.pixels, embedder, lambda v: v @ query,
                        rerank=RERANK, top_regions=5)
         cascade_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        rerank_windows(boxes, scores, prepared.pixels, embedder, lambda v: v @ query,
+                       rerank=RERANK, top_regions=5, box_regressor=BOXES)
+        boxes_seconds = time.perf_counter() - started - cascade_seconds
         sample = rng.choice(len(boxes), size=min(naive_sample, len(boxes)), replace=False)
         crops = CropWindows(embedder, prepared.pixels)
         started = time.perf_counter()
@@ -127,6 +132,7 @@ def speed(frame, features: dict[str, str], naive_sample: int, seed: int) -> list
         rows.append({"features": label, "embedder": name, "windows": int(len(boxes)),
                      "fast_s": fast_seconds, "fast_cpu_s": fast_cpu,
                      "cascade_s (+50 crops)": cascade_seconds,
+                     "boxes_s (+regressor)": boxes_seconds,
                      "naive_s (scaled)": naive_seconds,
                      "naive_sample": int(len(sample)), "speed_up": naive_seconds / fast_seconds,
                      "target_s": 2.0 if name == CNN else 1.0,

@@ -136,3 +136,39 @@ def test_refine_handles_degenerate_boxes_at_the_scene_edge() -> None:
     assert ((boxes[:, 2] - boxes[:, 0]) >= 2).all() and ((boxes[:, 3] - boxes[:, 1]) >= 2).all()
     assert (boxes[:, [0, 2]] <= 50).all() and (boxes[:, [1, 3]] <= 40).all()
     assert regressor.refine(pixels, np.zeros((0, 4))).shape == (0, 4)
+
+
+def test_train_boxes_command_trains_resumes_and_look_uses_the_project_model(
+        products_parquet: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    import lookalike.commands.personal  # noqa: F401  (registers the command)
+    from lookalike import Project
+    from lookalike.cli import app
+    from lookalike.recommend.box_regression import box_regressor_for
+
+    frame = pd.read_parquet(products_parquet).iloc[:60]
+    manifest = tmp_path / "m.parquet"
+    pd.DataFrame({"id": frame["id"].astype(str), "image": frame["image_jpeg"],
+                  "category": frame["article_type"], "split": frame["split"]}
+                 ).to_parquet(manifest)
+    project = Project(tmp_path / "shop")
+    assert project.ingest(manifest, progress=False).added == 60
+    assert box_regressor_for(project) is packaged_box_regressor()  # nothing trained yet
+    args = ["train-boxes", "--scenes", "12", "--epochs", "2", "--project", str(project.path),
+            "--json"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.output)
+    assert summary["samples"] == 12 * 5 * 6 and summary["epochs"] == 2
+    assert summary["photos"] == int((frame["split"] == "train").sum())
+    own = box_regressor_for(project)
+    assert own is not packaged_box_regressor() and own.training["best_epoch"] >= 1
+    # Resuming a finished run trains nothing more and gives the same model.
+    again = CliRunner().invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["val_iou"] == summary["val_iou"]
+    bad = CliRunner().invoke(app, ["train-boxes", "--project", str(tmp_path / "nowhere")])
+    assert bad.exit_code != 0 and "not a lookalike project" in bad.output

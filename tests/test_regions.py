@@ -170,6 +170,25 @@ def test_cnn_window_pooling_is_the_area_weighted_mean_of_the_feature_map(
                                atol=1e-5)
 
 
+def test_threaded_band_scoring_equals_serial_for_cnn_windows(
+        astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bands of different window sizes are pooled on two threads at once; the CNN windows' cache
+    of column weights must never mix two grids (it once raised a broadcast error mid-benchmark)."""
+    import lookalike.recommend.regions as regions
+
+    embedder = create("efficientnet-lite0")
+    fast = windowed_features(embedder, astronaut, block=5)
+    grids = window_grids(*astronaut.shape[:2], (20, 30, 40, 50, 60), stride=5)
+    query = fast.for_boxes(np.array([[100, 60, 160, 140]]))[0]
+    monkeypatch.setattr(regions, "BAND_FLOATS", 20_000)  # many small bands: much interleaving
+    monkeypatch.setattr(regions, "SCORING_THREADS", 1)
+    _, serial = regions.score_windows(fast, grids, lambda v: v @ query)
+    monkeypatch.setattr(regions, "SCORING_THREADS", 2)
+    for _ in range(3):
+        _, threaded = regions.score_windows(fast, grids, lambda v: v @ query)
+        np.testing.assert_allclose(threaded, serial, rtol=1e-5, atol=1e-6)
+
+
 def test_fusion_windows_are_the_weighted_parts(astronaut: np.ndarray) -> None:
     fusion = create("phog+hsv-histogram", weights=[1.0, 0.5])
     fast = windowed_features(fusion, astronaut, block=5)

@@ -502,9 +502,9 @@ class FeatureMapWindows(WindowFeatures):
         fmap, stride = embedder.feature_map(Image.fromarray(pixels), scale=scale)
         self.map = np.ascontiguousarray(fmap, dtype=np.float32)  # [h, w, C]
         self.stride = float(stride)
-        self._columns_key: tuple[int, ...] | None = None  # see raw_grid
-        self._columns = np.zeros((0, 0, 0), dtype=np.float32)
-        self._column_area = np.zeros(0, dtype=np.float32)
+        # (grid key, column-weighted map, column areas) of the last grid shape; see raw_grid.
+        self._columns: tuple[tuple[int, ...] | None, np.ndarray, np.ndarray] = (
+            None, np.zeros((0, 0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32))
 
     def _pool(self, pooled: np.ndarray) -> np.ndarray:
         hook = getattr(self.embedder, "pool_features", None)
@@ -522,21 +522,26 @@ class FeatureMapWindows(WindowFeatures):
         column weights are applied once per grid shape (``[h, nx, C]``, kept for the next band
         of the same grid), then the row weights of the band, restricted to the map rows the
         band's windows touch. (numpy/BLAS rather than PyTorch here: alternating PyTorch's
-        OpenMP threads with the BLAS threads of the scorers made both wait for each other.)"""
+        OpenMP threads with the BLAS threads of the scorers made both wait for each other.)
+
+        Bands are scored on several threads (:data:`SCORING_THREADS`), so the cache is one
+        tuple read and replaced atomically: a thread never mixes one grid's columns with
+        another's areas (it did when they were three attributes -- a shape error).
+        """
         key = (grid.width, int(grid.xs[0]), len(grid.xs), grid.stride)
-        if self._columns_key != key:
+        cached_key, columns, column_area = self._columns
+        if cached_key != key:
             cols = _coverage(grid.xs / self.stride, (grid.xs + grid.width) / self.stride,
                              self.map.shape[1]).astype(np.float32)  # [nx, w]
-            self._columns = np.ascontiguousarray(
-                np.matmul(cols[None, :, :], self.map))  # [h, nx, C]
-            self._column_area = cols.sum(axis=1)
-            self._columns_key = key
+            columns = np.ascontiguousarray(np.matmul(cols[None, :, :], self.map))  # [h, nx, C]
+            column_area = cols.sum(axis=1)
+            self._columns = (key, columns, column_area)
         rows = _coverage(grid.ys / self.stride, (grid.ys + grid.height) / self.stride,
                          self.map.shape[0]).astype(np.float32)  # [ny, h]
         used = np.flatnonzero(rows.any(axis=0))
         low, high = int(used[0]), int(used[-1]) + 1
-        sums = rows[:, low:high] @ self._columns[low:high].reshape(high - low, -1)
-        area = rows.sum(axis=1)[:, None] * self._column_area[None, :]  # [ny, nx]
+        sums = rows[:, low:high] @ columns[low:high].reshape(high - low, -1)
+        area = rows.sum(axis=1)[:, None] * column_area[None, :]  # [ny, nx]
         pooled = sums.reshape(len(rows), len(grid.xs), -1)
         pooled /= np.maximum(area, 1e-12)[:, :, None]
         return self._pool(pooled.reshape(len(grid), -1))
@@ -834,7 +839,8 @@ def score_windows(features: WindowFeatures, grids: Iterable[WindowGrid],
     grids = list(grids)
     if not grids:
         return np.zeros((0, 4), dtype=np.int64), np.zeros(0)
-    bands = [band for grid in grids for band in grid_bands(grid, features.embedder.dim)]
+    dim = features.embedder.dim
+    bands = [band for grid in grids for band in grid_bands(grid, dim, BAND_FLOATS)]
 
     def score(band: WindowGrid) -> np.ndarray:
         return np.asarray(scorer(features.for_grid(band)), dtype=np.float64).ravel()
@@ -904,9 +910,9 @@ def rerank_windows(boxes: np.ndarray, scores: np.ndarray, pixels: np.ndarray,
 
     With a ``box_regressor`` (:class:`~lookalike.recommend.box_regression.BoxRegressor`) every
     shortlisted window is first moved onto the object in it (one step), so the check compares
-    well-framed crops, and the returned regions get two more steps (their vectors and scores
-    are then those of the final crops). Crop similarity says *which* product; the regressor
-    says *where* its edges are.
+    well-framed crops, and the returned regions get two more steps (their vectors are then
+    those of the final crops; their scores the check scores that ranked them). Crop similarity
+    says *which* product; the regressor says *where* its edges are.
     """
     shortlist = np.unique(np.concatenate([
         nms(boxes, scores, 0.7, max_keep=rerank),

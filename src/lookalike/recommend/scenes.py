@@ -123,10 +123,11 @@ def compose_scene(background: str | Image.Image,
                   gap: int = 4, max_tries: int = 500, cutout: bool = False) -> Scene:
     """Place ``(item_id, photo, role)`` products at random free positions onto a background.
 
-    ``cutout=True`` (the default) places the product itself: the photo's white backdrop
-    (:func:`product_mask`) is dropped, so the scene shows the object on the background photo, as
-    a shopper's scene would, and each box is the object's own box. ``cutout=False`` pastes the
-    whole photo, white rectangle included, and the box is the rectangle.
+    ``cutout=False`` (the default, the issue's protocol) pastes the whole photo, white
+    rectangle included, and the box is the rectangle. ``cutout=True`` places the product
+    itself: the photo's white backdrop (:func:`product_mask`) is dropped, so the scene shows the
+    object on the background photo, as a shopper's scene would, and each box is the object's
+    own box.
     """
     low, high = side_range
     if not 4 <= low <= high:
