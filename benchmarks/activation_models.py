@@ -10,7 +10,8 @@ each capped at ``--max-minutes``. Models are saved (safetensors + JSON) under
 ``--retrain`` replaces them), then:
 
     python benchmarks/activation_models.py                                   # both datasets
-    python benchmarks/activation_models.py --datasets fashion-mnist --limit 20000 --epochs 3
+    python benchmarks/activation_models.py --datasets fashion-mnist --threads 1   # what we ran,
+    python benchmarks/activation_models.py --datasets products --limit 8000 --threads 1  # twice
     lookalike report --models-dir benchmarks/.cache/activation_models ...
 
 Writes ``benchmarks/results/activation_models.json`` (training time, epochs and best validation
@@ -62,6 +63,8 @@ def main() -> None:
             record = json.loads((folder / "training.json").read_text())
             history = record.get("history", [])
             rows.append({"dataset": dataset, "activation": activation, "folder": str(folder),
+                         "train_images": record.get("train_size"),
+                         "validation_images": record.get("validation_size"),
                          "epochs": len(history), "stopped": record.get("stopped"),
                          "best_val_accuracy": record.get("best_value"),
                          "train_seconds": round(record.get("seconds", 0.0), 1)})

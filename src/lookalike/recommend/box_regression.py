@@ -11,8 +11,9 @@ It is trained by lookalike itself, with no labelled photos: scenes are generated
 catalogue photos placed on real background photos (:mod:`lookalike.recommend.scenes`, the
 catalogue's *train* split only, half of them cut out of their backdrop), and each placed product
 gives boxes jittered around its known box. Weights are saved as safetensors + JSON like every
-model, and the package ships one trained on the products catalogue (``lookalike/data/box-regressor``)
-so ``look`` uses it by default; ``lookalike train-boxes`` trains one on a shop's own catalogue.
+model, and the package ships one trained on the products catalogue
+(``lookalike/data/box-regressor``) so ``look`` uses it by default; ``lookalike train-boxes``
+trains one on a shop's own catalogue.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class BoxRegressionError(LookalikeError):
     """A box regressor that cannot be built, trained or loaded."""
 
 
-# ---- box arithmetic -------------------------------------------------------------------------------
+# ---- box arithmetic ------------------------------------------------------------------------------
 def encode_deltas(boxes: np.ndarray, truths: np.ndarray) -> np.ndarray:
     """R-CNN deltas ``[n, 4]`` that move ``boxes`` onto ``truths`` (both ``[n, 4]`` x0 y0 x1 y1)."""
     boxes, truths = np.asarray(boxes, np.float64), np.asarray(truths, np.float64)
@@ -101,7 +102,7 @@ def context_crops(pixels: np.ndarray, boxes: np.ndarray, context: float, size: i
     return out
 
 
-# ---- the network ----------------------------------------------------------------------------------
+# ---- the network ---------------------------------------------------------------------------------
 class BoxNet(nn.Module):
     """Conv (3x3, batch norm, ReLU, 2x2 max-pool) blocks, then two dense layers to 4 deltas.
 
@@ -171,11 +172,12 @@ class BoxRegressor:
         self.config = {"kind": KIND, "context": float(context), "input_size": int(input_size),
                        "channels": [int(c) for c in channels], "hidden": int(hidden),
                        "seed": int(seed)}
-        torch.manual_seed(seed)
-        self.network = BoxNet(int(input_size), self.config["channels"], int(hidden)).eval()
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.network = BoxNet(int(input_size), self.config["channels"], int(hidden)).eval()
         self.training: dict[str, Any] | None = None
 
-    # -- use ----------------------------------------------------------------------------------------
+    # -- use ---------------------------------------------------------------------------------------
     def deltas(self, pixels: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """The predicted R-CNN deltas ``[n, 4]`` of ``boxes`` in the ``[H, W, 3]`` scene."""
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -205,7 +207,7 @@ class BoxRegressor:
         out[:, 1] = np.minimum(out[:, 1], out[:, 3] - 2).clip(0)
         return out
 
-    # -- training -----------------------------------------------------------------------------------
+    # -- training ----------------------------------------------------------------------------------
     def fit(self, samples: ImageTensors, checkpoint_dir: str | Path | None = None,
             resume: bool = False, **training: Any) -> TrainResult:
         """Train on context crops (``samples.images``, uint8 at ``input_size``) and their target
@@ -226,7 +228,7 @@ class BoxRegressor:
         self.training = result.to_json()
         return result
 
-    # -- persistence --------------------------------------------------------------------------------
+    # -- persistence -------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """``config.json`` + ``weights.safetensors`` into ``folder`` (written atomically)."""
         from safetensors.torch import save_file
@@ -374,8 +376,9 @@ def train_project_box_regressor(project: Any, scenes: int = 600, per_product: in
     samples = box_samples(store.open_image, ids, scenes, seed, per_product=per_product)
     regressor = BoxRegressor(seed=seed)
     folder = Path(project.path) / PROJECT_FOLDER
-    result = regressor.fit(samples, checkpoint_dir=folder.with_name(PROJECT_FOLDER + ".checkpoints"),
-                           resume=resume, epochs=epochs, seed=seed, **training)
+    checkpoints = folder.with_name(PROJECT_FOLDER + ".checkpoints")
+    result = regressor.fit(samples, checkpoint_dir=checkpoints, resume=resume, epochs=epochs,
+                           seed=seed, **training)
     regressor.save(folder)
     best = next(row for row in result.history if row["epoch"] == result.best_epoch)
     return {"folder": str(folder), "samples": len(samples), "photos": len(ids),
