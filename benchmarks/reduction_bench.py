@@ -8,6 +8,8 @@ float32 vector (what a flat index stores per item; SQ8 would be a quarter).
 
     python benchmarks/reduction_bench.py                      # Lite0 @224 (the default embedder)
     python benchmarks/reduction_bench.py --image-size 112
+    python benchmarks/reduction_bench.py --dims 256,128 --save-models benchmarks/.cache/reduction
+        # also saves every fitted model (e.g. for ``lookalike report --models-dir``)
 
 The Lite0 vectors come from quality.py's cache (``benchmarks/.cache/``), computed if missing.
 """
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="reduction_bench")
     parser.add_argument("--projection-epochs", type=int, default=30,
                         help="epochs of the linear projection (the embedder's default is 30)")
+    parser.add_argument("--save-models", type=Path, default=None,
+                        help="save each fitted model into this folder (METHOD-DIM/)")
     args = parser.parse_args(argv)
 
     import torch
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "explained_variance_ratio" in info else {}
             rows.append(measure(method, dim, model.project(queries), model.project(gallery),
                                 fit_s, extra))
+            if args.save_models is not None:
+                model.save(args.save_models / f"{method.replace(' ', '-')}-{dim}")
             print(f"  {method:<18} {dim:>4}  P@10 {rows[-1]['P@10']:.4f}  "
                   f"mAP@100 {rows[-1]['mAP@100']:.4f}", flush=True)
     full = rows[0]

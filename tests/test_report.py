@@ -188,3 +188,31 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not activation study results"):
         (tmp_path / "x.json").write_text("[]")
         load_activation_results(tmp_path / "x.json")
+
+
+def test_reduced_embedders_are_derived_from_the_base_cache(tmp_path: Path) -> None:
+    from lookalike.evaluate.comparison import cached_embeddings
+
+    demo = load_catalogue("demo")
+    pca = create("pca", base="pixels", dim=32)
+    pca.fit_vectors(create("pixels").embed(demo.gallery.images(range(400))))
+    derived = cached_embeddings(pca, demo, "queries", tmp_path)
+    pixels_id = create("pixels").embedder_id
+    assert len(list(tmp_path.glob(f"demo-queries-*-{pixels_id}.npy"))) == 1  # base cached too
+    direct = pca.embed(demo.queries.images())
+    assert derived.shape == (len(demo.queries), 32)
+    np.testing.assert_allclose(derived, direct, atol=1e-5)
+    assert np.array_equal(cached_embeddings(pca, demo, "queries", tmp_path), derived)
+
+
+def test_folder_options_override_inference_settings(models_dir: Path) -> None:
+    folder = models_dir / "nested" / "cnn-fmnist"
+    plain = resolve_embedder(str(folder))
+    flipped = resolve_embedder(f"{folder}:test_time_flip=true")
+    assert flipped.embedder.config()["test_time_flip"] is True
+    assert flipped.embedder.embedder_id != plain.embedder.embedder_id
+    assert flipped.label.endswith("test_time_flip=true") and flipped.folder == folder
+    with pytest.raises(Exception, match="does not take"):
+        resolve_embedder(f"{folder}:no_such_setting=1")
+    with pytest.raises(Exception, match="key=value"):
+        resolve_embedder(f"{folder}:oops")

@@ -103,3 +103,15 @@ def test_user_mistakes_are_one_line_errors(project_dir: Path) -> None:
         code, output = invoke(*args, "--project", str(project_dir))
         assert code == 1 and message in output, (args, output)
         assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("module", ["lookalike", "lookalike.cli"])
+def test_python_dash_m_runs_the_full_command_set(module: str) -> None:
+    import subprocess
+    import sys
+
+    # Commands register on lookalike.cli's app; `-m lookalike.cli` once ran a copy without them.
+    result = subprocess.run([sys.executable, "-m", module, "train", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--resume" in result.stdout

@@ -154,6 +154,20 @@ def test_early_stopping_keeps_the_best_epoch(fmnist_train: ImageTensors) -> None
     assert len(result.history) == 3 and result.best_epoch == 1
 
 
+def test_time_budget_ends_an_epoch_early_and_stops(fmnist_train: ImageTensors) -> None:
+    data = fmnist_train.subset(np.arange(1200))
+    # 0.6 ms: the first batch already crosses it, so the run stops inside epoch 1 of 5
+    config = TrainConfig(epochs=5, batch_size=64, max_minutes=1e-5, patience=0, **FAST)
+    result = train(_small_task(data), data, config)
+    assert result.stopped == "time-budget"
+    assert len(result.history) == 1
+    row = result.history[0]
+    assert 0 < row["trained_fraction"] < 0.2  # a few batches of ~17, not the whole epoch
+    assert "val_accuracy" in row and result.best_epoch == 1
+    with pytest.raises(TrainingError, match="max_minutes"):
+        TrainConfig(max_minutes=0)
+
+
 def test_trainer_leaves_global_state_alone(fmnist_train: ImageTensors) -> None:
     data = fmnist_train.subset(np.arange(300))
     threads = torch.get_num_threads()
@@ -250,3 +264,25 @@ def test_cosine_margin_head_trains_saves_and_loads(fmnist_train: ImageTensors,
     assert loaded.config()["head"] == "cosine" and loaded.config()["convs_per_block"] == 2
     np.testing.assert_array_equal(loaded.embed_tensors(fmnist_test.images[:50]),
                                   embedder.embed_tensors(fmnist_test.images[:50]))
+
+
+def test_test_time_flip_averages_an_image_and_its_mirror(trained: CNNEmbedder,
+                                                         fmnist_test: ImageTensors,
+                                                         tmp_path: Path) -> None:
+    images = fmnist_test.images[:64]
+    plain_id = trained.embedder_id
+    assert "test_time_flip" not in trained.config()  # ids of older saved models are unchanged
+    flipped = CNNEmbedder.from_config({**trained.config(), "test_time_flip": True})
+    flipped.load_state_tensors(trained.state_tensors())
+    assert flipped.embedder_id != plain_id
+    both = flipped.embed_tensors(images)
+    one = trained.embed_tensors(images)
+    mirror = trained.embed_tensors(images.flip(-1))
+    expected = (one + mirror) / np.linalg.norm(one + mirror, axis=1, keepdims=True)
+    np.testing.assert_allclose(both, expected, atol=1e-5)
+    assert np.abs(both - one).max() > 1e-3  # it is not the plain embedding
+    # mirror-invariant by construction
+    np.testing.assert_allclose(flipped.embed_tensors(images.flip(-1)), both, atol=1e-5)
+    loaded = base.load(flipped.save(tmp_path / "tta"))
+    assert loaded.config()["test_time_flip"] is True
+    np.testing.assert_allclose(loaded.embed_tensors(images), both, atol=1e-6)

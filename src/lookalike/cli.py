@@ -323,4 +323,8 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m lookalike.cli`: the commands registered themselves on the imported module's
+    # app (lookalike.cli), not on this __main__ copy's, so run that one.
+    from lookalike.cli import main as registered_main
+
+    sys.exit(registered_main())

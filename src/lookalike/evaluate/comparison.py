@@ -172,34 +172,32 @@ def resolve_embedder(spec: str, threads: int | None = None) -> Entry:
     """A registry name or a saved-model folder as an :class:`Entry`.
 
     Names: ``NAME``, ``NAME@SIZE`` (the input size option) or ``NAME:key=value:...`` (values are
-    JSON when they parse as JSON). A folder must hold ``config.json`` (as written by ``save``).
-    Embedders that need training must come as folders.
+    JSON when they parse as JSON). A folder must hold ``config.json`` (as written by ``save``);
+    ``FOLDER:key=value:...`` overrides inference-time settings of the saved config (e.g.
+    ``test_time_flip=true``). Embedders that need training must come as folders.
     """
     from lookalike.models.base import load
 
     path = Path(spec).expanduser()
+    head, *pairs = spec.split(":")
+    if not path.is_dir() and pairs and Path(head).expanduser().is_dir():
+        path = Path(head).expanduser()
+    else:
+        pairs = [] if path.is_dir() else pairs
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise ReportError(f"{spec}: folder has no {CONFIG_FILE}; not a saved lookalike model")
-        embedder = load(path)
+        embedder = load(path, **_parse_options(pairs, spec))
         _check_images(embedder, spec)
         _set_threads(embedder, threads)
-        return Entry(_folder_label(embedder, path), str(path), embedder, path)
-    name, *pairs = spec.split(":")
-    name, _, size = name.partition("@")
+        label = _folder_label(embedder, path) + "".join(f" {pair}" for pair in pairs)
+        return Entry(label, spec, embedder, path)
+    name, _, size = head.partition("@")
     if name not in available():
         raise UnknownNameError(f"unknown embedder {spec!r}: neither a registered name "
                                f"({', '.join(available())}) nor a folder with {CONFIG_FILE}")
     cls = embedder_class(name)
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ReportError(f"embedder {spec!r}: options are key=value, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    options = _parse_options(pairs, spec)
     parameters = inspect.signature(cls.__init__).parameters
     if size:
         key = next((k for k in ("image_size", "size") if k in parameters), None)
@@ -217,6 +215,20 @@ def resolve_embedder(spec: str, threads: int | None = None) -> Entry:
         raise ReportError(f"embedder {spec!r} must be trained first: train it and give the "
                           "saved folder instead (or --models-dir)")
     return Entry(spec, spec, embedder)
+
+
+def _parse_options(pairs: Sequence[str], spec: str) -> dict[str, Any]:
+    """``key=value`` pairs as a dict; values are JSON when they parse as JSON."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ReportError(f"embedder {spec!r}: options are key=value, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _check_images(embedder: Embedder, spec: str) -> None:
@@ -325,6 +337,17 @@ def cached_embeddings(embedder: Embedder, catalogue: Catalogue, side: str, cache
             if progress:
                 progress(len(part))
             return vectors
+    from lookalike.models.reduction import ReducedEmbedder
+
+    if isinstance(embedder, ReducedEmbedder):
+        # PCA / projection are a linear map of their base's vectors: derive them from the base's
+        # cached rows instead of running the network again (minutes -> a second).
+        base = cached_embeddings(embedder.base, catalogue, side, cache_dir, progress)
+        cache.mkdir(parents=True, exist_ok=True)
+        _save_atomically(path, np.concatenate(
+            [embedder.project(base[start:start + _PART_ROWS])
+             for start in range(0, len(base), _PART_ROWS)] or [np.zeros(shape, np.float32)]))
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     parts = cache / f".{stem}.parts"
     parts.mkdir(parents=True, exist_ok=True)
     if not (cache / ".gitignore").exists():

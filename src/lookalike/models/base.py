@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from lookalike.errors import ModelMismatchError, UnknownNameError
+from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -237,8 +237,13 @@ def create(name: str, **options: Any) -> Embedder:
     return embedder_class(name)(**options)
 
 
-def load(folder: str | Path) -> Embedder:
-    """Load an embedder saved with ``save``. Reads JSON and safetensors only; runs no code."""
+def load(folder: str | Path, **overrides: Any) -> Embedder:
+    """Load an embedder saved with ``save``. Reads JSON and safetensors only; runs no code.
+
+    ``overrides`` replace entries of the saved config, for inference-time settings such as the
+    ``cnn``'s ``test_time_flip``; one that changes the network's shape fails as a mismatch when
+    the saved weights are loaded.
+    """
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
@@ -247,7 +252,11 @@ def load(folder: str | Path) -> Embedder:
     kind = meta.get("kind")
     if kind not in available():
         raise UnknownNameError(f"{config_path}: unknown embedder kind {kind!r}")
-    embedder = embedder_class(kind).from_config(meta.get("config", {}))
+    try:
+        embedder = embedder_class(kind).from_config({**meta.get("config", {}), **overrides})
+    except TypeError as error:
+        raise LookalikeError(f"{folder}: {kind} does not take {sorted(overrides)} "
+                             f"({error})") from None
     weights = folder / WEIGHTS_FILE
     if weights.is_file():
         from safetensors.numpy import load_file

@@ -36,7 +36,7 @@ from lookalike.models.cnn import NotTrainedError
 PROJECTION_METHODS = ("linear", "lda")
 
 
-class _ReducedEmbedder(Embedder):
+class ReducedEmbedder(Embedder):
     """A base embedder followed by ``(v - mean) @ matrix.T`` and L2 normalisation."""
 
     needs_fit = True
@@ -82,12 +82,12 @@ class _ReducedEmbedder(Embedder):
 
     # ---- learning ---------------------------------------------------------------------------
     def fit(self, images: Iterable[Image.Image], labels: Sequence[Any] | None = None,
-            **options: Any) -> "_ReducedEmbedder":
+            **options: Any) -> "ReducedEmbedder":
         """Embed ``images`` with the base (streamed in batches) and fit on the vectors."""
         return self.fit_vectors(self.base.embed(images), labels, **options)
 
     def fit_vectors(self, vectors: np.ndarray, labels: Sequence[Any] | None = None,
-                    **options: Any) -> "_ReducedEmbedder":
+                    **options: Any) -> "ReducedEmbedder":
         """Fit on the base embedder's unit vectors ``[n, base.dim]`` (and labels if needed)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.base.dim:
@@ -143,13 +143,13 @@ class _ReducedEmbedder(Embedder):
             self.matrix, self.mean = matrix, mean
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "_ReducedEmbedder":
+    def from_config(cls, config: dict[str, Any]) -> "ReducedEmbedder":
         config = dict(config)
         base = embedder_class(config.pop("base")).from_config(config.pop("base_config", {}))
         return cls(base=base, **config)
 
 
-class PCAEmbedder(_ReducedEmbedder):
+class PCAEmbedder(ReducedEmbedder):
     """Principal components of the base vectors (scikit-learn PCA), method ``pca``."""
 
     kind = "pca"
@@ -179,7 +179,7 @@ class PCAEmbedder(_ReducedEmbedder):
         return matrix, pca.mean_
 
 
-class ProjectionEmbedder(_ReducedEmbedder):
+class ProjectionEmbedder(ReducedEmbedder):
     """A linear map learned from the class labels, method ``projection``.
 
     ``method="linear"``: a bias-free ``d -> dim`` layer (initialised with the PCA components)

@@ -74,7 +74,9 @@ class TrainConfig:
     #: the pixels as given.
     augment: str = "none"
     shift_pixels: int = 2
-    #: Stop after the epoch that crosses this wall-clock budget (None: no budget).
+    #: Wall-clock budget of this call (None: none). Checked after every batch: when it runs out
+    #: mid-epoch the epoch ends there, is validated, and training stops ("time-budget"), so a
+    #: run overshoots by one batch and one validation pass at most.
     max_minutes: float | None = None
     eval_batch_size: int = 512
     #: Rich progress display: None shows it only on a terminal.
@@ -96,6 +98,8 @@ class TrainConfig:
             (0.0 < self.validation_fraction < 1.0,
              f"validation_fraction must be in (0, 1), got {self.validation_fraction}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+            (self.max_minutes is None or self.max_minutes > 0,
+             f"max_minutes must be > 0 (or None for no budget), got {self.max_minutes}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -382,6 +386,7 @@ def _train(task: Task, data: ImageTensors, config: TrainConfig,
            checkpoint_dir: str | Path | None, resume: bool, keep: int,
            on_epoch: Callable[[dict[str, float]], None] | None) -> TrainResult:
     started = time.perf_counter()
+    deadline = math.inf if config.max_minutes is None else started + 60.0 * config.max_minutes
     train_rows, val_rows = stratified_split(data.labels, len(data), config.validation_fraction,
                                             config.seed)
     if len(val_rows) == 0:
@@ -450,10 +455,14 @@ def _train(task: Task, data: ImageTensors, config: TrainConfig,
                 seen += len(rows)
                 progress.update(bar, advance=len(rows),
                                 status=f"epoch {epoch + 1} loss {loss_sum / seen:.4f}")
+                if time.perf_counter() > deadline:
+                    break  # the budget is a promise: finish this epoch early, then stop
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
                    **validate(task, val_part, config.eval_batch_size),
                    "learning_rate": learning_rate,
                    "seconds": round(time.perf_counter() - epoch_started, 3)}
+            if seen < len(train_index):
+                row["trained_fraction"] = round(seen / len(train_index), 4)
             history.append(row)
             if config.monitor not in row:
                 raise TrainingError(f"monitor {config.monitor!r} is not measured; available: "
@@ -469,8 +478,7 @@ def _train(task: Task, data: ImageTensors, config: TrainConfig,
             elapsed = elapsed_before + time.perf_counter() - started
             if config.patience and bad_epochs >= config.patience:
                 stopped = "early-stopping"
-            elif (config.max_minutes is not None
-                  and time.perf_counter() - started > 60.0 * config.max_minutes):
+            elif time.perf_counter() > deadline:
                 stopped = "time-budget"  # of this call: a resumed run gets a fresh budget
             if checkpoints is not None:
                 _save_epoch(checkpoints, task, optimizers, epoch + 1, signature, history,
