@@ -286,3 +286,15 @@ def test_test_time_flip_averages_an_image_and_its_mirror(trained: CNNEmbedder,
     loaded = base.load(flipped.save(tmp_path / "tta"))
     assert loaded.config()["test_time_flip"] is True
     np.testing.assert_allclose(loaded.embed_tensors(images), both, atol=1e-6)
+
+
+def test_channel_stats_in_chunks_equal_the_direct_formula(fmnist_train: ImageTensors) -> None:
+    from lookalike.models.datasets import channel_stats
+
+    images = fmnist_train.images
+    mean, std = channel_stats(images, sample=2500, seed=4)
+    rows = np.sort(np.random.default_rng(4).permutation(len(images))[:2500])
+    x = images[torch.as_tensor(rows)].to(torch.float64) / 255.0
+    np.testing.assert_allclose(mean, x.mean(dim=(0, 2, 3)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(std, x.std(dim=(0, 2, 3)).numpy(), rtol=1e-10)
+    assert channel_stats(images[:1])[1][0] >= 1e-3  # one image: std clamped, never zero

@@ -179,11 +179,11 @@ def resolve_embedder(spec: str, threads: int | None = None) -> Entry:
     from lookalike.models.base import load
 
     path = Path(spec).expanduser()
-    head, *pairs = spec.split(":")
-    if not path.is_dir() and pairs and Path(head).expanduser().is_dir():
-        path = Path(head).expanduser()
-    else:
-        pairs = [] if path.is_dir() else pairs
+    pairs: list[str] = []
+    if not path.is_dir() and ":" in spec:  # FOLDER:key=value:...
+        head, *rest = spec.split(":")
+        if Path(head).expanduser().is_dir():
+            path, pairs = Path(head).expanduser(), rest
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise ReportError(f"{spec}: folder has no {CONFIG_FILE}; not a saved lookalike model")
@@ -192,7 +192,8 @@ def resolve_embedder(spec: str, threads: int | None = None) -> Entry:
         _set_threads(embedder, threads)
         label = _folder_label(embedder, path) + "".join(f" {pair}" for pair in pairs)
         return Entry(label, spec, embedder, path)
-    name, _, size = head.partition("@")
+    name, *pairs = spec.split(":")
+    name, _, size = name.partition("@")
     if name not in available():
         raise UnknownNameError(f"unknown embedder {spec!r}: neither a registered name "
                                f"({', '.join(available())}) nor a folder with {CONFIG_FILE}")
