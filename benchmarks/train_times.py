@@ -80,21 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     products_project("efficientnet-lite0", progress=False)  # ingested once; pca needs its vectors
     previous_path = RESULTS / f"{args.name}.json"
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
-    done = {row["method"]: row for row in previous.get("rows", []) if "error" not in row}
-    rows: list[dict[str, Any]] = []
+    # Rows of earlier runs are kept (in METHODS order) and replaced only by a new measurement.
+    measured = {row["method"]: row for row in previous.get("rows", []) if "error" not in row}
     for method in args.methods.split(","):
-        if method in done and not args.rerun:
-            rows.append(done[method])
+        if method in measured and not args.rerun:
             continue
         print(f"training {method} with its default config ...", flush=True)
-        rows.append(run_method(method, PROJECT_DIR, args.threads))
-        print(f"  {rows[-1]}", flush=True)
+        measured[method] = run_method(method, PROJECT_DIR, args.threads)
+        print(f"  {measured[method]}", flush=True)
+        order = {name: i for i, name in enumerate(METHODS)}
+        rows = sorted(measured.values(), key=lambda row: order.get(row["method"], len(order)))
         write_results(args.name, {
             "protocol": "`lookalike train METHOD --json` with no options on the products "
                         "project (39,603 train photos, 60x80), one process per method; minutes "
                         "= wall time of that process", "budget_minutes": BUDGET_MINUTES,
             "threads": args.threads, "rows": rows})
-    print_table(f"default training configs (budget {BUDGET_MINUTES:.0f} min)", rows)
+    print_table(f"default training configs (budget {BUDGET_MINUTES:.0f} min)",
+                list(measured.values()))
     return 0
 
 
