@@ -20,7 +20,7 @@ from PIL import Image
 from skimage import data
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
-from lookalike.models import base
+from lookalike.models import base, int8
 from lookalike.models.baselines import HSVHistogramEmbedder, PixelsEmbedder
 from lookalike.models.efficientnet import EfficientNetLite0Embedder, _packaged_weights_path
 
@@ -125,20 +125,61 @@ def test_local_weights_give_the_same_model(tmp_path, product_photos):
                                   packaged.embed(product_photos[:4]))
 
 
-def test_onnx_agrees_with_torch_and_int8_stays_close(fp32_112, product_photos):
+def test_onnx_agrees_with_torch_and_the_default_is_int8_only_where_it_holds(fp32_112,
+                                                                           product_photos):
     torch_model = torch_lite0(image_size=112)
-    int8 = EfficientNetLite0Embedder(image_size=112, precision="int8")
+    default = EfficientNetLite0Embedder(image_size=112)  # precision int8, self-checked
     reference = torch_model.embed(product_photos)
     onnx_fp32 = fp32_112.embed(product_photos)
-    quantised = int8.embed(product_photos)
     assert cosine_rows(onnx_fp32, reference).min() > 0.99
-    assert cosine_rows(quantised, onnx_fp32).min() > 0.95
-    assert len({torch_model.embedder_id, fp32_112.embedder_id, int8.embedder_id}) == 3
-    assert fp32_112.onnx_path().is_file() and int8.onnx_path().is_file()
-    assert int8.onnx_path().stat().st_size < fp32_112.onnx_path().stat().st_size / 2
+    verdict = default.int8_verdict()
+    assert verdict.images == int8.CHECK_IMAGES and verdict.minimum <= verdict.p1 <= verdict.mean
+    vectors = default.embed(product_photos)
+    if verdict.passed:  # this CPU runs int8 faithfully (VNNI, AMX, ARM dot products, ...)
+        assert default.effective_precision == default.config()["precision"] == "int8"
+        # the self-check's thresholds hold on other photos too
+        assert int8.check_agreement(vectors, onnx_fp32).passed
+        assert default.onnx_path().stat().st_size < fp32_112.onnx_path().stat().st_size / 2
+        assert len({torch_model.embedder_id, fp32_112.embedder_id, default.embedder_id}) == 3
+    else:  # e.g. x86 without VNNI: int8 drifts, so the default runs fp32 under fp32's id
+        assert default.effective_precision == default.config()["precision"] == "fp32"
+        assert default.embedder_id == fp32_112.embedder_id
+        np.testing.assert_allclose(vectors, onnx_fp32, atol=1e-5)
     # Same photos, a different order and batch size: the same rows (nothing leaks across a batch).
-    again = int8.embed(product_photos[::-1], batch_size=5)[::-1]
-    np.testing.assert_allclose(again, quantised, atol=1e-5)
+    again = default.embed(product_photos[::-1], batch_size=5)[::-1]
+    np.testing.assert_allclose(again, vectors, atol=1e-5)
+
+
+def test_failed_int8_self_check_falls_back_to_fp32_and_says_so_once(fp32_112, monkeypatch,
+                                                                    caplog, tmp_path):
+    EfficientNetLite0Embedder(image_size=112).int8_verdict()  # measured (or cached) as usual
+    monkeypatch.setattr(int8, "MIN_MEAN_COSINE", 1.01)  # a bar no CPU clears
+    model = EfficientNetLite0Embedder(image_size=112)
+    with caplog.at_level("WARNING", logger="lookalike"):
+        assert model.effective_precision == "fp32"
+        assert model.embedder_id == fp32_112.embedder_id  # never mixed with int8 vectors
+        assert model.config()["precision"] == "fp32"
+    said = [r.getMessage() for r in caplog.records if "drifts from fp32" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0] and "using fp32" in said[0]
+    # The saved config records what was used; loading it here gives fp32 again.
+    loaded = base.load(model.save(tmp_path / "model"))
+    assert loaded.config()["precision"] == "fp32" and loaded.embedder_id == model.embedder_id
+    forced = EfficientNetLite0Embedder(image_size=112, check_int8=False)
+    assert forced.effective_precision == "int8" and forced.embedder_id != fp32_112.embedder_id
+
+
+def test_self_check_verdicts_are_cached_per_machine(tmp_path):
+    calls = []
+
+    def measure() -> int8.Verdict:
+        calls.append(1)
+        return int8.check_agreement(np.eye(4, 8), np.eye(4, 8) + 0.01)
+
+    first = int8.cached_verdict(tmp_path / "v.json", measure)
+    second = int8.cached_verdict(tmp_path / "v.json", measure)
+    assert calls == [1] and first == second and first.passed and first.mean > 0.99
+    bad = int8.check_agreement(np.eye(4, 8), np.roll(np.eye(4, 8), 1, axis=1) + np.eye(4, 8))
+    assert not bad.passed and bad.mean == pytest.approx(0.5 ** 0.5, abs=1e-6)
 
 
 def test_built_onnx_files_are_shared_between_projects(onnx_cache, tmp_path, product_photos):

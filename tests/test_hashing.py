@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hits_compare import assert_same_hits, assert_same_ranking
 
 from lookalike.errors import LookalikeError
 from lookalike.index.base import Filters, create_index, load_index
@@ -125,8 +126,11 @@ def test_search_equals_brute_force_hamming_then_rerank(products: dict) -> None:
         # ... and the answer is those candidates re-ranked by Euclidean distance (eq. 8)
         pool = candidates[q]
         euclid = np.linalg.norm(gallery["vectors"][pool] - queries[q], axis=1)
-        expected = [gallery["ids"][r] for r in pool[np.argsort(euclid, kind="stable")[:k]]]
-        assert result.ids == expected
+        order = np.argsort(euclid, kind="stable")[:k]
+        expected = [gallery["ids"][r] for r in pool[order]]
+        # near-ties may swap between SIMD kernels
+        assert_same_ranking(result.ids, result.scores, expected,
+                            gallery["vectors"][pool[order]] @ queries[q])
         rows = [position[i] for i in result.ids]
         np.testing.assert_allclose(result.scores, gallery["vectors"][rows] @ queries[q], atol=1e-5)
         assert max(hamming[q][rows]) <= np.sort(hamming[q])[depth - 1]
@@ -151,8 +155,7 @@ def test_all_candidates_equals_exact_search(products: dict) -> None:
     exact.add(g["ids"], g["vectors"], g["attributes"])
     queries = products["queries"]["vectors"]
     for a, b in zip(binary.search(queries, 10), exact.search(queries, 10)):
-        assert a.ids == b.ids
-        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+        assert_same_hits(a, b)  # near-ties may order differently on another SIMD kernel
 
 
 def test_filters_and_exclude_inside_the_search(products: dict) -> None:
@@ -187,7 +190,8 @@ def test_remove_upsert_and_compaction(products: dict) -> None:
     kept.add(g["ids"][500:], g["vectors"][500:])
     queries = products["queries"]["vectors"]
     for a, b in zip(index.search(queries, 10), kept.search(queries, 10)):
-        assert a.ids == b.ids and not set(a.ids) & set(gone)
+        assert_same_hits(a, b)
+        assert not set(a.ids) & set(gone)
     # upsert: an id added again takes its new vector
     target = g["ids"][700]
     index.add([target], queries[:1])

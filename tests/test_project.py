@@ -183,3 +183,25 @@ def test_cli_mirrors_the_api(shop: Project) -> None:
     assert bad.exit_code == 1
     assert "unknown item 'nope'" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_cli_chooses_the_embedders_precision_and_info_shows_it(shop: Project) -> None:
+    runner = CliRunner()
+    done = runner.invoke(app, ["index", "-e", "efficientnet-lite0", "--image-size", "112",
+                               "--option", "precision=fp32", "--name", "lite-fp32",
+                               "--project", str(shop.path), "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["size"] == 400 and summary["embedder_id"].startswith("efficientnet-lite0-")
+    assert Project(shop.path).indexes()["lite-fp32"]["precision"] == "fp32"
+    info = runner.invoke(app, ["info", "--project", str(shop.path)])
+    assert "index lite-fp32: " in info.output and "efficientnet-lite0, fp32" in info.output
+    same = runner.invoke(app, ["index", "-e", "efficientnet-lite0", "--image-size", "112",
+                               "--precision", "fp32", "--name", "lite-fp32",
+                               "--project", str(shop.path), "--json"])
+    assert same.exit_code == 0 and json.loads(same.stdout)["added"] == 0  # the same embedder
+    for args, message in [(["--precision", "fp16"], "unknown precision 'fp16'"),
+                          (["--option", "precision"], "expected KEY=VALUE")]:
+        bad = runner.invoke(app, ["index", "-e", "efficientnet-lite0", *args, "--name", "x",
+                                  "--project", str(shop.path)])
+        assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output

@@ -71,6 +71,19 @@ def _filters(category, gender, colour, price_min, price_max, where) -> Filters |
     return None if filters.is_empty() else filters
 
 
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, lists, true/false),
+    else kept as text: ``epochs=3``, ``hidden=[256,64]``, ``precision=fp32``."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise LookalikeError(f"--option {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value.strip()
+
+
 def _print_results(results, as_json: bool, heading: str) -> None:
     if as_json:
         out.print_json(json.dumps({"results": [r.to_json() for r in results]}))
@@ -129,10 +142,14 @@ def index_command(
         kind: Annotated[str, typer.Option("--kind", help="Index type: auto, exact, hnsw, ...")] = "auto",
         name: Annotated[str, typer.Option("--name", help="Index name.")] = "default",
         image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for CNN embedders.")] = None,
+        precision: Annotated[Optional[str], typer.Option("--precision", help="efficientnet-lite0: int8 (default; used where this CPU's self-check passes, else fp32) or fp32.")] = None,
+        option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Embedder setting KEY=VALUE (repeatable), e.g. precision=fp32, resize=pad.")] = None,
         text_column: Annotated[Optional[list[str]], typer.Option("--text-column", help="Also embed this text column (e.g. title) for words queries (repeatable); kept up to date afterwards.")] = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Embed the catalogue and build or update an index."""
-    options = {"image_size": image_size} if image_size else {}
+    options = dict(parse_option(text) for text in option or [])
+    options.update({k: v for k, v in (("image_size", image_size), ("precision", precision))
+                    if v is not None})
     summary = Project(project, create=False).index(embedder, kind=kind, name=name,
                                                    embedder_options=options, progress=not as_json,
                                                    text_columns=text_column)
@@ -256,7 +273,9 @@ def info(project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption
     out.print(f"{summary['project']}: {summary['items']} items")
     for name, entry in summary["indexes"].items():
         mark = " (default)" if name == summary["default_index"] else ""
-        out.print(f"  index {name}{mark}: {entry['kind']} / {entry['embedder']} ({entry['embedder_id']})")
+        precision = f", {entry['precision']}" if entry.get("precision") else ""
+        out.print(f"  index {name}{mark}: {entry['kind']} / {entry['embedder']}{precision} "
+                  f"({entry['embedder_id']})")
     for column, values in summary["filters"].items():
         shown = ", ".join(map(str, values[:12])) + (" ..." if len(values) > 12 else "")
         out.print(f"  {column}: {shown}", highlight=False)

@@ -224,6 +224,8 @@ class Project:
             old_hashes.pop(item_id, None)
         old_hashes.update({i: hashes[i] for i in added})
         entry = {"embedder": model.name, "embedder_id": model.embedder_id, "kind": index.kind}
+        if "precision" in model.config():  # the precision actually used (int8 self-check)
+            entry["precision"] = model.config()["precision"]
         with self._lock:
             if self.settings.get("indexes", {}).get(name) != entry or \
                     "default_index" not in self.settings:
@@ -659,6 +661,12 @@ class _LoadedIndex:
             embedder = models.load(folder / INDEX_EMBEDDER_DIR)
         index = load_index(folder / "index", expected_dim=embedder.dim)
         if index.embedder_id and index.embedder_id != embedder.embedder_id:
+            was = saved.get("config", {}).get("precision")
+            if was and was != embedder.config().get("precision"):
+                raise ModelMismatchError(
+                    f"index {name!r} holds {was} vectors, but {was} drifts from fp32 on this CPU "
+                    f"(int8 self-check); rebuild it here with `lookalike index --precision "
+                    f"{embedder.config().get('precision')} --name {name}`")
             raise ModelMismatchError(f"{folder}: index built with {index.embedder_id}, "
                                      f"model is {embedder.embedder_id}")
         hashes = json.loads((folder / INDEX_HASHES_FILE).read_text())

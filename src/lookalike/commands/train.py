@@ -13,22 +13,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from lookalike.cli import JsonOption, ProjectOption, app, out, user_errors
+from lookalike.cli import JsonOption, ProjectOption, app, out, parse_option, user_errors
 from lookalike.errors import LookalikeError
 from lookalike.project import DEFAULT_PROJECT_DIR, Project
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as JSON when it parses (numbers, lists, true/false),
-    else kept as text: ``epochs=3``, ``hidden=[256,64]``, ``head=cosine``."""
-    key, sep, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key:
-        raise LookalikeError(f"--option {text!r}: expected KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value.strip()
 
 
 def parse_size(text: str) -> list[int]:

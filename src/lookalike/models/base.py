@@ -32,6 +32,13 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / norms
 
 
+def embedder_id_of(kind: str, name: str, config: dict[str, Any],
+                   fingerprint: dict[str, str]) -> str:
+    """``<name>-<12 hex>``: a hash of the kind, the settings and the weights' fingerprint."""
+    blob = json.dumps({"kind": kind, **config, **fingerprint}, sort_keys=True, default=str)
+    return f"{_slug(name)}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
 class Embedder(ABC):
     """Images in, L2-normalised float32 vectors out.
 
@@ -67,10 +74,7 @@ class Embedder(ABC):
 
         Two embedders with the same id must produce the same vectors for the same image.
         """
-        blob = json.dumps({"kind": self.kind, **self.config(), **self._weights_fingerprint()},
-                          sort_keys=True, default=str)
-        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-        return f"{_slug(self.name)}-{digest}"
+        return embedder_id_of(self.kind, self.name, self.config(), self._weights_fingerprint())
 
     def _weights_fingerprint(self) -> dict[str, str]:
         """Subclasses with learned weights return e.g. ``{"weights": sha}`` here."""

@@ -10,8 +10,9 @@ Lite models use ReLU6 and no squeeze-excitation, so they quantise well; inputs a
 
 ``backend="onnx"`` (default)  the network is exported once to ONNX (uint8 NHWC pixels in, so the
                               cast, scaling and layout change run inside ONNX Runtime) and run by
-                              ONNX Runtime; ``precision="int8"`` statically quantises it (QDQ,
-                              per-channel, calibrated on 200 photos of the bundled catalogue).
+                              ONNX Runtime; ``precision="int8"`` statically quantises it (see
+                              :mod:`lookalike.models.int8`) and checks it against fp32 once per
+                              machine, falling back to fp32 where int8 drifts.
 ``backend="torch"``           PyTorch eager with batch norm folded into the convolutions,
                               channels-last tensors and ``inference_mode``; FP32 only.
 
@@ -38,7 +39,8 @@ import numpy as np
 from PIL import Image
 
 from lookalike.errors import LookalikeError, ModelMismatchError
-from lookalike.models.base import Embedder
+from lookalike.models import int8
+from lookalike.models.base import Embedder, embedder_id_of
 from lookalike.models.preprocess import check_policy, fit_square, whole_number
 
 VARIANTS = tuple(f"efficientnet-lite{i}" for i in range(5))
@@ -46,13 +48,9 @@ BACKENDS = ("onnx", "torch")
 PRECISIONS = ("fp32", "int8")
 FEATURE_DIM = 1280  # the Lite head is not width-scaled, so every variant gives 1,280 numbers
 CALIBRATION_IMAGES = 200
-#: Photos per calibration run. MinMax ranges do not depend on it; memory does (the calibration
-#: graph runs unoptimised): peak RSS of an int8 build at 224 px is 3.3 GB with 25 photos per
-#: run, 1.7 GB with 10 and 1.0 GB with 4, at the same build time.
-_CALIBRATION_BATCH = 4
 _ONNX_OPSET = 17
 #: Bump when the export or quantisation code changes, so cached ONNX files are rebuilt.
-ONNX_BUILD_VERSION = 1
+ONNX_BUILD_VERSION = 2
 
 
 def _native_size(variant: str) -> int:
@@ -187,16 +185,29 @@ def _feature_module(net):
     return PooledFeatures(net).eval()
 
 
-@functools.lru_cache(maxsize=1)
-def _calibration_jpegs(count: int = CALIBRATION_IMAGES) -> tuple[bytes, ...]:
+def _demo_train_jpegs() -> list[bytes]:
     import pyarrow.parquet as pq
 
     from lookalike.catalogue.sources import demo_parquet
 
     table = pq.read_table(demo_parquet(), columns=["id", "split", "image_jpeg"]).to_pandas()
-    train = table[table["split"] == "train"].sort_values("id")
-    picks = train.iloc[np.linspace(0, len(train) - 1, min(count, len(train))).astype(int)]
-    return tuple(picks["image_jpeg"])
+    return list(table[table["split"] == "train"].sort_values("id")["image_jpeg"])
+
+
+def _calibration_jpegs(count: int = CALIBRATION_IMAGES) -> tuple[bytes, ...]:
+    train = _demo_train_jpegs()
+    picks = np.linspace(0, len(train) - 1, min(count, len(train))).astype(int)
+    return tuple(train[i] for i in picks)
+
+
+def check_images(count: int = int8.CHECK_IMAGES) -> list[Image.Image]:
+    """Photos for the int8 self-check: train photos of the bundled catalogue that calibration
+    does not use (half-way between the calibration picks)."""
+    train = _demo_train_jpegs()
+    used = set(np.linspace(0, len(train) - 1, min(CALIBRATION_IMAGES, len(train))).astype(int))
+    free = [i for i in range(len(train)) if i not in used]
+    picks = [free[i] for i in np.linspace(0, len(free) - 1, min(count, len(free))).astype(int)]
+    return [Image.open(io.BytesIO(train[i])).convert("RGB") for i in picks]
 
 
 def calibration_images(count: int = CALIBRATION_IMAGES) -> tuple[list[Image.Image], str]:
@@ -221,17 +232,21 @@ def calibration_digest(count: int = CALIBRATION_IMAGES) -> str:
 class EfficientNetLite0Embedder(Embedder):
     """ImageNet EfficientNet-Lite features: 1,280-d, pooled before the classifier.
 
-    Options (all but the last three are part of the saved config and the embedder id):
+    Options (all but the last four are part of the saved config and the embedder id):
 
     ``image_size``   square input side (default: the variant's own, 224 for Lite0; 112 works
                      at ~4x the speed)
     ``backend``      ``onnx`` (ONNX Runtime, default) or ``torch``
-    ``precision``    ``fp32`` or ``int8`` (ONNX only; static QDQ quantisation)
+    ``precision``    ``int8`` (default; ONNX only; static QDQ quantisation, used only where
+                     this machine's self-check passes, else fp32: see ``effective_precision``)
+                     or ``fp32``
     ``resize``       how non-square photos become square: ``stretch`` (default, best P@10),
                      ``pad`` (on white) or ``crop`` -- see :mod:`lookalike.models.preprocess`
     ``variant``      ``efficientnet-lite0`` .. ``efficientnet-lite4``; only Lite0 has packaged
                      weights, the others need ``weights_path``
     ``weights_path`` a local ``.safetensors`` or ``.pth`` state dict (loaded strictly)
+    ``check_int8``   run the int8 self-check (default True); False uses int8 on any CPU, for
+                     those who accept its drift there (the id still says int8)
     ``num_threads``  threads for ONNX Runtime / PyTorch; default: the runtime's own choice
     ``cache_dir``    where built ONNX files are kept (default :func:`default_cache_dir`)
     """
@@ -243,7 +258,7 @@ class EfficientNetLite0Embedder(Embedder):
                  precision: str = "int8", resize: str = "stretch",
                  variant: str = "efficientnet-lite0", weights_path: str | Path | None = None,
                  batch_size: int | None = None, num_threads: int | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, check_int8: bool = True) -> None:
         if variant not in VARIANTS:
             raise LookalikeError(f"unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
         if backend not in BACKENDS:
@@ -268,6 +283,7 @@ class EfficientNetLite0Embedder(Embedder):
         self.resize = check_policy(resize)
         self.num_threads = int(num_threads) if num_threads is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.check_int8 = bool(check_int8)
         if batch_size is not None:
             self.batch_size = int(batch_size)
         if weights_path is not None:
@@ -281,6 +297,8 @@ class EfficientNetLite0Embedder(Embedder):
         self._state: dict[str, Any] | None = None
         self._fingerprint: str | None = None
         self._runner: Any = None
+        self._verdict: int8.Verdict | None = None
+        self._calibration: str | None = None  # digest of the calibration photos (int8 ids)
         self._lock = threading.Lock()
         if weights_path is not None:
             self._ensure_state()  # a user's file: report a bad or mismatched one right away
@@ -302,14 +320,57 @@ class EfficientNetLite0Embedder(Embedder):
         return FEATURE_DIM
 
     def config(self) -> dict[str, Any]:
-        return {"variant": self.variant, "image_size": self.image_size, "backend": self.backend,
-                "precision": self.precision, "resize": self.resize}
+        """The settings, with the precision actually used on this machine (see
+        :attr:`effective_precision`), so a saved model and its id say what made its vectors."""
+        return self._config(self.effective_precision)
 
-    def _weights_fingerprint(self) -> dict[str, str]:
+    def _config(self, precision: str) -> dict[str, Any]:
+        return {"variant": self.variant, "image_size": self.image_size, "backend": self.backend,
+                "precision": precision, "resize": self.resize}
+
+    @property
+    def embedder_id(self) -> str:
+        return self._id_for(self.effective_precision)
+
+    def _id_for(self, precision: str) -> str:
         fingerprint = {"weights": self._weights_digest()}
-        if self.precision == "int8":
-            fingerprint["calibration"] = calibration_digest()
-        return fingerprint
+        if precision == "int8":
+            if self._calibration is None:
+                self._calibration = calibration_digest()
+            fingerprint.update(calibration=self._calibration, int8_recipe=int8.RECIPE)
+        return embedder_id_of(self.kind, self.name, self._config(precision), fingerprint)
+
+    # ---- precision --------------------------------------------------------------------------
+    @property
+    def effective_precision(self) -> str:
+        """``fp32`` when asked for; for ``int8``, ``int8`` where this machine's self-check passes
+        and ``fp32`` where it fails (said once, in one line, on the ``lookalike`` logger)."""
+        if self.precision == "fp32":
+            return "fp32"
+        if not self.check_int8:
+            return "int8"
+        verdict = self.int8_verdict()
+        return "int8" if verdict.passed else "fp32"
+
+    def int8_verdict(self) -> int8.Verdict:
+        """This machine's self-check of the int8 model against fp32 (run once per CPU kind and
+        model, then read from the shared cache folder)."""
+        if self._verdict is None:
+            name = f"{self._id_for('int8')}-b{ONNX_BUILD_VERSION}-{int8.cpu_key()}.check.json"
+            verdict = int8.cached_verdict(default_cache_dir() / name, self._measure_int8)
+            if not verdict.passed:
+                import logging
+
+                logging.getLogger("lookalike").warning(
+                    "lookalike: int8 %s drifts from fp32 on this CPU (%s); using fp32",
+                    self.name, verdict.describe())
+            self._verdict = verdict
+        return self._verdict
+
+    def _measure_int8(self) -> int8.Verdict:
+        pixels = np.stack([self.prepare(image) for image in check_images()])
+        vectors = {p: _OnnxRunner(self, self.build_onnx(p))(pixels) for p in ("int8", "fp32")}
+        return int8.check_agreement(vectors["int8"], vectors["fp32"])
 
     def _weights_digest(self) -> str:
         if self._fingerprint is None:
@@ -387,8 +448,8 @@ class EfficientNetLite0Embedder(Embedder):
         if runner is None:
             with self._lock:
                 if self._runner is None:
-                    self._runner = (_OnnxRunner(self) if self.backend == "onnx"
-                                    else _TorchRunner(self))
+                    self._runner = (_OnnxRunner(self, self.build_onnx())
+                                    if self.backend == "onnx" else _TorchRunner(self))
                 runner = self._runner
         return runner(pixels)
 
@@ -411,28 +472,31 @@ class EfficientNetLite0Embedder(Embedder):
                 for row_i, row_p in zip(indices.tolist(), values.tolist())]
 
     # ---- ONNX files -------------------------------------------------------------------------
-    def onnx_filename(self) -> str:
+    def onnx_filename(self, precision: str | None = None) -> str:
         """``<embedder_id>-b<build>-ort<version>.onnx``: the id covers weights, settings and (int8)
         the calibration photos; the build number changes with the export code, and the ONNX
-        Runtime version is there because quantisation may change between releases."""
+        Runtime version is there because quantisation may change between releases.
+        ``precision`` defaults to the effective one."""
         import onnxruntime
 
-        return f"{self.embedder_id}-b{ONNX_BUILD_VERSION}-ort{onnxruntime.__version__}.onnx"
+        precision = precision or self.effective_precision
+        return f"{self._id_for(precision)}-b{ONNX_BUILD_VERSION}-ort{onnxruntime.__version__}.onnx"
 
-    def onnx_path(self) -> Path:
+    def onnx_path(self, precision: str | None = None) -> Path:
         """Where this embedder's ONNX file lives: ``cache_dir`` (the project's
         ``embeddings/<id>/model/onnx/`` when the project built it), else the shared cache."""
         folder = self.cache_dir if self.cache_dir is not None else default_cache_dir()
-        return folder / self.onnx_filename()
+        return folder / self.onnx_filename(precision)
 
-    def build_onnx(self) -> Path:
+    def build_onnx(self, precision: str | None = None) -> Path:
         """Export (and for int8 quantise) the model into :meth:`onnx_path` unless already there.
 
         Files are content-addressed by name, so one built for another project is reused: the
         shared cache (:func:`default_cache_dir`) is checked before building, and a new build is
         also left there (best effort) for the next project.
         """
-        target = self.onnx_path()
+        precision = precision or self.effective_precision
+        target = self.onnx_path(precision)
         if target.is_file():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -444,9 +508,10 @@ class EfficientNetLite0Embedder(Embedder):
             fp32 = Path(work) / "fp32.onnx"
             self._export_fp32(fp32)
             built = fp32
-            if self.precision == "int8":
+            if precision == "int8":
                 built = Path(work) / "int8.onnx"
-                self._quantise(fp32, built)
+                images, _ = calibration_images()
+                int8.quantise(fp32, built, np.stack([self.prepare(image) for image in images]))
             os.replace(built, target)  # atomic: a reader sees the whole file or none
         if shared != target:
             with contextlib.suppress(OSError):  # a read-only home must not fail the build
@@ -465,33 +530,6 @@ class EfficientNetLite0Embedder(Embedder):
                               opset_version=_ONNX_OPSET,
                               input_names=["pixels"], output_names=["features"],
                               dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
-
-    def _quantise(self, fp32: Path, out: Path) -> None:
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
-                                              QuantFormat, QuantType, quantize_static)
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        images, _ = calibration_images()
-        batch = np.stack([self.prepare(image) for image in images])
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.start = 0
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                if self.start >= len(batch):
-                    return None
-                self.start += _CALIBRATION_BATCH
-                return {"pixels": batch[self.start - _CALIBRATION_BATCH:self.start]}
-
-            def rewind(self) -> None:
-                self.start = 0
-
-        prepared = out.with_name("prepared.onnx")
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
@@ -519,7 +557,7 @@ def _batches(images: Iterable[Image.Image], size: int) -> Iterator[list[Image.Im
 class _OnnxRunner:
     """An ONNX Runtime session over the cached ONNX file."""
 
-    def __init__(self, embedder: EfficientNetLite0Embedder) -> None:
+    def __init__(self, embedder: EfficientNetLite0Embedder, path: Path) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -531,7 +569,7 @@ class _OnnxRunner:
         # processes need those cores. Measured: 112 px int8 pipeline 194 vs 104 img/s, CPU time
         # per photo 1.72 vs 2.67 ms, on a busy 2-core machine.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(embedder.build_onnx()), options,
+        self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
