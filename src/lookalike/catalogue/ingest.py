@@ -116,13 +116,8 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
                           name_collisions=dict(getattr(records, "collisions", {})))
     _reject_duplicate_ids(records, store, report)
     workers = workers or min(4, os.cpu_count() or 1)
-    matcher = None
-    if on_duplicate_image != "keep":
-        from lookalike.recommend.duplicates import DEFAULT_THRESHOLDS, PHashMatcher
-
-        threshold = DEFAULT_THRESHOLDS["phash+colour"] if duplicate_threshold is None \
-            else duplicate_threshold
-        matcher = PHashMatcher.for_store(store, threshold)
+    matcher = _near_duplicate_matcher(store, duplicate_threshold) \
+        if on_duplicate_image != "keep" else None
 
     with _progress_bar(progress, f"ingest {records.name}", len(records)) as advance, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
@@ -148,6 +143,14 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
             advance(len(batch))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _near_duplicate_matcher(store: CatalogueStore, threshold: int | None) -> Any:
+    """A perceptual-hash matcher over the catalogue's images (``phash+colour``)."""
+    from lookalike.recommend.duplicates import DEFAULT_THRESHOLDS, PHashMatcher
+
+    return PHashMatcher.for_store(
+        store, DEFAULT_THRESHOLDS["phash+colour"] if threshold is None else threshold)
 
 
 def _as_source(source: str | Path | CatalogueSource | Iterable[SourceRecord],
