@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_bad_files import demo_photos
+from lookalike.catalogue.folders import folder_ids
 from lookalike.catalogue.sources import (FASHION_MNIST_CLASSES, FolderSource, ManifestSource,
                                          find_products_parquet, load_fashion_mnist,
                                          load_products_frame, open_source)
@@ -114,21 +115,53 @@ def test_missing_columns_are_named(tmp_path):
     assert "sku, picture, title" in message and "\n" not in message
 
 
-def test_duplicate_ids_name_the_rows(tmp_path):
+def test_duplicate_ids_keep_the_first_row_and_name_the_others(tmp_path):
     (tmp_path / "m.csv").write_text("id,image\na,1.jpg\nb,2.jpg\na,3.jpg\nc,4.jpg\nb,5.jpg\n")
-    with pytest.raises(CatalogueError) as caught:
-        open_source(tmp_path / "m.csv")
-    message = str(caught.value)
-    assert "2 duplicate ids" in message
+    source = open_source(tmp_path / "m.csv")
+    assert [(r.id, r.row) for r in source] == [("a", "m.csv:2"), ("b", "m.csv:3"),
+                                               ("c", "m.csv:5")]
+    assert [(d.record.id, d.where, d.kept_row) for d in source.duplicates] == [
+        ("a", "m.csv:4", "m.csv:2"), ("b", "m.csv:6", "m.csv:3")]
+    message = str(source.duplicate_error())  # what strict mode raises
+    assert "2 duplicate ids" in message and "\n" not in message
     assert "'a' (m.csv:2, m.csv:4)" in message and "'b' (m.csv:3, m.csv:6)" in message
+    (tmp_path / "ok.csv").write_text("id,image\na,1.jpg\n")
+    assert open_source(tmp_path / "ok.csv").duplicate_error() is None
 
 
-def test_duplicate_ids_in_a_folder(tmp_path, photos):
+def test_colliding_file_names_keep_their_extension(tmp_path, photos):
     (tmp_path / "shoes").mkdir()
     (tmp_path / "shoes" / "boot.jpg").write_bytes(photos[0][1])
     (tmp_path / "shoes" / "boot.png").write_bytes(photos[1][1])
-    with pytest.raises(CatalogueError, match=r"'shoes/boot' \(shoes/boot.jpg, shoes/boot.png\)"):
-        open_source(tmp_path)
+    (tmp_path / "shoes" / "sandal.jpg").write_bytes(photos[2][1])
+    (tmp_path / "shoes" / "sandal.jpg.png").write_bytes(photos[3][1])  # stem = another's path
+    source = open_source(tmp_path)
+    assert {r.row: r.id for r in source} == {
+        "shoes/boot.jpg": "shoes/boot.jpg", "shoes/boot.png": "shoes/boot.png",
+        "shoes/sandal.jpg": "shoes/sandal", "shoes/sandal.jpg.png": "shoes/sandal.jpg.png"}
+    assert source.collisions == {"shoes/boot": ["shoes/boot.jpg", "shoes/boot.png"],
+                                 "shoes/sandal.jpg": ["shoes/sandal.jpg.png"]}
+    assert not source.duplicates and source.duplicate_error() is None
+
+
+def test_folder_ids_never_rename_stored_items():
+    hashes = {"a/photo.jpg": "h-jpg", "a/photo.png": "h-png", "a/photo.gif": "h-gif"}
+    files = sorted(hashes)
+    # photo.jpg was ingested alone as "a/photo"; a png and a gif appear beside it
+    ids, collisions = folder_ids(files, lambda ids: {"a/photo": "h-jpg"} if "a/photo" in ids
+                                 else {}, hashes.__getitem__)
+    assert ids == {"a/photo.gif": "a/photo.gif", "a/photo.jpg": "a/photo",
+                   "a/photo.png": "a/photo.png"}
+    assert collisions == {"a/photo": ["a/photo", "a/photo.gif", "a/photo.png"]}
+    # the stored file changed at the same time: nobody takes the stored id, all keep extensions
+    ids, _ = folder_ids(files, lambda ids: {"a/photo": "h-old"}, hashes.__getitem__)
+    assert set(ids.values()) == set(files)
+    # a file that got its extension id keeps it when its twin is gone
+    ids, collisions = folder_ids(["a/photo.gif"], lambda ids: {"a/photo.gif": "h-gif"})
+    assert ids == {"a/photo.gif": "a/photo.gif"} and collisions == {}
+    # new to the catalogue: plain ids where the stem is free
+    assert folder_ids(["a/photo.gif", "b/x.txt"])[0] == {"a/photo.gif": "a/photo",
+                                                          "b/x.txt": "b/x.txt"}
 
 
 def test_empty_ids_and_bad_prices_are_errors(tmp_path):
@@ -198,10 +231,26 @@ def test_products_catalogue_missing_says_how_to_provide_it(tmp_path, monkeypatch
     with pytest.raises(CatalogueError, match="LOOKALIKE_PRODUCTS_PARQUET=.*no such file"):
         open_source("products")
     monkeypatch.delenv("LOOKALIKE_PRODUCTS_PARQUET")
+    # only the temporary folder is searched, whatever lies above it
+    monkeypatch.setenv("LOOKALIKE_PRODUCTS_SEARCH", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     assert find_products_parquet() is None
     with pytest.raises(CatalogueError, match="set LOOKALIKE_PRODUCTS_PARQUET"):
         load_products_frame()
+    assert find_products_parquet(roots=[tmp_path / "a", tmp_path / "b"]) is None
+
+
+def test_products_catalogue_is_found_in_the_search_roots(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOOKALIKE_PRODUCTS_PARQUET", raising=False)
+    target = tmp_path / "b" / "shared" / "data" / "fashion-products-small.parquet"
+    target.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1], "image_jpeg": [b"x"]}), target)
+    assert find_products_parquet(roots=[tmp_path / "a", tmp_path / "b"]) == target
+    monkeypatch.setenv("LOOKALIKE_PRODUCTS_SEARCH", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    assert find_products_parquet() == target
+    monkeypatch.delenv("LOOKALIKE_PRODUCTS_SEARCH")
+    monkeypatch.chdir(target.parent)  # default: the working folder and its parents
+    assert find_products_parquet() == target
 
 
 def test_fashion_mnist_arrays(fashion_mnist_dir):

@@ -14,14 +14,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from data_bad_files import demo_photos, encode, make_bad_folder, sample_photo
 from lookalike.catalogue import CatalogueStore, IngestReport, ingest
 from lookalike.catalogue.sources import SourceRecord
+from lookalike.cli import app
 from lookalike.errors import CatalogueError, LookalikeError
+from lookalike.project import Project
 
 # (``lookalike.catalogue.ingest`` the attribute is the function; this is the module.)
 ingest_module = importlib.import_module("lookalike.catalogue.ingest")
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
 
 
 @pytest.fixture(scope="module")
@@ -161,15 +169,130 @@ def test_resume_after_an_interrupted_ingest_matches_an_uninterrupted_one(tmp_pat
                                   reference.frame().drop(columns="image_path"))
 
 
-def test_duplicate_ids_write_nothing(tmp_path):
+def test_duplicate_records_are_rejected_or_refused_in_strict_mode(tmp_path):
     (jpeg_id, jpeg), = demo_photos(1)
     records = [SourceRecord(id="a", image=jpeg, row="r1"), SourceRecord(id="b", image=jpeg,
                                                                         row="r2"),
                SourceRecord(id="a", image=jpeg, row="r3")]
     store = CatalogueStore(tmp_path / "project")
     with pytest.raises(CatalogueError, match=r"'a' \(r1, r3\)"):
-        ingest(records, store, progress=False, batch_size=1)
+        ingest(records, store, progress=False, batch_size=1, strict=True)
     assert len(store) == 0 and not list((tmp_path / "project" / "images").rglob("*.jpg"))
+    assert store.rejects() == []
+    report = ingest(records, store, progress=False, batch_size=1)
+    assert (report.total, report.added, store.ids()) == (3, 2, ["a", "b"])
+    assert [(r.source, r.reason) for r in report.rejected] == [("r3", "duplicate-id")]
+
+
+# ---- colliding file names and duplicate manifest rows ---------------------------------------
+def _random_photo(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A real image file's pixels: smooth colour gradients plus seeded noise."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    pixels = ramp * rng.uniform(0.2, 1.0, (1, 1, 3)) + rng.normal(0, 20, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def colliding_folder(tmp_path) -> Path:
+    """``odd/photo`` as GIF, TIFF and WebP; ``cam/IMG_1`` as JPEG and PNG; one plain file."""
+    root = tmp_path / "pictures"
+    (root / "odd").mkdir(parents=True)
+    (root / "cam").mkdir()
+    for n, fmt in enumerate(("gif", "tiff", "webp")):
+        _random_photo(n, (40 + n, 30)).save(root / "odd" / f"photo.{fmt}")
+    _random_photo(5, (50, 60)).save(root / "cam" / "IMG_1.jpg", quality=90)
+    _random_photo(6, (51, 60)).save(root / "cam" / "IMG_1.png")
+    _random_photo(7, (52, 60)).save(root / "cam" / "IMG_2.jpg", quality=90)
+    return root
+
+
+def test_folder_with_colliding_names_ingests_everything(colliding_folder, tmp_path):
+    store = CatalogueStore(tmp_path / "project")
+    report = ingest(colliding_folder, store, progress=False)
+    sizes = {"odd/photo.gif": (40, 30), "odd/photo.tiff": (41, 30), "odd/photo.webp": (42, 30),
+             "cam/IMG_1.jpg": (50, 60), "cam/IMG_1.png": (51, 60), "cam/IMG_2": (52, 60)}
+    assert (report.added, report.rejected, report.total) == (6, [], 6)
+    assert sorted(store.ids()) == sorted(sizes)
+    for item_id, size in sizes.items():
+        assert store.open_image(item_id).size == size, item_id
+        assert store.get(item_id).category == item_id.split("/")[0]
+    assert report.name_collisions == {
+        "odd/photo": ["odd/photo.gif", "odd/photo.tiff", "odd/photo.webp"],
+        "cam/IMG_1": ["cam/IMG_1.jpg", "cam/IMG_1.png"]}
+    again = ingest(colliding_folder, store, progress=False)  # stable: nothing new
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 6)
+    assert sorted(store.ids()) == sorted(sizes)
+
+
+def test_a_colliding_file_added_later_renames_nothing(tmp_path):
+    root = tmp_path / "pictures" / "shoes"
+    root.mkdir(parents=True)
+    _random_photo(1, (40, 40)).save(root / "boot.jpg", quality=90)
+    store = CatalogueStore(tmp_path / "project")
+    ingest(root.parent, store, progress=False)
+    first = store.get("shoes/boot")
+    _random_photo(2, (44, 40)).save(root / "boot.png")  # a newcomer with the same stem
+    report = ingest(root.parent, store, progress=False)
+    assert (report.added, report.unchanged) == (1, 1)
+    assert sorted(store.ids()) == ["shoes/boot", "shoes/boot.png"]
+    assert store.get("shoes/boot").content_hash == first.content_hash  # still the JPEG
+    assert store.open_image("shoes/boot.png").size == (44, 40)
+    (root / "boot.jpg").unlink()  # the newcomer alone keeps the id it was given
+    report = ingest(root.parent, store, progress=False)
+    assert (report.added, report.unchanged) == (0, 1)
+    assert sorted(store.ids()) == ["shoes/boot", "shoes/boot.png"]
+
+
+def _duplicate_manifest(folder: Path, kind: str) -> Path:
+    photos = demo_photos(4, offset=60)
+    for item_id, data in photos:
+        (folder / f"{item_id}.jpg").write_bytes(data)
+    ids = ["a", "b", "a", "c", "b", "a"]
+    rows = [{"id": i, "image": f"{photos[n % 4][0]}.jpg", "title": f"row {n + 1}"}
+            for n, i in enumerate(ids)]
+    path = folder / f"shop.{kind}"
+    if kind == "csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    elif kind == "jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("kind, first_row", [("csv", 2), ("jsonl", 1), ("parquet", 1)])
+def test_manifest_duplicates_are_rejected_by_row(tmp_path, kind, first_row):
+    manifest = _duplicate_manifest(tmp_path, kind)
+    code, output = invoke("ingest", str(manifest), "--project", str(tmp_path / "p"))
+    assert code == 0, output
+    assert "3 added, 0 updated, 0 unchanged, 3 rejected" in " ".join(output.split())
+    store = CatalogueStore(tmp_path / "p")
+    assert store.ids() == ["a", "b", "c"]
+    assert store.get("a").title == "row 1" and store.get("b").title == "row 2"  # first kept
+    repeated = [f"shop.{kind}:{first_row + n}" for n in (2, 4, 5)]  # rows 3, 5 and 6
+    code, output = invoke("rejects", "--project", str(tmp_path / "p"), "--json")
+    rejects = json.loads(output)["rejects"]
+    assert [(r["source"], r["reason"]) for r in rejects] == [(w, "duplicate-id")
+                                                              for w in repeated]
+    assert f"already used by shop.{kind}:{first_row}" in rejects[0]["message"]
+    code, output = invoke("ingest", str(manifest), "--project", str(tmp_path / "p"))
+    assert code == 0 and "3 unchanged, 3 rejected" in " ".join(output.split()), output
+    assert len(store.rejects()) == 3
+
+
+def test_strict_ingest_refuses_duplicates_and_ingests_nothing(tmp_path):
+    manifest = _duplicate_manifest(tmp_path, "csv")
+    code, output = invoke("ingest", str(manifest), "--strict", "--project", str(tmp_path / "p"))
+    assert code == 1
+    assert output.strip().count("\n") == 0 and "error:" in output, output
+    assert "2 duplicate ids" in output and "'a' (shop.csv:2, shop.csv:4, shop.csv:7)" in output
+    store = CatalogueStore(tmp_path / "p")
+    assert len(store) == 0 and store.rejects() == []
+    with pytest.raises(CatalogueError, match="2 duplicate ids"):
+        Project(tmp_path / "p").ingest(manifest, progress=False, strict=True)
+    assert len(store) == 0
 
 
 def test_inline_parquet_and_missing_images(tmp_path):

@@ -115,3 +115,70 @@ def test_python_dash_m_runs_the_full_command_set(module: str) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--resume" in result.stdout
+
+
+# ---- what the command tells a newcomer ----------------------------------------------------------
+def _trainable() -> list[str]:
+    from lookalike.models import base as models
+
+    return [name for name in models.available() if models.embedder_class(name).needs_fit]
+
+
+def test_list_json_has_every_trainable_method_with_its_settings() -> None:
+    import inspect
+
+    from lookalike.models import base as models
+    from lookalike.models.activations import ACTIVATIONS
+
+    code, output = invoke("train", "--list", "--json")
+    assert code == 0, output
+    listing = json.loads(output)
+    trainable = _trainable()
+    assert {"cnn", "cnn-hash", "finetune", "pca", "projection", "autoencoder",
+            "conv-autoencoder", "infogan"} <= set(trainable)
+    assert [m["name"] for m in listing["methods"]] == trainable
+    for method in listing["methods"]:
+        cls = models.embedder_class(method["name"])
+        names = [s["name"] for s in method["settings"]]
+        assert len(names) == len(set(names)), method["name"]
+        # every keyword the constructor takes (bar what training fills in) and every training
+        # option of the method is listed
+        accepted = set(inspect.signature(cls.__init__).parameters) - {
+            "self", "classes", "mean", "std", "base_config", "cache_dir", "cnn_options"}
+        assert accepted <= set(names), (method["name"], accepted - set(names))
+        assert set(cls.training_options()) <= set(names)
+        assert method["summary"] and "\n" not in method["summary"] and method["learns_from"]
+    settings = {m["name"]: {s["name"]: s for s in m["settings"]} for m in listing["methods"]}
+    for method in ("cnn", "cnn-hash"):
+        activation = settings[method]["activation"]
+        assert activation["default"] == "lrelu-softplus" and activation["group"] == "model"
+        assert activation["choices"] == list(ACTIVATIONS)
+    assert "lrelu-softplus" in ACTIVATIONS and "relu" in ACTIVATIONS
+    infogan = settings["infogan"]
+    assert infogan["categories"]["default"] == 10 and infogan["epochs"]["group"] == "training"
+    assert infogan["monitor"]["default"] == "val_info_loss"  # the method's own run defaults
+    assert settings["cnn"]["optimizer"]["choices"] == ["adam", "adamw", "sgd"]
+    assert settings["projection"]["method"]["choices"] == ["linear", "lda"]
+    assert settings["finetune"]["head_epochs"]["group"] == "training"
+    assert "efficientnet-lite0" in listing["ready_made_embedders"]
+    assert not set(listing["ready_made_embedders"]) & set(trainable)
+
+
+def test_list_table_and_help_name_every_method() -> None:
+    code, output = invoke("train", "--list")
+    assert code == 0, output
+    for name in _trainable():
+        assert f"{name}: --option KEY=VALUE" in output, name
+    assert "lrelu-softplus" in output and "val_info_loss" in output
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    help_text = " ".join(result.output.split())
+    for name in _trainable():
+        assert f"{name}:" in help_text, name
+    assert "lrelu-softplus" in help_text and "train --list" in help_text
+    code, output = invoke("train", "infogan", "--list", "--json")
+    assert [m["name"] for m in json.loads(output)["methods"]] == ["infogan"]
+    code, output = invoke("train", "pixels", "--list")
+    assert code == 1 and "not a trainable method" in output
+    code, output = invoke("train")
+    assert code == 1 and "train --list" in output

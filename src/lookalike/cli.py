@@ -101,16 +101,20 @@ def _print_results(results, as_json: bool, heading: str) -> None:
 def ingest(source: Annotated[str, typer.Argument(help="A folder, a manifest (.csv/.jsonl/.parquet) or a named catalogue: demo, products, fashion-mnist.")],
            on_duplicate: Annotated[str, typer.Option("--on-duplicate", help="Incoming near-duplicates of catalogue images: keep, warn (keep and list them) or skip (reject them).")] = "keep",
            duplicate_threshold: Annotated[Optional[int], typer.Option("--duplicate-threshold", min=0, max=64, help="Most perceptual-hash bits (of 64) that may differ for a near-duplicate (default 8).")] = None,
+           strict: Annotated[bool, typer.Option("--strict", help="Refuse a manifest that repeats an id (ingest nothing) instead of rejecting the repeated rows.")] = False,
            project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Add images and their attributes to the catalogue (incremental, resumable)."""
     report = Project(project).ingest(source, progress=not as_json,
                                      on_duplicate_image=on_duplicate,
-                                     duplicate_threshold=duplicate_threshold)
+                                     duplicate_threshold=duplicate_threshold, strict=strict)
     if as_json:
         out.print_json(json.dumps(report.to_json()))
         return
     out.print(f"ingested {source}: {report.added} added, {report.updated} updated, "
               f"{report.unchanged} unchanged, {len(report.rejected)} rejected")
+    for stem, ids in list(report.name_collisions.items())[:20]:
+        out.print(f"  {len(ids)} files share the name {stem}: ids {', '.join(ids)}",
+                  highlight=False, soft_wrap=True)
     for dup in report.duplicates[:20]:
         verb = "skipped" if dup["skipped"] else "warning:"
         out.print(f"  {verb} {dup['id']} is a near-duplicate of {dup['duplicate_of']} "

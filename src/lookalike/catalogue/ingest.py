@@ -7,8 +7,10 @@
 * Resumable: records are committed in batches of ``batch_size``, each batch in one transaction
   after its images are on disk, so an interrupted ingest keeps every finished batch and a re-run
   finds them unchanged and carries on.
-* Duplicate ids in the source are a :class:`~lookalike.errors.CatalogueError` before anything is
-  written.
+* Duplicate ids: a folder's ids are unique by construction (:mod:`lookalike.catalogue.folders`);
+  in a manifest or a list of records the first record of an id is ingested and every later one
+  is a reject (reason ``duplicate-id``, by row). ``strict=True`` makes them a
+  :class:`~lookalike.errors.CatalogueError` before anything is written instead.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.catalogue.images import DEFAULT_MAX_PIXELS, decode, sha256_hex, storable_bytes
-from lookalike.catalogue.sources import (CatalogueSource, SourceRecord, open_source)
+from lookalike.catalogue.folders import FolderSource
+from lookalike.catalogue.records import DUPLICATE_ID, CatalogueSource, SourceRecord
+from lookalike.catalogue.sources import open_source
 from lookalike.catalogue.store import CatalogueStore, Item, Reject
 from lookalike.errors import ImageRejected, LookalikeError
 
@@ -49,6 +53,8 @@ class IngestReport:
     #: Near-duplicates found (``on_duplicate_image`` warn/skip): ``{"id", "duplicate_of",
     #: "bits", "skipped"}`` each; skipped ones are also rejects with reason ``duplicate``.
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    #: Folder files sharing a stem (``photo.gif``, ``photo.tiff``): stem -> the ids they got.
+    name_collisions: dict[str, list[str]] = field(default_factory=dict)
 
     def rejected_by_reason(self) -> dict[str, int]:
         """How many rejects of each reason, most common first."""
@@ -62,6 +68,8 @@ class IngestReport:
                 f"{self.unchanged} unchanged, {len(self.rejected)} rejected"
                 + (f" ({reasons})" if reasons else "")
                 + (f", {len(self.duplicates)} near-duplicates" if self.duplicates else "")
+                + (f", {len(self.name_collisions)} shared file names kept their extension"
+                   if self.name_collisions else "")
                 + f" in {self.seconds:.1f} s")
 
     def to_json(self) -> dict[str, Any]:
@@ -71,13 +79,14 @@ class IngestReport:
                 "rejected_by_reason": self.rejected_by_reason(),
                 "rejected": [r.to_json() for r in self.rejected],
                 "duplicates": list(self.duplicates),
+                "name_collisions": dict(self.name_collisions),
                 "seconds": round(self.seconds, 3)}
 
 
 def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store: CatalogueStore,
            *, progress: bool = True, batch_size: int = 256, on_duplicate_image: str = "keep",
            max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-           duplicate_threshold: int | None = None) -> IngestReport:
+           duplicate_threshold: int | None = None, strict: bool = False) -> IngestReport:
     """Add or update every record of ``source`` in ``store``; see the module docstring.
 
     ``source`` is anything :func:`~lookalike.catalogue.sources.open_source` accepts, or records.
@@ -90,6 +99,9 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
     (default 8 of 64) of the perceptual hash of an item already in the catalogue or accepted
     earlier in this ingest, whose colour grid also agrees (the ``phash+colour`` method of
     :mod:`lookalike.recommend.duplicates`). Items that are unchanged are not checked.
+
+    ``strict``: a source whose ids repeat is refused with a one-line CatalogueError before
+    anything is written (default: the repeats are rejected by row and the rest is ingested).
     """
     if on_duplicate_image not in DUPLICATE_IMAGE_POLICIES:
         raise LookalikeError(f"on_duplicate_image={on_duplicate_image!r} is not supported; "
@@ -97,16 +109,15 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
     if batch_size < 1:
         raise LookalikeError(f"batch_size must be at least 1, not {batch_size}")
     started = time.perf_counter()
-    records = _as_source(source)
-    report = IngestReport(total=len(records), source=records.name)
+    records = _as_source(source, store)
+    if strict and (error := records.duplicate_error()) is not None:
+        raise error
+    report = IngestReport(total=len(records) + len(records.duplicates), source=records.name,
+                          name_collisions=dict(getattr(records, "collisions", {})))
+    _reject_duplicate_ids(records, store, report)
     workers = workers or min(4, os.cpu_count() or 1)
-    matcher = None
-    if on_duplicate_image != "keep":
-        from lookalike.recommend.duplicates import DEFAULT_THRESHOLDS, PHashMatcher
-
-        threshold = DEFAULT_THRESHOLDS["phash+colour"] if duplicate_threshold is None \
-            else duplicate_threshold
-        matcher = PHashMatcher.for_store(store, threshold)
+    matcher = _near_duplicate_matcher(store, duplicate_threshold) \
+        if on_duplicate_image != "keep" else None
 
     with _progress_bar(progress, f"ingest {records.name}", len(records)) as advance, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
@@ -134,12 +145,35 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
     return report
 
 
-def _as_source(source: str | Path | CatalogueSource | Iterable[SourceRecord]) -> CatalogueSource:
+def _near_duplicate_matcher(store: CatalogueStore, threshold: int | None) -> Any:
+    """A perceptual-hash matcher over the catalogue's images (``phash+colour``)."""
+    from lookalike.recommend.duplicates import DEFAULT_THRESHOLDS, PHashMatcher
+
+    return PHashMatcher.for_store(
+        store, DEFAULT_THRESHOLDS["phash+colour"] if threshold is None else threshold)
+
+
+def _as_source(source: str | Path | CatalogueSource | Iterable[SourceRecord],
+               store: CatalogueStore) -> CatalogueSource:
+    """The source, with a folder's ids resolved against ``store`` (existing ids stay put)."""
+    if isinstance(source, FolderSource):
+        return source.for_catalogue(store.source_hashes)
     if isinstance(source, CatalogueSource):
-        return source  # checked its ids when it was opened
+        return source
     if isinstance(source, (str, Path)):
-        return open_source(source)
-    return CatalogueSource("records", list(source))  # checks ids before anything is written
+        return open_source(source, stored=store.source_hashes)
+    return CatalogueSource("records", list(source))
+
+
+def _reject_duplicate_ids(records: CatalogueSource, store: CatalogueStore,
+                          report: IngestReport) -> None:
+    """Record every set-aside duplicate row as a reject (keyed by its row, so it is not
+    cleared when the item of the first row is stored, and a re-run replaces it)."""
+    rejects = [Reject(source=d.where, reason=DUPLICATE_ID, message=d.message())
+               for d in records.duplicates]
+    if rejects:
+        store.add_rejects(rejects)
+        report.rejected.extend(rejects)
 
 
 def _prepare(record: SourceRecord, existing: Item | None, store: CatalogueStore,

@@ -1,13 +1,15 @@
 """Where catalogue items come from: a folder of images, a manifest, or a named catalogue.
 
 :func:`open_source` turns any of them into a :class:`CatalogueSource`: a sized iterable of
-:class:`SourceRecord` whose ids were checked for duplicates before the first record is yielded.
+:class:`SourceRecord` with unique ids (a manifest row repeating an earlier id is set aside in
+``duplicates``, for ingest to reject by row).
 Records carry the raw image (bytes, or a path that is read later); decoding is the ingest's job,
 so a bad image never stops a source from being listed.
 
 Sources
-  * a folder: every file below it, recursively (hidden files and folders skipped); the first
-    sub-folder is the category; id = relative path without extension.
+  * a folder (:mod:`lookalike.catalogue.folders`): every file below it, recursively (hidden
+    files and folders skipped); the first sub-folder is the category; id = relative path
+    without the extension, or with it where two files share a stem (unique by construction).
   * a manifest ``.csv``, ``.jsonl`` or ``.parquet`` with columns ``id`` and ``image`` (a path
     relative to the manifest, an absolute path, or in Parquet inline image bytes) and optionally
     ``title``, ``category``, ``gender``, ``colour``, ``price``, ``split``; every other column is
@@ -26,9 +28,7 @@ import io
 import json
 import math
 import os
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from importlib import resources
 from pathlib import Path
@@ -36,10 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from lookalike.catalogue.images import IMAGE_EXTENSIONS, read_image_bytes
-from lookalike.errors import CatalogueError, ImageRejected, UnknownNameError
+from lookalike.catalogue.folders import FolderSource, StoredHashes
+from lookalike.catalogue.records import CatalogueSource, SourceRecord
+from lookalike.errors import CatalogueError, UnknownNameError
+
+__all__ = ["CatalogueSource", "FolderSource", "ManifestSource", "FashionMNISTSource",
+           "SourceRecord", "open_source", "open_named", "demo_parquet", "find_products_parquet",
+           "require_products_parquet", "load_products_frame", "load_fashion_mnist"]
 
 PRODUCTS_ENV = "LOOKALIKE_PRODUCTS_PARQUET"
+#: Folders (``os.pathsep``-separated) searched for ``shared/data/<PRODUCTS_FILE>`` instead of the
+#: current folder and its parents.
+PRODUCTS_SEARCH_ENV = "LOOKALIKE_PRODUCTS_SEARCH"
 PRODUCTS_FILE = "fashion-products-small.parquet"
 FASHION_MNIST_ENV = "LOOKALIKE_FASHION_MNIST_DIR"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -56,57 +64,13 @@ COLUMN_ALIASES = {"image": "image_jpeg", "colour": "base_colour", "category": "a
 _KEEP_AS_ATTRIBUTE = {"article_type"}
 
 
-@dataclass
-class SourceRecord:
-    """One catalogue item as a source describes it, before its image is checked.
-
-    ``image`` is the raw bytes (inline sources), a path to read, or None when the source gave no
-    image (ingest rejects it as ``missing``). ``row`` says where the record came from, for
-    messages: ``"manifest.csv:12"``, ``"shoes/a.jpg"``.
-    """
-
-    id: str
-    image: bytes | Path | None
-    title: str | None = None
-    category: str | None = None
-    gender: str | None = None
-    colour: str | None = None
-    price: float | None = None
-    split: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-    row: str = ""
-
-    def read_image(self) -> bytes:
-        """The raw image bytes (reads the file for path images); raises ImageRejected."""
-        if self.image is None:
-            raise ImageRejected("missing", "no image given", self.row or self.id)
-        return read_image_bytes(self.image, self.row or str(self.image))
-
-
-class CatalogueSource:
-    """A sized, re-iterable collection of :class:`SourceRecord` with unique ids."""
-
-    def __init__(self, name: str, records: Sequence[SourceRecord] | None = None) -> None:
-        self.name = name
-        self._records = list(records) if records is not None else []
-        if records is not None:
-            check_unique_ids(self._records, name)
-
-    def __iter__(self) -> Iterator[SourceRecord]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, {len(self)} records)"
-
-
-def open_source(source: str | Path) -> CatalogueSource:
+def open_source(source: str | Path, stored: StoredHashes | None = None) -> CatalogueSource:
     """Open a folder, a manifest file or a named catalogue (see the module docstring).
 
     A plain string that is a catalogue name (``demo``, ``products``, ``fashion-mnist``, optionally
     with ``:train`` / ``:test``) means that catalogue; write ``./demo`` for a folder called demo.
+    ``stored`` (a store's ``source_hashes``) keeps a folder's ids stable against that catalogue
+    (see :mod:`lookalike.catalogue.folders`).
     """
     if isinstance(source, str):
         name, _, split = source.partition(":")
@@ -114,7 +78,7 @@ def open_source(source: str | Path) -> CatalogueSource:
             return open_named(name, split or None)
     path = Path(source).expanduser()
     if path.is_dir():
-        return FolderSource(path)
+        return FolderSource(path, stored)
     if path.is_file():
         if path.suffix.lower() in MANIFEST_SUFFIXES:
             return ManifestSource(path)
@@ -136,40 +100,6 @@ def open_named(name: str, split: str | None = None) -> CatalogueSource:
         return FashionMNISTSource(split)
     raise UnknownNameError(f"unknown catalogue {name!r}; named catalogues: "
                            f"{', '.join(NAMED_CATALOGUES)}")
-
-
-# ---- folders ----------------------------------------------------------------------
-class FolderSource(CatalogueSource):
-    """Every (non-hidden) file below ``folder``; the first sub-folder name is the category.
-
-    Ids are the relative path without the extension for image files (``shoes/boot``), with it
-    for other files (``shoes/notes.txt``). Hidden files and folders, and lookalike project
-    folders inside ``folder``, are skipped. Files without an image extension are listed too, so
-    ingest can report them as rejects instead of ignoring them silently.
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        records: list[SourceRecord] = []
-        for path in _walk_files(folder):
-            relative = path.relative_to(folder)
-            parts = relative.parts
-            item_id = relative.with_suffix("").as_posix() if path.suffix.lower() in \
-                IMAGE_EXTENSIONS else relative.as_posix()
-            records.append(SourceRecord(
-                id=item_id, image=path, category=parts[0] if len(parts) > 1 else None,
-                row=relative.as_posix()))
-        super().__init__(str(folder), records)
-
-
-def _walk_files(folder: Path) -> Iterator[Path]:
-    for root, dirs, files in os.walk(folder):
-        # Hidden folders and lookalike project folders (their stored images) are not catalogue.
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and not (Path(root) / d / "catalogue.sqlite").exists())
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(root) / name
 
 
 # ---- manifests ----------------------------------------------------------------------
@@ -339,20 +269,6 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def check_unique_ids(records: Iterable[SourceRecord], label: str) -> None:
-    """Raise CatalogueError naming duplicated ids and where they occur (first few listed)."""
-    where: dict[str, list[str]] = defaultdict(list)
-    for record in records:
-        where[record.id].append(record.row or "?")
-    duplicates = {item_id: rows for item_id, rows in where.items() if len(rows) > 1}
-    if duplicates:
-        shown = [f"{item_id!r} ({', '.join(rows)})" for item_id, rows in
-                 list(duplicates.items())[:5]]
-        more = f" and {len(duplicates) - 5} more" if len(duplicates) > 5 else ""
-        raise CatalogueError(f"{label}: {len(duplicates)} duplicate id"
-                             f"{'s' if len(duplicates) > 1 else ''}: {'; '.join(shown)}{more}")
-
-
 def _first(values: Sequence[str], limit: int = 10) -> str:
     more = f" and {len(values) - limit} more" if len(values) > limit else ""
     return ", ".join(values[:limit]) + more
@@ -368,11 +284,13 @@ def demo_parquet() -> Path:
     return path
 
 
-def find_products_parquet() -> Path | None:
+def find_products_parquet(roots: Sequence[str | Path] | None = None) -> Path | None:
     """The products Parquet: ``$LOOKALIKE_PRODUCTS_PARQUET``, else
-    ``shared/data/fashion-products-small.parquet`` beside the current folder or any parent.
+    ``shared/data/fashion-products-small.parquet`` in one of ``roots``.
 
-    Returns None when it is nowhere; raises CatalogueError when the variable names a missing file.
+    ``roots`` default to ``$LOOKALIKE_PRODUCTS_SEARCH`` (folders separated by ``os.pathsep``)
+    when set, else the current folder and every parent of it. Returns None when it is nowhere;
+    raises CatalogueError when the variable names a missing file.
     """
     configured = os.environ.get(PRODUCTS_ENV)
     if configured:
@@ -380,12 +298,21 @@ def find_products_parquet() -> Path | None:
         if not path.is_file():
             raise CatalogueError(f"{PRODUCTS_ENV}={configured}: no such file")
         return path
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / "shared" / "data" / PRODUCTS_FILE
+    for folder in products_search_roots() if roots is None else [Path(r) for r in roots]:
+        candidate = folder.expanduser() / "shared" / "data" / PRODUCTS_FILE
         if candidate.is_file():
             return candidate
     return None
+
+
+def products_search_roots() -> list[Path]:
+    """Where :func:`find_products_parquet` looks by default: the folders of
+    ``$LOOKALIKE_PRODUCTS_SEARCH``, else the current folder and its parents."""
+    configured = os.environ.get(PRODUCTS_SEARCH_ENV)
+    if configured is not None:
+        return [Path(part) for part in configured.split(os.pathsep) if part]
+    here = Path.cwd().resolve()
+    return [here, *here.parents]
 
 
 def require_products_parquet(path: str | Path | None = None) -> Path:
@@ -399,8 +326,9 @@ def require_products_parquet(path: str | Path | None = None) -> Path:
     if found is None:
         raise CatalogueError(
             f"the products catalogue ({PRODUCTS_FILE}) was not found: set {PRODUCTS_ENV} to its "
-            f"path, or put it at ../shared/data/{PRODUCTS_FILE} relative to this folder or a "
-            "parent (the bundled 'demo' catalogue is a 2,000 item slice of it)")
+            f"path, or put it at shared/data/{PRODUCTS_FILE} in this folder or a parent (or in "
+            f"a folder listed in {PRODUCTS_SEARCH_ENV}); the bundled 'demo' catalogue is a "
+            "2,000 item slice of it")
     return found
 
 

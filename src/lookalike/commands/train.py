@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
 from lookalike.cli import JsonOption, ProjectOption, app, out, parse_option, user_errors
 from lookalike.errors import LookalikeError
@@ -31,10 +33,39 @@ def parse_size(text: str) -> list[int]:
     return numbers * 2 if len(numbers) == 1 else numbers
 
 
-@app.command("train")
+class _TrainHelp(TyperCommand):
+    """``train --help`` ends with every trainable method, read from the registry when the help
+    is shown (so plain commands never import the models)."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.epilog = methods_epilog()
+        super().format_help(ctx, formatter)
+
+
+def methods_epilog() -> str:
+    """The help's list: one line per method with its named choices, then the pointer to
+    ``--list`` (paragraphs separated by blank lines, as Typer's help expects)."""
+    from lookalike.models.methods import trainable_methods
+
+    lines = []
+    for method in trainable_methods():
+        by_choices: dict[tuple[str, ...], list[str]] = {}
+        for setting in method.group("model"):
+            if setting.choices:
+                by_choices.setdefault(setting.choices, []).append(setting.name)
+        named = "; ".join(f"{', '.join(names)}: {' | '.join(choices)}"
+                          for choices, names in by_choices.items())
+        lines.append(f"[bold]{method.name}[/bold]: {method.summary}"
+                     + (f" ({named})" if named else ""))
+    return ("Methods:\n\n" + "\n\n".join(lines) + "\n\nEvery setting of every method, with "
+            "defaults and allowed values: lookalike train --list (or: lookalike train METHOD "
+            "--list, --list --json).")
+
+
+@app.command("train", cls=_TrainHelp)
 @user_errors
 def train_command(
-        method: Annotated[str, typer.Argument(help="What to train: cnn, cnn-hash, finetune, pca, projection, autoencoder, ...")],
+        method: Annotated[Optional[str], typer.Argument(help="What to train: a method of the list below (lookalike train --list).", show_default=False)] = None,
         name: Annotated[Optional[str], typer.Option("--name", help="Model name (default: the method); saved in models/NAME.")] = None,
         label_column: Annotated[str, typer.Option("--label-column", help="Catalogue column with the class labels.")] = "article_type",
         epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Training epochs (stage 2 for finetune).")] = None,
@@ -42,8 +73,14 @@ def train_command(
         option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Model or training setting KEY=VALUE (repeatable).")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of models/NAME.")] = False,
         seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed.")] = None,
+        list_methods: Annotated[bool, typer.Option("--list", help="List the methods and the settings each takes (--option KEY=VALUE), then stop.")] = False,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Learn an embedder on the catalogue's train split; then index it with --embedder models/NAME."""
+    if list_methods:
+        show_methods(method, as_json)
+        return
+    if method is None:
+        raise LookalikeError("name a method to train (see lookalike train --list)")
     options: dict[str, Any] = dict(parse_option(text) for text in option or [])
     if epochs is not None:
         options["epochs"] = epochs
@@ -70,6 +107,41 @@ def train_command(
         table.add_row(key, value)
     out.print(table)
     out.print(f"index it with: {summary.index_command} --project {project}", highlight=False)
+
+
+def show_methods(name: str | None, as_json: bool) -> None:
+    """``train --list``: every trainable method (or only ``name``) and its settings."""
+    from lookalike.models import methods as catalogue
+
+    chosen = catalogue.trainable_methods()
+    if name is not None:
+        known = [m.name for m in chosen]
+        if name not in known:
+            raise LookalikeError(f"{name!r} is not a trainable method; methods: "
+                                 f"{', '.join(known)}")
+        chosen = [m for m in chosen if m.name == name]
+    ready = catalogue.ready_made_embedders()
+    if as_json:
+        out.print_json(json.dumps({"methods": [m.to_json() for m in chosen],
+                                   "ready_made_embedders": ready}))
+        return
+    overview = Table(title="lookalike train METHOD", title_justify="left")
+    for column in ("method", "learns from", "what it is"):
+        overview.add_column(column, overflow="fold")
+    for method in chosen:
+        overview.add_row(method.name, method.learns_from, method.summary)
+    out.print(overview)
+    for method in chosen:
+        table = Table(title=f"{method.name}: --option KEY=VALUE", title_justify="left")
+        for column in ("setting", "default", "allowed values", "kind"):
+            table.add_column(column, overflow="fold")
+        for setting in method.settings:
+            table.add_row(setting.name, catalogue.format_value(setting.default),
+                          ", ".join(setting.choices), setting.group)
+        out.print(table)
+    out.print("--epochs, --seed, --image-size and --label-column set those settings too. "
+              f"Ready-made embedders (no training, lookalike index --embedder NAME): "
+              f"{', '.join(ready)}.", highlight=False)
 
 
 def _result_rows(result: dict[str, Any]) -> list[tuple[str, str]]:

@@ -52,6 +52,11 @@ class Embedder(ABC):
     needs_fit: ClassVar[bool] = False
     #: A sensible batch size for ``embed``; big models want smaller ones.
     batch_size: int = 64
+    #: Allowed values of the settings (constructor or training) that take one of a few names;
+    #: ``lookalike train --list`` shows them.
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: Constructor arguments that training fills in and saves (not settings a user picks).
+    learned_config: ClassVar[tuple[str, ...]] = ("classes", "mean", "std")
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -88,6 +93,12 @@ class Embedder(ABC):
         Embedders that do not learn return ``self`` unchanged.
         """
         return self
+
+    @classmethod
+    def training_options(cls) -> dict[str, Any]:
+        """Settings ``fit`` takes besides the constructor's, with this method's defaults
+        (none for embedders that do not learn)."""
+        return {}
 
     # ---- inference --------------------------------------------------------------------------
     def embed(self, images: Iterable[Image.Image], batch_size: int | None = None,

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 
 from lookalike.errors import LookalikeError, ModelMismatchError
-from lookalike.models.activations import DEFAULT_NEGATIVE_SLOPE, make_activation
+from lookalike.models.activations import ACTIVATIONS, DEFAULT_NEGATIVE_SLOPE, make_activation
 from lookalike.models.base import Embedder, l2_normalise
 from lookalike.models.datasets import (
     PRODUCT_SIZE,
@@ -125,6 +125,13 @@ class CNNEmbedder(Embedder):
     #: run on a slower or busy machine after the epoch that crosses 14 minutes.
     default_training: dict[str, Any] = {"epochs": 10, "batch_size": 128, "learning_rate": 2e-3,
                                         "patience": 3, "augment": "flip", "max_minutes": 14.0}
+    option_choices = {"activation": ACTIVATIONS, "fc_activation": ACTIVATIONS, "head": HEADS,
+                      **TrainConfig.CHOICES}
+
+    @classmethod
+    def training_options(cls) -> dict[str, Any]:
+        """:class:`TrainConfig` fields with this method's defaults."""
+        return TrainConfig.settings(cls.default_training)
 
     def __init__(self, image_size: Sequence[int] = PRODUCT_SIZE, channels: int = 3,
                  activation: str = "lrelu-softplus", fc_activation: str | None = None,

@@ -298,6 +298,13 @@ class FinetuneEmbedder(Embedder):
                                         "optimizer": "adam", "weight_decay": 0.0,
                                         "schedule": "cosine", "patience": 2, "augment": "none",
                                         "max_minutes": 7.0}
+    option_choices = {"head": HEADS, "backend": BACKENDS, **TrainConfig.CHOICES}
+
+    @classmethod
+    def training_options(cls) -> dict[str, Any]:
+        """Stage-2 :class:`TrainConfig` fields with this method's defaults, then the stage-1
+        (head) options."""
+        return {**TrainConfig.settings(cls.default_training), **HEAD_OPTIONS}
 
     def __init__(self, image_size: Sequence[int] = PRODUCT_SIZE, channels: int = 3,
                  input_size: Sequence[int] | int | None = None,

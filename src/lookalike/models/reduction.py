@@ -189,6 +189,16 @@ class ProjectionEmbedder(ReducedEmbedder):
     """
 
     kind = "projection"
+    option_choices = {"method": PROJECTION_METHODS}
+
+    @classmethod
+    def training_options(cls) -> dict[str, Any]:
+        """The keyword settings of the linear method's training (``method=lda`` takes none)."""
+        import inspect
+
+        parameters = inspect.signature(cls._fit_linear).parameters.values()
+        return {p.name: p.default for p in parameters
+                if p.default is not inspect.Parameter.empty and p.name != "progress"}
 
     def __init__(self, base: str | Embedder = "efficientnet-lite0", dim: int = 256,
                  base_config: dict[str, Any] | None = None, method: str = "linear",

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +45,21 @@ class TrainingError(LookalikeError):
     """A training run cannot start or continue (bad settings, incompatible checkpoint)."""
 
 
+AUGMENTS = ("none", "flip", "shift", "flip+shift")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+#: Fields the run sets itself (the model's seed, the CLI's progress display), not user settings.
+_RUN_FIELDS = ("seed", "progress")
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. Every field is JSON-able and saved with checkpoints."""
+
+    #: Allowed values of the fields that take a name.
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "mode": ("max", "min"),
+        "augment": AUGMENTS}
 
     epochs: int = 10
     batch_size: int = 128
@@ -87,9 +99,9 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
-            (self.optimizer in ("adam", "adamw", "sgd"),
+            (self.optimizer in OPTIMIZERS,
              f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}"),
-            (self.schedule in ("cosine", "constant"),
+            (self.schedule in SCHEDULES,
              f"schedule must be cosine or constant, got {self.schedule!r}"),
             (self.mode in ("max", "min"), f"mode must be max or min, got {self.mode!r}"),
             (self.augment in AUGMENTS,
@@ -113,14 +125,20 @@ class TrainConfig:
             raise TrainingError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+    @classmethod
+    def settings(cls, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every field a user sets, with its default after ``overrides`` (a method's
+        ``default_training``); ``seed`` and ``progress`` are left out (the run sets them)."""
+        values = {f.name: f.default for f in fields(cls) if f.name not in _RUN_FIELDS}
+        values.update({k: v for k, v in (overrides or {}).items() if k not in _RUN_FIELDS})
+        return values
+
     def learning_rate_at(self, epoch: int) -> float:
         """The learning rate of 0-based ``epoch`` (a pure function, so resuming needs no state)."""
         if self.schedule == "constant":
             return self.learning_rate
         return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
 
-
-AUGMENTS = ("none", "flip", "shift", "flip+shift")
 
 
 def augment_batch(inputs: torch.Tensor, config: TrainConfig,

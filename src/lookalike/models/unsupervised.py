@@ -62,6 +62,12 @@ class UnsupervisedEmbedder(Embedder):
     batch_size = 256
     #: TrainConfig overrides of this embedder's default run (subclasses set their own).
     default_training: ClassVar[dict[str, Any]] = {}
+    option_choices = dict(TrainConfig.CHOICES)
+
+    @classmethod
+    def training_options(cls) -> dict[str, Any]:
+        """:class:`TrainConfig` fields with this method's defaults."""
+        return TrainConfig.settings(cls.default_training)
 
     def __init__(self, image_size: Sequence[int] | int = PRODUCT_SIZE, channels: int = 3,
                  mean: Sequence[float] = (), std: Sequence[float] = (), seed: int = 0) -> None:
