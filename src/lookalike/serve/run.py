@@ -67,7 +67,14 @@ def serve(settings: ServeSettings, *, config_file: str | os.PathLike[str] | None
     os.environ.update(settings_env(settings))
     if config_file is not None:
         os.environ[CONFIG_ENV] = str(os.path.abspath(config_file))
-    uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **common)
+    from lookalike.serve.watching import start_watcher
+
+    watcher = start_watcher(settings)  # here, once, not in every worker
+    try:
+        uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **common)
+    finally:
+        if watcher is not None:
+            watcher.stop()
 
 
 class BackgroundServer:
