@@ -167,7 +167,7 @@ def watch(folder: Annotated[Path, typer.Argument(help="Folder of images to keep 
         plain = {"highlight": False, "markup": False, "emoji": False, "soft_wrap": True}
         out.print(batch.summary(), **plain)
         for reject in batch.rejected:
-            out.print(f"  rejected {reject.source}: {reject.reason}: {reject.message}", **plain)
+            out.print(f"  rejected ({reject.reason}) {reject.message}", **plain)
 
     watcher = FolderWatcher(Project(project), folder, index=index, embedder=embedder,
                             settle=settle, poll=poll, poll_interval=poll_interval,

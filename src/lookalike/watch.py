@@ -196,10 +196,11 @@ class FolderWatcher:
             if records:
                 self._ingest(records, batch)
             if removed:
+                present = self.project.store.content_hashes(removed)  # (rejects never were)
                 self.project.store.remove(removed)
                 self._ledger.ids.difference_update(removed)
                 self._ledger.save()
-                batch.removed = removed
+                batch.removed = [item_id for item_id in removed if item_id in present]
             if ready is None or batch.added or batch.updated or batch.removed:
                 self._update_index(batch)
         batch.seconds = time.perf_counter() - started
