@@ -59,8 +59,8 @@ def index_ids(project: Path, name: str = "default") -> list[str]:
     """Every id the saved index (snapshot + journal) holds, duplicates included."""
     try:
         loaded = Project(project, create=False, read_only=True)._index(name)
-    except LookalikeError:
-        return []
+    except (LookalikeError, OSError, ValueError):
+        return []  # not built yet, or a version pruned while it loaded: look again
     return list(loaded.index.ids())
 
 
@@ -257,3 +257,28 @@ def test_serve_watch_ingests_while_serving_and_stops_at_shutdown(tmp_path: Path,
     assert not app.state.watcher.running
     with pytest.raises(ServeConfigError, match="read-only"):
         ServeSettings(project=project, read_only=True, watch=folder).check_startable()
+
+
+def test_serve_watch_with_workers_runs_one_watcher_in_the_parent(tmp_path: Path,
+                                                                 photos) -> None:
+    folder, project = tmp_path / "photos", tmp_path / "project"
+    folder.mkdir()
+    base = Project(project)
+    base.add_item("existing", photos[0][1], index=None)
+    base.index("pixels", progress=False)
+    base.close()
+    command = [sys.executable, "-m", "lookalike", "serve", "--project", str(project),
+               "--watch", str(folder), "--workers", "2", "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**os.environ, "LOOKALIKE_API_KEY": API_KEY})
+    try:
+        write_photos(folder, [("arrived", photos[1][1])])
+        expected = sorted({"existing"} | folder_ids(folder))
+        wait_for(lambda: sorted(index_ids(project)) == expected or process.poll() is not None,
+                 "the watched photo in the index")
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, log = process.communicate(timeout=60)
+    assert process.returncode == 0, log
+    assert "1 added" in log and log.count(" start: ") == 1  # one watcher, not one per worker

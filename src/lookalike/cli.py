@@ -171,7 +171,7 @@ def watch(folder: Annotated[Path, typer.Argument(help="Folder of images to keep 
 
     watcher = FolderWatcher(Project(project), folder, index=index, embedder=embedder,
                             settle=settle, poll=poll, poll_interval=poll_interval,
-                            batch_size=batch_size, on_batch=show,
+                            batch_size=batch_size, on_batch=show, progress=not as_json,
                             on_note=lambda text: err.print(text, markup=False, soft_wrap=True))
     err.print(f"watching {watcher.folder} into {watcher.project.path} "
               f"({'polling' if poll else 'file notifications'}, settle {settle:g} s; Ctrl-C stops)",

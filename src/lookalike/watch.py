@@ -160,14 +160,15 @@ class FolderWatcher:
 
     ``embedder`` builds the index when it does not exist yet (default efficientnet-lite0); an
     existing index is refreshed with its own embedder. ``on_batch`` receives every
-    :class:`WatchBatch`, ``on_note`` one-line notices (switching to polling, say).
+    :class:`WatchBatch`, ``on_note`` one-line notices (switching to polling, say);
+    ``progress`` shows Rich progress bars (on a terminal) during the start-up reconcile.
     """
 
     def __init__(self, project: Project, folder: str | Path, *, index: str | None = None,
                  embedder: str | None = None, settle: float = DEFAULT_SETTLE,
                  poll: bool = False, poll_interval: float = DEFAULT_POLL_INTERVAL,
                  batch_size: int = 256, on_batch: Callable[[WatchBatch], None] | None = None,
-                 on_note: Callable[[str], None] | None = None) -> None:
+                 on_note: Callable[[str], None] | None = None, progress: bool = False) -> None:
         self.folder = Path(folder).expanduser().resolve()
         if not self.folder.is_dir():
             raise LookalikeError(f"{folder}: no such folder to watch")
@@ -176,7 +177,7 @@ class FolderWatcher:
         self.project = project
         self.index, self.embedder = index, embedder
         self.settle, self.poll, self.poll_interval = settle, poll, poll_interval
-        self.batch_size = batch_size
+        self.batch_size, self.progress = batch_size, progress
         self.on_batch = on_batch or (lambda batch: None)
         self.on_note = on_note or (lambda text: None)
         self._ledger = _Ledger(project.path, self.folder)
@@ -189,12 +190,13 @@ class FolderWatcher:
         whole folder -- to the catalogue and the index. Idempotent."""
         started = time.perf_counter()
         batch = WatchBatch("start" if ready is None else "change")
+        progress = self.progress and ready is None  # the start-up reconcile may be long
         with self.project.write_lock():
             listing = FolderSource(self.folder)  # ids exactly as `lookalike ingest FOLDER`
             records = self._candidates(listing, ready)
             removed = sorted(self._ledger.ids - {record.id for record in listing})
             if records:
-                self._ingest(records, batch)
+                self._ingest(records, batch, progress)
             if removed:
                 present = self.project.store.content_hashes(removed)  # (rejects never were)
                 self.project.store.remove(removed)
@@ -202,7 +204,7 @@ class FolderWatcher:
                 self._ledger.save()
                 batch.removed = [item_id for item_id in removed if item_id in present]
             if ready is None or batch.added or batch.updated or batch.removed:
-                self._update_index(batch)
+                self._update_index(batch, progress)
         batch.seconds = time.perf_counter() - started
         return batch
 
@@ -223,7 +225,7 @@ class FolderWatcher:
                     records.append(record)
         return records
 
-    def _ingest(self, records: list[SourceRecord], batch: WatchBatch) -> None:
+    def _ingest(self, records: list[SourceRecord], batch: WatchBatch, progress: bool) -> None:
         ids = [record.id for record in records]
         new = set(ids) - self._ledger.ids
         if new:  # recorded before the items exist, so a crash never orphans one
@@ -231,7 +233,7 @@ class FolderWatcher:
             self._ledger.save()
         store = self.project.store
         before = store.content_hashes(ids)
-        report = self.project.ingest(records, progress=False, batch_size=self.batch_size)
+        report = self.project.ingest(records, progress=progress, batch_size=self.batch_size)
         after = store.content_hashes(ids)
         rejected = {reject.item_id for reject in report.rejected}
         for item_id in ids:
@@ -245,16 +247,16 @@ class FolderWatcher:
                 batch.unchanged += 1
         batch.rejected = list(report.rejected)
 
-    def _update_index(self, batch: WatchBatch) -> None:
+    def _update_index(self, batch: WatchBatch, progress: bool) -> None:
         name = self.index or self.project.default_index_name() or DEFAULT_INDEX_NAME
         batch.index = name
         try:
-            summary = self.project.refresh_index(name)
+            summary = self.project.refresh_index(name, progress=progress)
         except UnknownNameError:  # no such index yet: build it once there is something in it
             if not len(self.project.store):
                 return
             summary = self.project.index(self.embedder or DEFAULT_EMBEDDER, name=name,
-                                         progress=False)
+                                         progress=progress)
         batch.index_size = summary.size
 
     # ---- the loop ------------------------------------------------------------------------------
