@@ -169,6 +169,8 @@ def watch(folder: Annotated[Path, typer.Argument(help="Folder of images to keep 
         for reject in batch.rejected:
             out.print(f"  rejected ({reject.reason}) {reject.message}", **plain)
 
+    if not folder.is_dir():  # before the project is created
+        raise LookalikeError(f"{folder}: no such folder to watch")
     watcher = FolderWatcher(Project(project), folder, index=index, embedder=embedder,
                             settle=settle, poll=poll, poll_interval=poll_interval,
                             batch_size=batch_size, on_batch=show, progress=not as_json,
