@@ -27,7 +27,7 @@ GROUPS: dict[str, list[list[str]]] = {
     "core": [["embed_speed.py"], ["quality.py"], ["index_bench.py"], ["query_latency.py"]],
     "learned": [["hash_bench.py"], ["finetune_bench.py"], ["reduction_bench.py"],
                 ["unsupervised_bench.py"], ["activation_study.py"]],
-    "serve": [["load_test.py"]],
+    "serve": [["load_test.py"], ["watch_latency.py"]],
     "personal": [["handcrafted_quality.py"], ["recs_bench.py"], ["look_bench.py"]],
     "beyond": [["text_bench.py"], ["category_first_bench.py"], ["clusters_bench.py"],
                ["dedup_bench.py"]],

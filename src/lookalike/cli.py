@@ -167,6 +167,41 @@ def index_command(
         out.print(f"  could not embed {item_id}")
 
 
+@app.command()
+@user_errors
+def watch(folder: Annotated[Path, typer.Argument(help="Folder of images to keep the catalogue and index in step with.")],
+          index: IndexOption = None,
+          embedder: Annotated[Optional[str], typer.Option("--embedder", "-e", help="Embedder for the index if it does not exist yet (default efficientnet-lite0); an existing index keeps its own.")] = None,
+          settle: Annotated[float, typer.Option("--settle", min=0.0, help="Seconds a file's size and time must stay unchanged before it is read.")] = 1.0,
+          poll: Annotated[bool, typer.Option("--poll", help="Scan the folder instead of kernel notifications (network drives, some containers).")] = False,
+          poll_interval: Annotated[float, typer.Option("--poll-interval", min=0.05, help="Seconds between scans when polling.")] = 0.5,
+          batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per catalogue commit.")] = 256,
+          project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+    """Watch a folder: added, changed, renamed and removed images are ingested and indexed as
+    they settle (Ctrl-C stops; a restart reconciles, nothing is lost)."""
+    from lookalike.watch import FolderWatcher
+
+    def show(batch) -> None:
+        if as_json:
+            print(json.dumps(batch.to_json()), flush=True)  # one JSON object per line
+            return
+        plain = {"highlight": False, "markup": False, "emoji": False, "soft_wrap": True}
+        out.print(batch.summary(), **plain)
+        for reject in batch.rejected:
+            out.print(f"  rejected ({reject.reason}) {reject.message}", **plain)
+
+    if not folder.is_dir():  # before the project is created
+        raise LookalikeError(f"{folder}: no such folder to watch")
+    watcher = FolderWatcher(Project(project), folder, index=index, embedder=embedder,
+                            settle=settle, poll=poll, poll_interval=poll_interval,
+                            batch_size=batch_size, on_batch=show, progress=not as_json,
+                            on_note=lambda text: err.print(text, markup=False, soft_wrap=True))
+    err.print(f"watching {watcher.folder} into {watcher.project.path} "
+              f"({'polling' if poll else 'file notifications'}, settle {settle:g} s; Ctrl-C stops)",
+              highlight=False, soft_wrap=True)
+    watcher.run()
+
+
 TextOption = Annotated[Optional[str], typer.Option("--text", "-t", help="Words: alone, or refining the photo / item, e.g. 'in red'.")]
 TextWeightOption = Annotated[Optional[float], typer.Option("--text-weight", min=0.0, max=1.0, help="Weight w of the words in (1-w)*image + w*text (default 0.5; 1 for words alone).")]
 FusionOption = Annotated[str, typer.Option("--fusion", help="How photo and words combine: weighted (score fusion) or rrf (reciprocal rank).")]
@@ -314,6 +349,8 @@ def serve(
         cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", help="Allow this browser origin (repeatable; CORS is off by default).")] = None,
         default_k: Annotated[Optional[int], typer.Option("--default-k", min=1, max=100, help="Results when a query gives no k.")] = None,
         torch_threads: Annotated[Optional[int], typer.Option("--torch-threads", min=0, help="Torch threads per worker (0: leave as is).")] = None,
+        watch: Annotated[Optional[Path], typer.Option("--watch", help="Also ingest and index the images of this folder as they appear, change or go (docs/watch.md).")] = None,
+        watch_poll: Annotated[Optional[bool], typer.Option("--watch-poll/--watch-notify", help="Poll the watched folder instead of file notifications.")] = None,
         log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the REST API (/v1) and the web page (/) for a project."""
@@ -324,7 +361,8 @@ def serve(
         config, project=project, host=host, port=port, workers=workers, index=index,
         read_only=read_only,
         api_key_file=api_key_file, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-        cors_origins=cors_origin or None, default_k=default_k, torch_threads=torch_threads)
+        cors_origins=cors_origin or None, default_k=default_k, torch_threads=torch_threads,
+        watch=watch, watch_poll=watch_poll)
     settings.check_startable()
     Project(settings.project, create=False, read_only=True)  # fail now, in one line, if absent
     mode = "read-only" if settings.read_only else "writable (API key required for writes)"

@@ -103,7 +103,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         log.info("serving %s (%s, %s)", service.project_dir,
                  "read-only" if settings.read_only else "writable",
                  "index loaded" if ready else "no index yet")
+        # One watcher per service: with several workers, the parent process runs it (run.py).
+        from lookalike.serve.watching import start_watcher
+
+        app.state.watcher = start_watcher(settings) if settings.workers == 1 else None
         yield
+        if app.state.watcher is not None:
+            await run_in_threadpool(app.state.watcher.stop)
         service.close()
 
     app = FastAPI(title="lookalike", version=lookalike.__version__, lifespan=lifespan,

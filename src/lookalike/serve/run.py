@@ -67,7 +67,18 @@ def serve(settings: ServeSettings, *, config_file: str | os.PathLike[str] | None
     os.environ.update(settings_env(settings))
     if config_file is not None:
         os.environ[CONFIG_ENV] = str(os.path.abspath(config_file))
-    uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **common)
+    from lookalike.serve.watching import start_watcher
+
+    if settings.watch is not None:
+        import logging.config
+
+        logging.config.dictConfig(common["log_config"])  # the watcher logs before uvicorn starts
+    watcher = start_watcher(settings)  # here, once, not in every worker
+    try:
+        uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **common)
+    finally:
+        if watcher is not None:
+            watcher.stop()
 
 
 class BackgroundServer:

@@ -71,6 +71,11 @@ class ServeSettings(BaseSettings):
         0, ge=0, le=64, description="Photos embedded at once per worker (0 = number of CPUs).")
     torch_threads: int = Field(0, ge=0, le=64,
                                description="Torch intra-op threads per worker (0 = leave as is).")
+    watch: Path | None = Field(None, description="Folder whose images are ingested and "
+                               "indexed as they appear, change or go (docs/watch.md).")
+    watch_settle: float = Field(1.0, ge=0.0, le=3600.0,
+                                description="Seconds a watched file must stay unchanged.")
+    watch_poll: bool = Field(False, description="Poll the watched folder instead of inotify.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
@@ -120,6 +125,12 @@ class ServeSettings(BaseSettings):
         if key is not None and len(key) < MIN_API_KEY_LENGTH:
             raise ServeConfigError(f"the API key is too short: use at least "
                                    f"{MIN_API_KEY_LENGTH} characters (e.g. `openssl rand -hex 32`)")
+        if self.watch is not None:
+            if self.read_only:
+                raise ServeConfigError("--watch writes to the catalogue; it cannot be combined "
+                                       "with --read-only")
+            if not Path(self.watch).expanduser().is_dir():
+                raise ServeConfigError(f"watch folder {self.watch}: no such folder")
         if "*" in self.cors_origins and not self.read_only:
             raise ServeConfigError("CORS origin '*' is only allowed with --read-only")
 
