@@ -21,17 +21,38 @@ import hashlib
 import json
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-#: Names the quantisation recipe; part of an int8 embedder's id, so vectors of two recipes never
-#: share a cache or an index.
-RECIPE = "qdq-u8s8-perchannel-minmax-stem-fp32"
-#: Nodes kept in fp32 (see the module docstring).
-FP32_NODES = ("/_conv_stem/Conv",)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to quantise: activation and weight types, 7-bit weights or not, fp32 nodes."""
+
+    name: str
+    activations: str = "uint8"
+    weights: str = "int8"
+    reduce_range: bool = False
+    fp32_nodes: tuple[str, ...] = ()
+
+
+#: The recipes measured against each other (``benchmarks/int8_cpus.py --recipes``); the first is
+#: the one the embedder uses.
+RECIPES = (
+    Recipe("u8s8-stem-fp32", fp32_nodes=("/_conv_stem/Conv",)),
+    Recipe("u8s8"),
+    Recipe("u8s8-reduce-range", reduce_range=True),
+    Recipe("s8s8", activations="int8"),
+    Recipe("u8u8", weights="uint8"),
+    Recipe("u8s8-stem-fp32-reduce-range", reduce_range=True, fp32_nodes=("/_conv_stem/Conv",)),
+)
+#: Names the quantisation recipe in use; part of an int8 embedder's id, so vectors of two
+#: recipes never share a cache or an index.
+RECIPE = "qdq-perchannel-minmax-" + RECIPES[0].name
 #: The self-check passes when the mean cosine to fp32 is at least this ...
 MIN_MEAN_COSINE = 0.985
 #: ... and so is the 1st percentile of the cosines at least this.
@@ -117,10 +138,9 @@ def cached_verdict(path: Path, measure: Callable[[], Verdict]) -> Verdict:
     return verdict
 
 
-def quantise(fp32: Path, out: Path, calibration: np.ndarray,
-             fp32_nodes: Sequence[str] = FP32_NODES) -> None:
-    """Write the int8 QDQ model of ``fp32`` to ``out``, calibrated on ``calibration`` pixels
-    (uint8 ``[n, size, size, 3]``)."""
+def quantise(fp32: Path, out: Path, calibration: np.ndarray, recipe: Recipe = RECIPES[0]) -> None:
+    """Write the int8 QDQ model of ``fp32`` to ``out`` by ``recipe`` (per-channel weights,
+    MinMax ranges), calibrated on ``calibration`` pixels (uint8 ``[n, size, size, 3]``)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
                                           QuantFormat, QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -140,7 +160,9 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray,
 
     prepared = out.with_name("prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=list(fp32_nodes))
+                    per_channel=True, activation_type=types[recipe.activations],
+                    weight_type=types[recipe.weights], reduce_range=recipe.reduce_range,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=list(recipe.fp32_nodes))
