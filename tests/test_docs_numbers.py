@@ -24,6 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
 HEADER = ["measure", "value", "results JSON", "key", "command"]
 
@@ -134,6 +135,28 @@ def test_every_headline_number_is_in_its_results_json() -> None:
     problems = [p for p in (check_row(row, RESULTS) for row in rows) if p]
     assert not problems, "\n".join(problems)
     assert all(row["command"] for row in rows), "every row names the command that made it"
+
+
+#: What looks like a measurement in prose: a score (0.xx...) or a number with a speed/time unit.
+_MEASUREMENT = re.compile(
+    r"(?<![\w.])(0\.\d{2,}|\d[\d,]*(?:\.\d+)?(?=\s?(?:ms|img/s|images/s|q/s|queries/s|s)\b))")
+
+
+def unbacked_measurements(text: str, values: list[str]) -> list[str]:
+    """Measurement-like numbers in ``text`` that are not headline values (compared as shown)."""
+    shown = {v.replace("*", "").replace(",", "").strip() for v in values}
+    return [m for m in _MEASUREMENT.findall(text) if m.replace(",", "") not in shown]
+
+
+def test_readme_quotes_only_headline_numbers() -> None:
+    values = [row["value"] for row in headline_rows(DOC.read_text())]
+    assert not unbacked_measurements(README.read_text(), values), (
+        "README quotes a measurement that is not in docs/benchmarks.md's headline table")
+
+
+def test_unbacked_measurements_are_found() -> None:
+    text = "P@10 0.854 at 304 img/s; p50 21.0 ms; 12 s; 2,000 products; P@10 0.999"
+    assert unbacked_measurements(text, ["**0.854**", "304", "21.0"]) == ["12", "0.999"]
 
 
 @pytest.fixture()
