@@ -1,11 +1,12 @@
 """Which index to build for a catalogue: a pure function of its size, dimension and limits.
 
-The thresholds come from ``benchmarks/index_bench.py`` (numbers in docs/index.md):
+The thresholds come from ``benchmarks/index_bench.py`` (numbers in benchmarks/RESULTS.md#index):
 
 * below ``EXACT_MAX_ITEMS`` vectors and ``EXACT_MAX_FLOATS`` floats scanned per query, exact
   search is fast enough on two cores and perfect, so ``exact``;
-* above, a rotated-SQ8 HNSW graph (0.48x the resident memory of raw float vectors) reaches
-  recall@10 0.95 at 1M x 256 with ef_search 56 (efConstruction 160) at > 10,000 queries/s; ``ef_search`` is picked from the recall target;
+* above, a rotated-SQ8 HNSW graph (about half the resident memory of raw float vectors)
+  reaches recall@10 0.95 at 1M x 256 with ef_search 56 (efConstruction 160); ``ef_search`` is
+  picked from the recall target;
 * a recall target beyond what 8-bit codes allow moves to 16-bit or float storage; a memory budget
   too small for SQ8 moves down to 6- or 4-bit codes (recall drops: the reason says so).
 """
@@ -20,8 +21,8 @@ from lookalike.errors import LookalikeError
 #: Below this many vectors ``exact`` is chosen (unless it would not fit the memory budget) ...
 EXACT_MAX_ITEMS = 50_000
 #: ... and only while a query scans at most this many floats (64 MB): exact search is bound by
-#: memory bandwidth, so 44k x 1,280-d (225 MB a query) is ~45 ms where HNSW takes ~1 ms
-#: (benchmarks/load_test.py: 3x the throughput).
+#: memory bandwidth, so 44k x 1,280-d (225 MB scanned a query) is far slower than HNSW
+#: (benchmarks/load_test.py; numbers in benchmarks/RESULTS.md#serving-load-test).
 EXACT_MAX_FLOATS = 16_777_216
 
 #: HNSW storage options, most compact first: (factory code, bytes per dimension, the recall@10
@@ -38,15 +39,15 @@ STORAGE_OPTIONS: tuple[tuple[str, float, float], ...] = (
 #: The graph must lose at most this much recall on top of the codes' own ceiling.
 _GRAPH_MARGIN = 0.02
 
-#: ef_search for a recall target (rotated SQ8, M=16, efConstruction=160, measured at 1M x 256:
-#: ef 16 -> 0.892, 32 -> 0.938, 48 -> 0.951, 64 -> 0.956, 96 -> 0.962, 128 -> 0.964; smaller
+#: ef_search for a recall target (rotated SQ8, M=16, efConstruction=160), read off the 1M x 256
+#: ef_search sweep of ``benchmarks/index_bench.py`` (benchmarks/RESULTS.md#index; smaller
 #: indexes do better at the same ef). Entries: (target recall up to, ef_search).
 _EF_FOR_TARGET: tuple[tuple[float, int], ...] = (
     (0.89, 16), (0.93, 32), (0.95, 56), (0.955, 64), (0.96, 96), (0.965, 160), (0.97, 256),
     (1.0, 384))
 
-#: Build beam. 160 instead of FAISS's 40 costs ~10% more build time at 1M x 256 (188 s vs 168 s
-#: on 2 cores) and gives a graph that needs half the search beam for the same recall.
+#: Build beam. 160 instead of FAISS's 40 costs a little more build time at 1M x 256 and gives a
+#: graph that needs half the search beam for the same recall (benchmarks/RESULTS.md#index).
 EF_CONSTRUCTION = 160
 
 #: Id/attribute table bytes per item (ids, lookup, liveness, a few attribute columns).

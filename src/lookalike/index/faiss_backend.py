@@ -7,7 +7,7 @@ products are cosines.
 **Filters** become a bool mask over labels (:meth:`AttributeTable.mask`, the same semantics as
 ``Filters.matches``), packed into ``faiss.IDSelectorBitmap`` and passed in the search parameters,
 so FAISS skips non-matching items while it searches instead of after it. A filtered HNSW walk
-still only meets the items near the query, so (measured in docs/index.md) the HNSW backend
+still only meets the items near the query, so (measured: benchmarks/RESULTS.md#index) the HNSW backend
 searches exactly over just the passing items' codes when at most ``exact_below`` (50,000) pass,
 widens the beam to ``ef_search / sqrt(share passing)`` otherwise, and redoes exactly any query
 that still comes back with fewer than ``k`` hits: a filtered query never loses results. The
@@ -615,7 +615,7 @@ class HNSWIndex(FaissIndex):
         selector = bitmap = None
         if mask is not None:
             # A filter hides nodes from the results but not from the walk: widen the beam so
-            # enough passing nodes are met (measured in docs/index.md).
+            # enough passing nodes are met (benchmarks/RESULTS.md#index).
             share = n_pass / max(self._index.ntotal, 1)
             ef = max(ef, min(int(np.ceil(ef / np.sqrt(share))), self.MAX_FILTERED_EF))
             selector, bitmap = _selector(mask)
@@ -645,7 +645,7 @@ class HNSWIndex(FaissIndex):
             storage = faiss.downcast_index(self._graph().storage)
             codes = faiss.rev_swig_ptr(storage.codes.data(), storage.ntotal * storage.code_size)
             codes = codes.reshape(storage.ntotal, storage.code_size)
-            # gather + one vectorised decode: ~5x faster than reconstruct_batch's per-id calls
+            # gather + one vectorised decode: much faster than reconstruct_batch's per-id calls
             vectors = storage.sa_decode(np.ascontiguousarray(codes[labels]))
             queries = self._to_graph_space(queries)
         else:

@@ -566,8 +566,8 @@ class _OnnxRunner:
         if embedder.num_threads is not None:
             options.intra_op_num_threads = embedder.num_threads
         # Idle workers sleep instead of spinning: the reader threads (decode, resize) and other
-        # processes need those cores. Measured: 112 px int8 pipeline 194 vs 104 img/s, CPU time
-        # per photo 1.72 vs 2.67 ms, on a busy 2-core machine.
+        # processes need those cores; on a busy machine this raises throughput and lowers the
+        # CPU time per photo (numbers: benchmarks/RESULTS.md#code-comments).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])

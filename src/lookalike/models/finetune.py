@@ -17,10 +17,9 @@ the layers before the classifier. Here the backbone is the packaged ImageNet Eff
    1), the 1x1 head convolution and the new head train together at a small learning rate on the
    cached activations, through the shared trainer (:func:`~lookalike.models.training.train`:
    checkpoints, resume, early stopping, time budget). *Why not all blocks:* PyTorch's CPU
-   depthwise convolutions are slow, backwards especially; measured under load, a training step
-   through all of Lite0 costs ~95 ms an image at 112 px (an hour an epoch of the products),
-   recomputing a frozen front every epoch 27-70 ms, while block 15 + head convolution from the
-   cache cost ~2.5 ms (channels-last; the last five blocks ~15 ms). They hold 30% of the
+   depthwise convolutions are slow, backwards especially: a training step through all of Lite0,
+   or recomputing a frozen front every epoch, costs tens of times more per image than block 15 +
+   the head convolution from the cache (step timings: benchmarks/RESULTS.md#training). They hold 30% of the
    backbone's weights (the last five blocks 79%). Batch norm keeps its ImageNet statistics
    throughout (small CPU batches would give noisy ones), so frozen and trained parts see the
    inputs they were trained on.

@@ -8,8 +8,8 @@ scikit-image's ``hog`` run once per level with one block covering the whole leve
 (``pixels_per_cell = size / 2^l``, ``cells_per_block = 2^l``, ``block_norm="L2"``) -- the tests
 check that equality. We compute it differently: per-pixel *orientation maps* (the gradient
 magnitude put into its orientation bin) are built once, and every pyramid cell is a box sum of
-them. That is one vectorised pass for a whole batch (2-3x faster than calling ``hog`` per
-level and per image, see ``benchmarks/handcrafted_quality.py``), and it is what lets
+them. That is one vectorised pass for a whole batch (faster than calling ``hog`` per level
+and per image; timings in benchmarks/RESULTS.md#shop-the-look), and it is what lets
 :mod:`lookalike.recommend.regions` pool the same maps for thousands of sliding windows at once.
 
 **GIST**: a bank of complex Gabor filters (scikit-image ``gabor_kernel``; ``scales`` frequencies

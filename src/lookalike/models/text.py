@@ -96,7 +96,7 @@ def _offline_quiet_load() -> Iterator[None]:
 class MiniLMTextEmbedder(Embedder):
     """Sentence embeddings (384-d, unit length) of short English texts such as product titles.
 
-    The transformer loads on first use (about 2-7 s; importing sentence-transformers dominates),
+    The transformer loads on first use (importing sentence-transformers dominates that time),
     so building one is cheap.
     """
 

@@ -595,9 +595,9 @@ class EfficientNetMaps:
 
     The pass runs in ONNX Runtime (FP32) on a graph exported once per machine from the
     embedder's own PyTorch network with the scene's height and width left dynamic (uint8 pixels
-    in, the Lite input scaling inside the graph), cached beside the embedder's ONNX files. On
-    a 960 x 720 input it took 0.16 s of CPU against 1.0 s for PyTorch eager (same outputs to
-    3e-5), which is most of shop-the-look's CNN budget. ``backend="torch"`` keeps the PyTorch
+    in, the Lite input scaling inside the graph), cached beside the embedder's ONNX files. It
+    costs a fraction of PyTorch eager's CPU time with the same outputs to 3e-5 (timings:
+    benchmarks/RESULTS.md#shop-the-look), and this pass is most of shop-the-look's CNN budget. ``backend="torch"`` keeps the PyTorch
     pass (batch norm folded, channels-last). The catalogue's vectors may come from the
     embedder's int8 ONNX model; both compute the same features up to quantisation.
     """
@@ -848,8 +848,8 @@ def score_windows(features: WindowFeatures, grids: Iterable[WindowGrid],
     # Bands are independent and numpy releases the GIL in the pooling arithmetic, so
     # SCORING_THREADS threads each take bands (in order). One BLAS thread each: the bands are
     # small (4 MB), and OpenBLAS's own threads spinning between the many small products fought
-    # the ONNX Runtime / PyTorch threads for the two cores (CNN pass 0.7 s with one BLAS thread,
-    # 3-6 s with two on a busy machine).
+    # the ONNX Runtime / PyTorch threads for the two cores, making the CNN pass several times
+    # slower on a busy machine (benchmarks/RESULTS.md#shop-the-look).
     with threadpool_limits(limits=1, user_api="blas"):
         if SCORING_THREADS > 1 and len(bands) > 1:
             with ThreadPoolExecutor(SCORING_THREADS) as pool:
