@@ -130,12 +130,17 @@ def index_command(
         name: Annotated[str, typer.Option("--name", help="Index name.")] = "default",
         image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for CNN embedders.")] = None,
         text_column: Annotated[Optional[list[str]], typer.Option("--text-column", help="Also embed this text column (e.g. title) for words queries (repeatable); kept up to date afterwards.")] = None,
+        engine: Annotated[str, typer.Option("--engine", help="Where to embed: local (this process) or ray (Ray Data actors).")] = "local",
+        address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray).")] = None,
+        num_actors: Annotated[Optional[int], typer.Option("--num-actors", min=1, help="Ray model replicas (default: one per CPU).")] = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Embed the catalogue and build or update an index."""
     options = {"image_size": image_size} if image_size else {}
+    ray_options = {k: v for k, v in (("address", address), ("num_actors", num_actors)) if v}
     summary = Project(project, create=False).index(embedder, kind=kind, name=name,
                                                    embedder_options=options, progress=not as_json,
-                                                   text_columns=text_column)
+                                                   text_columns=text_column, engine=engine,
+                                                   engine_options=ray_options)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return
