@@ -16,7 +16,9 @@ figure with the cluster start; CPU seconds of the whole process tree (driver, Ra
 raylet, the actors) and img per CPU-second, which is what one core delivers and stays
 meaningful when other jobs share the machine; the peak of the summed RSS and PSS of the process
 tree, sampled every 0.5 s with psutil. The Ray cost is reported as the ratio of img/s and of img
-per CPU-second to the single process. Engines alternate ``--repeats`` times.
+per CPU-second to the single process, at the full size and at the margin (the rate between a
+tenth of the products and all of them, which drops the fixed start-up cost out). Engines
+alternate ``--repeats`` times.
 
 Results: benchmarks/results/ray_bench-quick.json (``ray_bench.json`` for the full run).
 """
@@ -136,6 +138,26 @@ def run_engine(engine: str, project: Path, image_size: int, cpus: int) -> dict[s
             "failed": result["failed"]}
 
 
+def _marginal(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per engine, the rate between the small and the big catalogue (best run of each): the
+    steady-state img/s and img per CPU-second once start-up costs (Ray's daemons, actors
+    loading the model, the model's first call) are paid."""
+    out = {}
+    for engine in ("local", "ray"):
+        runs = [r for r in rows if r["engine"] == engine]
+        sizes = sorted({r["images"] for r in runs})
+        small = min((r for r in runs if r["images"] == sizes[0]), key=lambda r: r["index_s"])
+        big = min((r for r in runs if r["images"] == sizes[-1]), key=lambda r: r["index_s"])
+        images = big["images"] - small["images"]
+        out[engine] = {
+            "images": images,
+            "img_per_s": round(images / max(big["index_s"] - small["index_s"], 1e-9), 2),
+            "img_per_cpu_s": round(images / max(big["cpu_s"] - small["cpu_s"], 1e-9), 2),
+            "fixed_cpu_s": round(small["cpu_s"] - small["images"] * (big["cpu_s"] - small["cpu_s"])
+                                 / images, 1)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4,000 products at 112 px")
@@ -160,16 +182,21 @@ def main() -> None:
         frame = frame.head(n) if n else frame
         manifest = Path(tmp) / "products.parquet"
         frame.to_parquet(manifest)
-        project = Path(tmp) / "project"
-        Project(project).ingest(manifest, progress=False)
+        projects = {}
+        for count in (len(frame) // 10, len(frame)):  # a tenth too: the fixed cost drops out
+            frame.head(count).to_parquet(manifest)
+            projects[count] = Path(tmp) / f"project-{count}"
+            Project(projects[count]).ingest(manifest, progress=False)
         del frame
         rows = []
         for _ in range(args.repeats):
-            for engine in ("local", "ray"):
-                rows.append(run_engine(engine, project, size, args.cpus))
-                print(rows[-1], flush=True)
-    local = [r for r in rows if r["engine"] == "local"]
-    ray = [r for r in rows if r["engine"] == "ray"]
+            for count, project in projects.items():
+                for engine in ("local", "ray"):
+                    rows.append(run_engine(engine, project, size, args.cpus))
+                    print(rows[-1], flush=True)
+    big = max(projects)
+    local = [r for r in rows if r["engine"] == "local" and r["images"] == big]
+    ray = [r for r in rows if r["engine"] == "ray" and r["images"] == big]
 
     def best(group: list[dict[str, Any]], key: str) -> float:
         return max(r[key] for r in group)
@@ -178,13 +205,19 @@ def main() -> None:
             for key in ("img_per_s", "img_per_s_with_start", "img_per_cpu_s")}
     cost["peak_pss_ratio"] = round(min(r["peak_pss_mb"] for r in ray)
                                    / min(r["peak_pss_mb"] for r in local), 3)
+    marginal = _marginal(rows)
+    cost["marginal_img_per_s"] = round(1 - marginal["ray"]["img_per_s"]
+                                       / marginal["local"]["img_per_s"], 4)
+    cost["marginal_img_per_cpu_s"] = round(1 - marginal["ray"]["img_per_cpu_s"]
+                                           / marginal["local"]["img_per_cpu_s"], 4)
     print_table(f"Ray vs single process ({len(local) and local[0]['images']} products, {size} px)",
                 rows)
     print("Ray cost (fraction of throughput lost):", cost)
     name = "ray_bench-quick" if args.quick else "ray_bench"
     path = write_results(name, {"command": " ".join(["python", *sys.argv]), "products": n or "all",
                                 "image_size": size, "embedder": "efficientnet-lite0 (onnx int8)",
-                                "cpus": args.cpus, "runs": rows, "ray_cost": cost},
+                                "cpus": args.cpus, "runs": rows, "marginal": marginal,
+                                "ray_cost": cost},
                          quick=args.quick, seeds=[])
     print(f"wrote {path}")
 
