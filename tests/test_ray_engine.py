@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -146,7 +147,30 @@ def _committed_rows(folder: Path) -> int:
     return sum(len(np.load(p)) for p in folder.glob("chunk-*.keys.npy"))
 
 
-def test_killed_driver_loses_nothing_and_rerun_embeds_only_the_rest(tmp_path, slice_manifest,
+def _kill_an_actor_after_a_chunk(cache_dir: Path, rows_before: int,
+                                 runner: threading.Thread) -> bool:
+    """SIGKILL one Ray Data model actor (a process of this test's local Ray) once the run has
+    committed a chunk and while it is still running; whether that happened."""
+    import psutil
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and runner.is_alive():
+        if _committed_rows(cache_dir) > rows_before:
+            actors = []
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    if "MapWorker" in " ".join(proc.cmdline()):
+                        actors.append(proc)
+                except psutil.Error:  # exited meanwhile
+                    continue
+            if actors and runner.is_alive() and _committed_rows(cache_dir) < SLICE - 1:
+                actors[0].send_signal(signal.SIGKILL)
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_killed_driver_or_actor_loses_nothing_and_rerun_embeds_only_the_rest(tmp_path, slice_manifest,
                                                                      reference, local_ray):
     project, bad_id = _project(tmp_path / "p", slice_manifest)
     address = local_ray.get_runtime_context().gcs_address
@@ -172,8 +196,21 @@ def test_killed_driver_loses_nothing_and_rerun_embeds_only_the_rest(tmp_path, sl
     cache_dir = next(embeddings.glob("*/"))
     before = _committed_rows(cache_dir)
     assert 0 < before < SLICE - 1  # the kill came mid-run, after the first chunk
-    summary = project.index(EMBEDDER, embedder_options=OPTIONS, progress=False, engine="ray",
-                            engine_options={"num_actors": 2, "batch_size": 16})
+    # The rerun loses one of its model actors (SIGKILL) after its first chunk: Ray restarts the
+    # actor and retries its batch; nothing the driver wrote is lost or written twice.
+    done: dict[str, object] = {}
+
+    def rerun() -> None:
+        done["summary"] = project.index(EMBEDDER, embedder_options=OPTIONS, progress=False,
+                                        engine="ray", engine_options={
+                                            "num_actors": 2, "batch_size": 8, "chunk_size": 8})
+
+    runner = threading.Thread(target=rerun)
+    runner.start()
+    killed = _kill_an_actor_after_a_chunk(cache_dir, before, runner)
+    runner.join(timeout=300)
+    assert killed and not runner.is_alive()
+    summary = done["summary"]
     assert summary.failed == [bad_id] and summary.size == SLICE - 1
     # Each image was embedded exactly once over the two runs: the rerun did only the rest.
     assert _committed_rows(cache_dir) == SLICE - 1
