@@ -138,6 +138,21 @@ def run_engine(engine: str, project: Path, image_size: int, cpus: int) -> dict[s
             "failed": result["failed"]}
 
 
+def _cost(rows: list[dict[str, Any]], images: int) -> dict[str, float]:
+    """Fraction of each rate Ray loses against the single process (best runs at ``images``)."""
+    local = [r for r in rows if r["engine"] == "local" and r["images"] == images]
+    ray = [r for r in rows if r["engine"] == "ray" and r["images"] == images]
+
+    def best(group: list[dict[str, Any]], key: str) -> float:
+        return max(r[key] for r in group)
+
+    cost = {key: round(1 - best(ray, key) / best(local, key), 4)
+            for key in ("img_per_s", "img_per_s_with_start", "img_per_cpu_s")}
+    cost["peak_pss_ratio"] = round(min(r["peak_pss_mb"] for r in ray)
+                                   / min(r["peak_pss_mb"] for r in local), 3)
+    return cost
+
+
 def _marginal(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per engine, the rate between the small and the big catalogue (best run of each): the
     steady-state img/s and img per CPU-second once start-up costs (Ray's daemons, actors
@@ -195,25 +210,16 @@ def main() -> None:
                     rows.append(run_engine(engine, project, size, args.cpus))
                     print(rows[-1], flush=True)
     big = max(projects)
-    local = [r for r in rows if r["engine"] == "local" and r["images"] == big]
-    ray = [r for r in rows if r["engine"] == "ray" and r["images"] == big]
-
-    def best(group: list[dict[str, Any]], key: str) -> float:
-        return max(r[key] for r in group)
-
-    cost = {key: round(1 - best(ray, key) / best(local, key), 4)
-            for key in ("img_per_s", "img_per_s_with_start", "img_per_cpu_s")}
-    cost["peak_pss_ratio"] = round(min(r["peak_pss_mb"] for r in ray)
-                                   / min(r["peak_pss_mb"] for r in local), 3)
-    marginal = _marginal(rows)
+    cost, marginal = _cost(rows, big), _marginal(rows)
     cost["marginal_img_per_s"] = round(1 - marginal["ray"]["img_per_s"]
                                        / marginal["local"]["img_per_s"], 4)
     cost["marginal_img_per_cpu_s"] = round(1 - marginal["ray"]["img_per_cpu_s"]
                                            / marginal["local"]["img_per_cpu_s"], 4)
-    print_table(f"Ray vs single process ({len(local) and local[0]['images']} products, {size} px)",
-                rows)
+    print_table(f"Ray vs single process ({big} products, {size} px)", rows)
     print("Ray cost (fraction of throughput lost):", cost)
     name = "ray_bench-quick" if args.quick else "ray_bench"
+    if args.n and args.n != (4000 if args.quick else None):
+        name += f"-n{args.n}"
     path = write_results(name, {"command": " ".join(["python", *sys.argv]), "products": n or "all",
                                 "image_size": size, "embedder": "efficientnet-lite0 (onnx int8)",
                                 "cpus": args.cpus, "runs": rows, "marginal": marginal,

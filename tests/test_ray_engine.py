@@ -112,6 +112,18 @@ def test_bad_image_is_rejected_as_in_the_core_path(reference, ray_run, local_ray
     assert bad_id in project.store  # still catalogued, just not indexed
 
 
+def test_a_complete_cache_needs_no_ray_run(ray_run):
+    """Resume at its simplest: every key is cached, so nothing is embedded (no chunk is added)."""
+    project = ray_run[0]
+    cache = project._index(None).cache
+    items = {i.content_hash: i.image_path for i in project.store.items()
+             if i.content_hash in cache}
+    chunks = sorted(cache.folder.glob("chunk-*.npy"))
+    assert len(items) == SLICE - 1
+    assert embed_missing(cache, cache.folder / "model", items, progress=False) == {}
+    assert sorted(cache.folder.glob("chunk-*.npy")) == chunks
+
+
 def test_manifest_shards_through_ray(tmp_path, slice_manifest, ray_run, local_ray):
     """A plain manifest (Parquet shards with inline bytes) keys rows like the catalogue does."""
     project = ray_run[0]

@@ -42,7 +42,8 @@ import numpy as np
 
 from lookalike.catalogue.images import decode, decode_image, sha256_hex, storable_bytes
 from lookalike.errors import LookalikeError
-from lookalike.models.cache import ChunkWriter, EmbeddingCache, ItemFailed, _progress_bar, read_items
+from lookalike.models.cache import (ChunkWriter, EmbeddingCache, ItemFailed, _progress_bar,
+                                   read_items)
 
 #: Environment a local Ray needs to stay quiet and offline (set before ``ray.init``).
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
