@@ -125,7 +125,8 @@ def test_a_complete_cache_needs_no_ray_run(ray_run):
 
 
 def test_manifest_shards_through_ray(tmp_path, slice_manifest, ray_run, local_ray):
-    """A plain manifest (Parquet shards with inline bytes) keys rows like the catalogue does."""
+    """A plain manifest (Parquet shards with inline bytes) keys rows like the catalogue does,
+    rejects what it rejects, and embeds only rows whose content is not cached yet."""
     project = ray_run[0]
     frame = pd.read_parquet(slice_manifest).head(40)[["id", "image_jpeg"]]
     frame.loc[5, "image_jpeg"] = b"this is not an image"
@@ -133,26 +134,25 @@ def test_manifest_shards_through_ray(tmp_path, slice_manifest, ray_run, local_ra
     shards.mkdir()
     frame.iloc[:20].to_parquet(shards / "part-0.parquet")
     frame.iloc[20:].to_parquet(shards / "part-1.parquet")
-    model_dir = project._index(None).cache.folder / "model"
-    cache_dir = tmp_path / "cache"
-    result = embed_manifest(shards, model_dir, cache_dir, {"batch_size": 8},
-                            image_column="image_jpeg", progress=False)
     bad = str(frame.loc[5, "id"])
-    rejected = Project(tmp_path / "p").ingest(shards / "part-0.parquet", progress=False).rejected
-    assert [r.item_id for r in rejected] == [bad]  # the catalogue rejects the row ...
-    assert list(result.failed) == [bad]  # ... and so does the engine, for the same reason
-    assert result.failed[bad].startswith(f"{rejected[0].reason}: ")
     good = {i: project.store.get(i).content_hash for i in map(str, frame["id"]) if i != bad}
-    assert result.hashes == good and result.embedded == len(good)
     theirs = project._index(None).cache
+    cache_dir = tmp_path / "cache"
     mine = EmbeddingCache(cache_dir, theirs.embedder_id, theirs.dim)
     keys = sorted(good.values())
     ours, found = theirs.lookup(keys)  # all but the slice's damaged image (BAD_ID_ROW < 40)
     assert found.sum() == len(keys) - 1
+    seeded = [k for k, hit in zip(keys, found) if hit][:10]  # as if a killed run had done these
+    mine.put(seeded, theirs.lookup(seeded)[0])
+    result = embed_manifest(shards, theirs.folder / "model", cache_dir, {"batch_size": 8},
+                            image_column="image_jpeg", progress=False)
+    rejected = Project(tmp_path / "p").ingest(shards / "part-0.parquet", progress=False).rejected
+    assert [r.item_id for r in rejected] == [bad]  # the catalogue rejects the row ...
+    assert list(result.failed) == [bad]  # ... and so does the engine, for the same reason
+    assert result.failed[bad].startswith(f"{rejected[0].reason}: ")
+    assert result.hashes == good and result.embedded == len(good) - len(seeded)
+    assert _committed_rows(cache_dir) == len(good)  # nothing embedded twice
     assert np.sum(mine.lookup(keys)[0][found] * ours[found], axis=1).min() >= 0.999
-    again = embed_manifest(shards, model_dir, cache_dir, {"batch_size": 8},
-                           image_column="image_jpeg", progress=False)
-    assert again.embedded == 0 and again.hashes == good  # all cached: nothing embedded
 
 
 def _committed_rows(folder: Path) -> int:
