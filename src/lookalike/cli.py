@@ -149,14 +149,19 @@ def index_command(
         precision: Annotated[Optional[str], typer.Option("--precision", help="efficientnet-lite0: int8 (default; used where this CPU's self-check passes, else fp32) or fp32.")] = None,
         option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Embedder setting KEY=VALUE (repeatable), e.g. precision=fp32, resize=pad.")] = None,
         text_column: Annotated[Optional[list[str]], typer.Option("--text-column", help="Also embed this text column (e.g. title) for words queries (repeatable); kept up to date afterwards.")] = None,
+        engine: Annotated[str, typer.Option("--engine", help="Where to embed: local (this process) or ray (Ray Data actors).")] = "local",
+        address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray).")] = None,
+        num_actors: Annotated[Optional[int], typer.Option("--num-actors", min=1, help="Ray model replicas (default: one per CPU).")] = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Embed the catalogue and build or update an index."""
     options = dict(parse_option(text) for text in option or [])
     options.update({k: v for k, v in (("image_size", image_size), ("precision", precision))
                     if v is not None})
+    ray_options = {k: v for k, v in (("address", address), ("num_actors", num_actors)) if v}
     summary = Project(project, create=False).index(embedder, kind=kind, name=name,
                                                    embedder_options=options, progress=not as_json,
-                                                   text_columns=text_column)
+                                                   text_columns=text_column, engine=engine,
+                                                   engine_options=ray_options)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return

@@ -132,7 +132,8 @@ class Project:
     def index(self, embedder: str = DEFAULT_EMBEDDER, *, kind: str = "auto",
               name: str = DEFAULT_INDEX_NAME, embedder_options: Mapping[str, Any] | None = None,
               index_options: Mapping[str, Any] | None = None, progress: bool = True,
-              text_columns: Sequence[str] | None = None) -> IndexSummary:
+              text_columns: Sequence[str] | None = None, engine: str = "local",
+              engine_options: Mapping[str, Any] | None = None) -> IndexSummary:
         """Embed the catalogue and build (or incrementally update) the index ``name``.
 
         ``embedder`` is a registry name (see ``lookalike.models.base.available()``) or the folder
@@ -142,12 +143,17 @@ class Project:
         ``text_columns`` (e.g. ``["title"]``) also embeds those columns with the MiniLM text model
         into the words index queries with ``text`` use; once built, later runs (and
         ``add_item``/``remove_items``) keep it up to date.
+        ``engine="ray"`` embeds what is missing with Ray Data first (``engine_options``:
+        ``address``, ``num_actors``, ... see :class:`lookalike.models.ray_engine.RayOptions`).
         """
         self._require_writable("index")
+        if engine not in ("local", "ray"):
+            raise UnknownNameError(f"unknown engine {engine!r}; use local or ray")
         with self.write_lock():
             summary = self._index_locked(embedder, kind=kind, name=name,
                                          embedder_options=embedder_options,
-                                         index_options=index_options, progress=progress)
+                                         index_options=index_options, progress=progress,
+                                         engine=engine, engine_options=engine_options)
             if text_columns:
                 from lookalike.recommend.text_search import build_text_index
 
@@ -170,7 +176,9 @@ class Project:
 
     def _index_locked(self, embedder: str, *, kind: str, name: str,
                       embedder_options: Mapping[str, Any] | None,
-                      index_options: Mapping[str, Any] | None, progress: bool) -> IndexSummary:
+                      index_options: Mapping[str, Any] | None, progress: bool,
+                      engine: str = "local", engine_options: Mapping[str, Any] | None = None
+                      ) -> IndexSummary:
         from lookalike.models.cache import EmbeddingCache, save_model_once
 
         self._reload_settings()  # another process may have added an index meanwhile
@@ -180,6 +188,12 @@ class Project:
         save_model_once(model, cache_dir / "model")
 
         hashes = self.store.content_hashes()
+        if engine == "ray":  # fill the cache on Ray; the steps below then find it all cached
+            from lookalike.models.ray_engine import embed_missing
+
+            embed_missing(cache, cache_dir / "model",
+                          {item.content_hash: item.image_path for item in self.store.items()},
+                          engine_options, progress=progress, embedder=model)
         index_root = self.path / "indexes" / name
         previous = current_version(index_root)
         live = self._live_index(name, previous, model.embedder_id, kind)
