@@ -130,12 +130,16 @@ def index_command(
         name: Annotated[str, typer.Option("--name", help="Index name.")] = "default",
         image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size for CNN embedders.")] = None,
         text_column: Annotated[Optional[list[str]], typer.Option("--text-column", help="Also embed this text column (e.g. title) for words queries (repeatable); kept up to date afterwards.")] = None,
+        uri: Annotated[Optional[str], typer.Option("--uri", help="Milvus server for --kind milvus (default: $LOOKALIKE_MILVUS_URI).")] = None,
+        collection: Annotated[Optional[str], typer.Option("--collection", help="Milvus collection for --kind milvus (default: lookalike).")] = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Embed the catalogue and build or update an index."""
     options = {"image_size": image_size} if image_size else {}
+    index_options = {k: v for k, v in {"uri": uri, "collection": collection}.items() if v}
     summary = Project(project, create=False).index(embedder, kind=kind, name=name,
                                                    embedder_options=options, progress=not as_json,
-                                                   text_columns=text_column)
+                                                   text_columns=text_column,
+                                                   index_options=index_options)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return
