@@ -192,28 +192,6 @@ def test_filters_follow_filters_matches(milvus) -> None:
         assert found == {i for i, a in zip(ids, attributes) if filters.matches(a)}, filters
 
 
-def test_save_load_and_restart_keep_the_data(milvus, products, tmp_path) -> None:
-    ids, vectors, attributes = products
-    remote = create_index("milvus", vectors.shape[1], "e", uri=milvus.uri, collection="durable")
-    remote.add(ids[:500], vectors[:500], attributes[:500])
-    folder = remote.save(tmp_path / "index")
-    manifest = json.loads((folder / "index.json").read_text())
-    assert {k: manifest[k] for k in ("uri", "collection", "embedder_id", "dim", "count")} == \
-        {"uri": milvus.uri, "collection": "durable", "embedder_id": "e",
-         "dim": vectors.shape[1], "count": 500}
-    assert [p.name for p in folder.iterdir()] == ["index.json"]  # never the vectors
-    remote.add(ids[500:520], vectors[500:520], attributes[500:520])  # after the save
-    before = remote.search(vectors[:20], k=10)
-    remote.close()
-
-    milvus.stop()
-    milvus.start()
-    loaded = load_index(folder, expected_embedder_id="e", expected_dim=vectors.shape[1])
-    assert len(loaded) == 520 and json.loads((folder / "index.json").read_text())["count"] == 520
-    after = loaded.search(vectors[:20], k=10)
-    assert [set(h.ids) for h in after] == [set(h.ids) for h in before]
-
-
 def test_clear_errors(milvus, tmp_path) -> None:
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((30, 8)).astype(np.float32)
@@ -317,3 +295,27 @@ def test_project_cli_and_two_services_over_one_milvus(milvus, demo, tmp_path) ->
         for thread in threads:
             thread.join()
     assert not errors
+
+
+# ---- last: restarts the server (its first Strong reads afterwards wait ~20 s) --------------------
+
+def test_save_load_and_restart_keep_the_data(milvus, products, tmp_path) -> None:
+    ids, vectors, attributes = products
+    remote = create_index("milvus", vectors.shape[1], "e", uri=milvus.uri, collection="durable")
+    remote.add(ids[:500], vectors[:500], attributes[:500])
+    folder = remote.save(tmp_path / "index")
+    manifest = json.loads((folder / "index.json").read_text())
+    assert {k: manifest[k] for k in ("uri", "collection", "embedder_id", "dim", "count")} == \
+        {"uri": milvus.uri, "collection": "durable", "embedder_id": "e",
+         "dim": vectors.shape[1], "count": 500}
+    assert [p.name for p in folder.iterdir()] == ["index.json"]  # never the vectors
+    remote.add(ids[500:520], vectors[500:520], attributes[500:520])  # after the save
+    before = remote.search(vectors[:20], k=10)
+    remote.close()
+
+    milvus.stop()
+    milvus.start()
+    loaded = load_index(folder, expected_embedder_id="e", expected_dim=vectors.shape[1])
+    assert len(loaded) == 520 and json.loads((folder / "index.json").read_text())["count"] == 520
+    after = loaded.search(vectors[:20], k=10)
+    assert [set(h.ids) for h in after] == [set(h.ids) for h in before]

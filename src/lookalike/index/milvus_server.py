@@ -2,8 +2,9 @@
 
 ``LocalMilvus(folder).start()`` runs the server binary the ``milvus`` package ships (Milvus
 2.3, with embedded etcd and RocksMQ) with its data in ``folder``, and serves gRPC on a free port
-on 127.0.0.1 (``.uri``). ``stop()`` ends it; ``start()`` again serves the same data on the same
-port. Offline: nothing is downloaded. Not for production (see docs/deploy.md).
+on 127.0.0.1 (``.uri``); its embedded etcd also gets free ports, so several servers can run on
+one machine. ``stop()`` ends it; ``start()`` again serves the same data on the same ports.
+Offline: nothing is downloaded. Not for production (see docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -23,10 +24,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _reusable_config() -> Any:
-    """The ``milvus`` package's config, checking ports with SO_REUSEADDR as the server binds
-    them (its own check fails for a port in TIME_WAIT right after a stop)."""
+def _config(folder: Path, etcd_client: int, etcd_peer: int) -> Any:
+    """The ``milvus`` package's config with two changes: ports are checked with SO_REUSEADDR as
+    the server binds them (its own check fails for a port in TIME_WAIT right after a stop), and
+    the embedded etcd listens on ``etcd_client``/``etcd_peer`` instead of its fixed 2379/2380
+    (so several local servers, or another etcd, can run on one machine)."""
     from milvus import MilvusServerConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    etcd = folder / "etcd.yaml"
+    peer, client = f"http://127.0.0.1:{etcd_peer}", f"http://127.0.0.1:{etcd_client}"
+    etcd.write_text(f"name: default\nlisten-peer-urls: {peer}\nlisten-client-urls: {client}\n"
+                    f"advertise-client-urls: {client}\ninitial-advertise-peer-urls: {peer}\n"
+                    f"initial-cluster: default={peer}\n")
+    default = MilvusServerConfig()
+    template = default.template_text
+    marker = "  endpoints: localhost:{{ etcd_port(int): 2379 }}\n"
+    if marker not in template:
+        raise LookalikeError("unexpected milvus package config template: etcd endpoints missing")
+    template_file = folder / "milvus.yaml.template"
+    template_file.write_text(template.replace(
+        marker, marker + f"  config:\n    path: {etcd}\n"))
 
     class Config(MilvusServerConfig):
         def try_bind_port(self, port: int) -> socket.socket | None:
@@ -40,7 +58,9 @@ def _reusable_config() -> Any:
                 sock.close()
                 return None
 
-    return Config()
+    config = Config(template=str(template_file))
+    config.glog_conf_file = default.glog_conf_file  # set only for the packaged template
+    return config
 
 
 class LocalMilvus:
@@ -51,7 +71,10 @@ class LocalMilvus:
 
         self.folder = Path(folder)
         self.port = port or free_port()
-        self._server = MilvusServer(config=_reusable_config(), proxy_port=self.port)
+        etcd_client, etcd_peer = free_port(), free_port()
+        self._server = MilvusServer(config=_config(self.folder / "lookalike", etcd_client,
+                                                   etcd_peer),
+                                    proxy_port=self.port, etcd_port=etcd_client)
         self._server.set_base_dir(str(self.folder))
 
     @property
