@@ -132,13 +132,18 @@ def bench_milvus(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, uri: 
     for lo in range(0, len(base), 10_000):
         index.add(ids[lo:lo + 10_000], base[lo:lo + 10_000])
     upsert = time.perf_counter() - start
-    index.save(folder / "milvus")  # flushes
+    index.save(folder / "milvus")
+    from pymilvus import MilvusClient
+
+    raw = MilvusClient(uri=uri)
+    raw.flush("bench")  # seal the segments so the HNSW index is built over all of them
     while True:  # wait until the HNSW index covers every sealed row
-        info = index._client.describe_index("bench", "vector")
+        info = raw.describe_index("bench", "vector")
         if int(info.get("pending_index_rows", 0)) == 0 and info.get("state") == "Finished":
             break
         time.sleep(1)
     build = time.perf_counter() - start
+    raw.close()
     index.close()
     start = time.perf_counter()
     index = load_index(folder / "milvus")

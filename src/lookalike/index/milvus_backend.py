@@ -17,8 +17,7 @@ right after an insert.)
 own search with ``id not in [...]`` added to the expression.
 
 **Saving** writes only ``index.json`` (URI, collection, embedder id, dimension, item count and the
-collection's creation token) after flushing the collection to sealed segments; never the
-vectors. ``load`` reconnects and checks the live collection against it: the token (so a dropped
+collection's creation token); never the vectors. ``load`` reconnects and checks the live collection against it: the token (so a dropped
 and rebuilt collection is noticed), the embedder id, the dimension and the count, each with its
 own one-line :class:`~lookalike.errors.ModelMismatchError`. The count legitimately moves when an
 index is updated after its save (the project's journal of small updates): the index therefore
@@ -317,10 +316,13 @@ class MilvusIndex(VectorIndex):
 
     # ---- saving --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Flush the collection and write ``index.json`` naming it (never the vectors)."""
+        """Write ``index.json`` naming the collection (never the vectors).
+
+        No flush: every acknowledged write is already durable in the server's log (a restart
+        finds it, tested), and Milvus seals and indexes segments on its own schedule.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self._call("flush", "flush", self.collection)
         manifest = {"kind": self.kind, "format_version": FORMAT_VERSION, "uri": self.uri,
                     "collection": self.collection, "embedder_id": self.embedder_id,
                     "dim": self.dim, "count": len(self), "token": self.token,
