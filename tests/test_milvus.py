@@ -233,6 +233,25 @@ def test_clear_errors(milvus, tmp_path) -> None:
         create_index("milvus", 8, "e", uri=milvus.uri, collection="bad name")
 
 
+
+def test_milvus_lite_file_target(products, tmp_path) -> None:
+    """milvus-lite (an embedded Milvus in a local file, no server) behind the same interface."""
+    ids, vectors, attributes = products
+    exact = create_index("exact", vectors.shape[1], "e")
+    lite = create_index("milvus", vectors.shape[1], "e", uri=str(tmp_path / "lite.db"),
+                        collection="lite")
+    exact.add(ids[:400], vectors[:400], attributes[:400])
+    lite.add(ids[:400], vectors[:400], attributes[:400])
+    queries = vectors[:400:40]
+    _assert_same(lite, exact, queries, filters=Filters.of(price_max=50.0))
+    assert lite.remove(ids[:10]) == exact.remove(ids[:10]) == 10
+    _assert_same(lite, exact, queries, exclude=[[i] for i in ids[:400:40]])
+    assert lite.search(queries, k=5, filters=Filters.of(category='x" or id != "')) == \
+        [Hits([], [])] * len(queries)
+    folder = lite.save(tmp_path / "index")
+    lite.close()
+    assert len(load_index(folder, expected_embedder_id="e")) == 390
+
 # ---- the project, the CLI and the service over one Milvus ---------------------------------------
 
 def _catalogue(demo: pd.DataFrame, path: Path, rows: slice) -> Path:

@@ -40,9 +40,11 @@ import numpy as np
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownItemError
 from lookalike.index.attributes import normalise_value, unique_last
 from lookalike.index.base import INDEX_MANIFEST, Filters, Hits, VectorIndex, register
+from lookalike.index.manifest_handle import ManifestHandle
 from lookalike.index.milvus_filters import ID_FIELD, both, expression, ids_in
 from lookalike.index.milvus_schema import (VECTOR_FIELD, attributes_of, check_collection_name,
-                                           describe, make_rows, make_schema, read_description)
+                                           META_PROPERTY, describe, make_rows, make_schema,
+                                           read_meta)
 from lookalike.storage import atomic_write_text
 
 URI_ENV = "LOOKALIKE_MILVUS_URI"
@@ -53,38 +55,6 @@ _MAX_LIMIT = 16_384  # Milvus' largest top-k
 _ID_CHUNK = 1_000  # ids per `id in [...]` expression
 STRONG = "Strong"
 _LOAD_WAIT = 120.0  # seconds load() waits for a collection to be loaded and caught up
-
-
-class _ManifestHandle:
-    """``index.json`` of a saved index, reachable even after its folder is renamed."""
-
-    def __init__(self, folder: Path) -> None:
-        self.fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-
-    def update_count(self, count: int) -> None:
-        """Rewrite the manifest's count if it differs (temp file + rename inside the folder)."""
-        try:
-            with open(INDEX_MANIFEST, encoding="utf-8", opener=self._opener(os.O_RDONLY)) as f:
-                manifest = json.load(f)
-            if manifest.get("count") == count:
-                return
-            manifest["count"] = int(count)
-            tmp = f".{INDEX_MANIFEST}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "w", encoding="utf-8",
-                      opener=self._opener(os.O_WRONLY | os.O_CREAT | os.O_TRUNC)) as f:
-                json.dump(manifest, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, INDEX_MANIFEST, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except (OSError, ValueError):
-            pass  # the version was pruned or is read-only: nothing to keep current
-
-    def _opener(self, flags: int):  # noqa: ANN202 - an `open` opener
-        return lambda path, _: os.open(path, flags, 0o644, dir_fd=self.fd)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
 
 
 @register("milvus")
@@ -115,7 +85,7 @@ class MilvusIndex(VectorIndex):
             raise LookalikeError(f"milvus index: no server URI; pass --uri (uri=...) or set {URI_ENV}")
         self.collection = check_collection_name(collection or DEFAULT_COLLECTION)
         self.token = token or uuid.uuid4().hex
-        self._manifest: _ManifestHandle | None = None
+        self._manifest: ManifestHandle | None = None
         self._client = self._connect()
         if create:
             self._create_collection()
@@ -147,7 +117,7 @@ class MilvusIndex(VectorIndex):
     def _create_collection(self) -> None:
         if self._call("check", "has_collection", self.collection):
             info = self._call("describe", "describe_collection", self.collection)
-            if read_description(info.get("description", "")) is None:
+            if read_meta(info) is None:
                 raise LookalikeError(
                     f"milvus collection {self.collection!r} on {self.uri} exists and was not made "
                     "by lookalike; choose another --collection")
@@ -156,9 +126,11 @@ class MilvusIndex(VectorIndex):
         index_params.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE",
                                params={"M": int(self.params["M"]),
                                        "efConstruction": int(self.params["ef_construction"])})
-        schema = make_schema(self.dim, describe(self.embedder_id, self.dim, self.token))
-        self._call("create", "create_collection", self.collection, schema=schema,
+        meta = describe(self.embedder_id, self.dim, self.token)
+        self._call("create", "create_collection", self.collection, schema=make_schema(self.dim, meta),
                    index_params=index_params, consistency_level=STRONG)
+        self._call("describe", "alter_collection_properties", self.collection,
+                   properties={META_PROPERTY: meta})
 
     def close(self) -> None:
         """Close the connection (the collection stays on the server)."""
@@ -334,7 +306,7 @@ class MilvusIndex(VectorIndex):
     def _follow(self, folder: Path) -> None:
         if self._manifest is not None:
             self._manifest.close()
-        self._manifest = _ManifestHandle(folder)
+        self._manifest = ManifestHandle(folder)
 
     @classmethod
     def load(cls, folder: str | Path, uri: str | None = None) -> "MilvusIndex":
@@ -362,7 +334,7 @@ class MilvusIndex(VectorIndex):
         if not self._call("check", "has_collection", self.collection):
             raise ModelMismatchError(f"{where} does not exist (dropped?){rebuild}")
         info = self._call("describe", "describe_collection", self.collection)
-        described = read_description(info.get("description", "")) or {}
+        described = read_meta(info) or {}
         if described.get("embedder_id") != self.embedder_id:
             raise ModelMismatchError(f"{where} holds vectors of embedder "
                                      f"{described.get('embedder_id')!r}, not {self.embedder_id!r}")

@@ -15,8 +15,8 @@ attrs       JSON                ``{"v": every attribute as given, "s": {name: st
                                 "n": {name: float(value) where finite}}``
 ==========  ==================  ==========================================================
 
-The collection *description* is a JSON object naming the embedder id, the dimension and a
-random ``token`` written once at creation; ``index.json`` holds the same token, so a collection
+The collection *description* and its ``lookalike.meta`` property hold a JSON object naming the
+embedder id, the dimension and a random ``token`` written once at creation; ``index.json`` holds the same token, so a collection
 dropped and rebuilt by someone else is told apart from the one an index was saved with.
 """
 
@@ -71,15 +71,21 @@ def describe(embedder_id: str, dim: int, token: str) -> str:
                        "token": token}, sort_keys=True)
 
 
-def read_description(text: str) -> dict[str, Any] | None:
-    """The lookalike description of a collection, or None if lookalike did not make it."""
-    try:
-        data = json.loads(text or "")
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or data.get("format") != DESCRIPTION_FORMAT:
-        return None
-    return data
+META_PROPERTY = "lookalike.meta"
+
+
+def read_meta(info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The lookalike metadata of a described collection (the ``lookalike.meta`` property, else
+    the description; milvus-lite keeps properties but drops descriptions), or None if lookalike
+    did not make it."""
+    for text in ((info.get("properties") or {}).get(META_PROPERTY), info.get("description")):
+        try:
+            data = json.loads(text or "")
+        except ValueError:
+            continue
+        if isinstance(data, dict) and data.get("format") == DESCRIPTION_FORMAT:
+            return data
+    return None
 
 
 def _as_float(value: Any) -> float:
