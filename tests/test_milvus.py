@@ -192,7 +192,7 @@ def test_filters_follow_filters_matches(milvus) -> None:
         assert found == {i for i, a in zip(ids, attributes) if filters.matches(a)}, filters
 
 
-def test_clear_errors(milvus, tmp_path) -> None:
+def test_clear_errors(milvus, tmp_path, monkeypatch) -> None:
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((30, 8)).astype(np.float32)
     ids = [f"e{n}" for n in range(30)]
@@ -231,6 +231,13 @@ def test_clear_errors(milvus, tmp_path) -> None:
             ids[:1], vectors[:1, :4])
     with pytest.raises(LookalikeError, match="collection name"):
         create_index("milvus", 8, "e", uri=milvus.uri, collection="bad name")
+    with pytest.raises(LookalikeError, match="consistency must be one of"):
+        create_index("milvus", 8, "e", uri=milvus.uri, consistency="Sometimes")
+    monkeypatch.delenv("LOOKALIKE_MILVUS_URI", raising=False)
+    with pytest.raises(LookalikeError, match="no server URI"):
+        create_index("milvus", 8, "e")
+    monkeypatch.setenv("LOOKALIKE_MILVUS_URI", milvus.uri)  # the default URI
+    assert create_index("milvus", 8, "e", collection="from_env").uri == milvus.uri
 
 
 

@@ -10,8 +10,10 @@ only if lookalike made it (its description says so); otherwise creating fails.
 **Writes.** ``add`` is an upsert and ``remove`` a delete, both applied to the server at once
 (nothing is rebuilt). Every read and write uses ``consistency_level="Strong"``: a search waits
 until the server has applied every write acknowledged before it, so a caller (or another
-worker) reads its own writes. (The default Bounded level measurably returned an empty result
-right after an insert.)
+worker) reads its own writes. (The default Bounded level measurably missed a row right after its
+insert.) Strong costs a wait for the server's next time tick on every search (measured in
+benchmarks/results/milvus_bench.json); ``consistency="Bounded"`` or ``"Session"`` skips it for
+searches only, at the price of results up to a few seconds stale.
 
 **Excludes** up to ``_EXCLUDE_INLINE`` ids are over-fetched and dropped; longer lists get their
 own search with ``id not in [...]`` added to the expression.
@@ -64,11 +66,13 @@ class MilvusIndex(VectorIndex):
     Parameters: ``uri`` (default ``$LOOKALIKE_MILVUS_URI``), ``collection`` (default
     ``lookalike``), ``M`` and ``ef_construction`` (HNSW graph), ``ef_search`` (beam width, raised
     to ``k`` when smaller), ``timeout`` (seconds per call, also the connect timeout) and
-    ``batch_size`` (rows per upsert).
+    ``batch_size`` (rows per upsert) and ``consistency`` of searches (``Strong``; see the
+    module docstring before choosing ``Session`` or ``Bounded``).
     """
 
     DEFAULTS: dict[str, Any] = {"M": 16, "ef_construction": 200, "ef_search": 64,
-                                "timeout": 10.0, "batch_size": 1000}
+                                "timeout": 10.0, "batch_size": 1000, "consistency": STRONG}
+    LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 
     def __init__(self, dim: int, embedder_id: str = "", *, uri: str | None = None,
                  collection: str | None = None, token: str | None = None, create: bool = True,
@@ -80,6 +84,9 @@ class MilvusIndex(VectorIndex):
         if int(dim) <= 0:
             raise LookalikeError(f"index dimension must be positive, got {dim}")
         super().__init__(dim, embedder_id, **{**self.DEFAULTS, **params})
+        if self.params["consistency"] not in self.LEVELS:
+            raise LookalikeError(f"milvus index: consistency must be one of {', '.join(self.LEVELS)}"
+                                 f", got {self.params['consistency']!r}")
         self.uri = uri or os.environ.get(URI_ENV) or ""
         if not self.uri:
             raise LookalikeError(f"milvus index: no server URI; pass --uri (uri=...) or set {URI_ENV}")
@@ -218,7 +225,7 @@ class MilvusIndex(VectorIndex):
         found = self._call("search", "search", self.collection, data=list(queries), limit=limit,
                            filter=where, anns_field=VECTOR_FIELD, output_fields=[],
                            search_params={"metric_type": "COSINE", "params": {"ef": ef}},
-                           consistency_level=STRONG)
+                           consistency_level=self.params["consistency"])
         return [Hits([str(hit["id"]) for hit in hits], [float(hit["distance"]) for hit in hits])
                 for hits in found]
 
