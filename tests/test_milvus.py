@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import io
 import json
-import threading
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,8 +31,6 @@ from lookalike.errors import LookalikeError, ModelMismatchError
 from lookalike.index.base import Filters, Hits, create_index, load_index
 from lookalike.index.milvus_server import LocalMilvus, free_port
 from lookalike.models.base import create as create_embedder
-from lookalike.serve.app import create_app
-from lookalike.serve.settings import ServeSettings
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "data" / "demo.parquet"
 TOL = 1e-4
@@ -261,6 +264,20 @@ def test_milvus_lite_file_target(products, tmp_path) -> None:
 
 # ---- the project, the CLI and the service over one Milvus ---------------------------------------
 
+def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"lookalike serve exited: {server.stderr.read().decode()[-500:]}")
+        try:
+            if httpx.get(f"{url}/v1/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("lookalike serve did not become ready")
+
+
 def _catalogue(demo: pd.DataFrame, path: Path, rows: slice) -> Path:
     frame = demo.iloc[rows]
     pd.DataFrame({"id": frame["id"].astype(str), "image": frame["image_jpeg"],
@@ -271,14 +288,22 @@ def _catalogue(demo: pd.DataFrame, path: Path, rows: slice) -> Path:
     return path
 
 
-def test_project_cli_and_two_services_over_one_milvus(milvus, demo, tmp_path) -> None:
-    project = Project(tmp_path / "project")
-    report = project.ingest(_catalogue(demo, tmp_path / "m.parquet", slice(0, 240)),
-                            progress=False)
+@pytest.fixture(scope="module")
+def shop(milvus, demo, tmp_path_factory) -> Path:
+    """A project of 240 real demo products indexed into Milvus (collection ``shop``)."""
+    folder = tmp_path_factory.mktemp("shop")
+    project = Project(folder / "project")
+    report = project.ingest(_catalogue(demo, folder / "m.parquet", slice(0, 240)), progress=False)
     assert report.added == 240
     summary = project.index("hsv-histogram", kind="milvus", progress=False,
                             index_options={"uri": milvus.uri, "collection": "shop"})
     assert (summary.kind, summary.size) == ("milvus", 240)
+    project.close()
+    return folder / "project"
+
+
+def test_project_and_cli_over_milvus(milvus, demo, shop) -> None:
+    project = Project(shop)
     first = str(demo.iloc[0]["id"])
     shoes = Filters.of(category=str(demo.iloc[0]["article_type"]))
     similar = project.similar(first, k=5, filters=shoes)
@@ -290,36 +315,48 @@ def test_project_cli_and_two_services_over_one_milvus(milvus, demo, tmp_path) ->
     new_id = str(demo.iloc[300]["id"])  # a small update goes to the journal, not a new version
     project.add_item(new_id, demo.iloc[300]["image_jpeg"], {"title": "new", "category": "New"})
     project.close()
-    fresh = Project(tmp_path / "project", read_only=True)  # loads and checks the live collection
+    fresh = Project(shop, read_only=True)  # loads and checks the live collection
     assert [r.id for r in fresh.search(demo.iloc[300]["image_jpeg"], k=1,
                                        filters=Filters.of(category="New"))] == [new_id]
     fresh.close()
 
     result = CliRunner().invoke(cli_app, ["index", "--embedder", "hsv-histogram", "--kind",
                                           "milvus", "--uri", milvus.uri, "--collection", "shop_cli",
-                                          "--name", "cli", "--project", str(tmp_path / "project"),
-                                          "--json"])
+                                          "--name", "cli", "--project", str(shop), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["size"] == 241
 
-    def settings() -> ServeSettings:
-        return ServeSettings(project=tmp_path / "project", api_key="k" * 24, read_only=True)
 
+@pytest.mark.slow  # two worker processes start (~30 s on 2 busy cores)
+def test_serve_with_two_workers_over_one_milvus(demo, shop) -> None:
+    """`lookalike serve --workers 2` over the one Milvus answers concurrent requests."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(DEMO.parents[2]), os.environ.get("PYTHONPATH", "")])}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lookalike", "serve", "--project", str(shop), "--workers", "2",
+         "--port", str(port), "--read-only", "--log-level", "warning"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
     errors: list[str] = []
-    with TestClient(create_app(settings())) as one, TestClient(create_app(settings())) as two:
-        def ask(client: TestClient, row: int) -> None:
+    try:
+        _wait_ready(url, server)
+        category = str(demo.iloc[0]["article_type"])
+
+        def ask(row: int) -> None:
             item = str(demo.iloc[row]["id"])
-            response = client.get(f"/v1/items/{item}/similar", params={"k": 3})
-            if response.status_code != 200 or item in [r["id"] for r in
-                                                       response.json()["results"]]:
+            response = httpx.get(f"{url}/v1/items/{item}/similar",
+                                 params={"k": 3, "category": category}, timeout=60)
+            results = response.json().get("results", []) if response.status_code == 200 else []
+            if response.status_code != 200 or item in [r["id"] for r in results] or any(
+                    r["category"] != category for r in results):
                 errors.append(f"{item}: {response.status_code}")
 
-        threads = [threading.Thread(target=ask, args=(client, row))
-                   for row in range(0, 40) for client in (one, two)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(ask, range(0, 80)))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # its own session: uvicorn and its two workers
+        server.wait(timeout=60)
     assert not errors
 
 
