@@ -152,16 +152,20 @@ def index_command(
         engine: Annotated[str, typer.Option("--engine", help="Where to embed: local (this process) or ray (Ray Data actors).")] = "local",
         address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: start a local Ray).")] = None,
         num_actors: Annotated[Optional[int], typer.Option("--num-actors", min=1, help="Ray model replicas (default: one per CPU).")] = None,
+        uri: Annotated[Optional[str], typer.Option("--uri", help="Milvus server for --kind milvus (default: $LOOKALIKE_MILVUS_URI).")] = None,
+        collection: Annotated[Optional[str], typer.Option("--collection", help="Milvus collection for --kind milvus (default: lookalike).")] = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Embed the catalogue and build or update an index."""
     options = dict(parse_option(text) for text in option or [])
     options.update({k: v for k, v in (("image_size", image_size), ("precision", precision))
                     if v is not None})
     ray_options = {k: v for k, v in (("address", address), ("num_actors", num_actors)) if v}
+    index_options = {k: v for k, v in {"uri": uri, "collection": collection}.items() if v}
     summary = Project(project, create=False).index(embedder, kind=kind, name=name,
                                                    embedder_options=options, progress=not as_json,
                                                    text_columns=text_column, engine=engine,
-                                                   engine_options=ray_options)
+                                                   engine_options=ray_options,
+                                                   index_options=index_options)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return

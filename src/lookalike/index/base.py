@@ -164,6 +164,7 @@ _BUILTIN: dict[str, str] = {
     "exact": "lookalike.index.faiss_backend:ExactIndex",
     "hnsw": "lookalike.index.faiss_backend:HNSWIndex",
     "binary": "lookalike.index.binary_backend:BinaryIndex",
+    "milvus": "lookalike.index.milvus_backend:MilvusIndex",
 }
 _REGISTRY: dict[str, type[VectorIndex]] = {}
 

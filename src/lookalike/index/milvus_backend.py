@@ -1,0 +1,376 @@
+"""The ``milvus`` index: vectors and filter attributes in a Milvus collection, searched over gRPC.
+
+``create_index("milvus", dim, embedder_id, uri=..., collection=...)`` creates (or takes over) one
+collection (schema in :mod:`lookalike.index.milvus_schema`): HNSW over COSINE on unit vectors,
+the standard filter columns as typed fields and every attribute in a JSON field, so filters run
+inside Milvus' search (:mod:`lookalike.index.milvus_filters`). The URI defaults to the
+``LOOKALIKE_MILVUS_URI`` environment variable. A collection that exists already is dropped first
+only if lookalike made it (its description says so); otherwise creating fails.
+
+**Writes.** ``add`` is an upsert and ``remove`` a delete, both applied to the server at once
+(nothing is rebuilt). Every read and write uses ``consistency_level="Strong"``: a search waits
+until the server has applied every write acknowledged before it, so a caller (or another
+worker) reads its own writes. (The default Bounded level measurably missed a row right after its
+insert.) Strong costs a wait for the server's next time tick on every search (measured in
+benchmarks/results/milvus_bench.json); ``consistency="Bounded"`` or ``"Session"`` skips it for
+searches only, at the price of results up to a few seconds stale.
+
+**Excludes** up to ``_EXCLUDE_INLINE`` ids are over-fetched and dropped; longer lists get their
+own search with ``id not in [...]`` added to the expression.
+
+**Saving** writes only ``index.json`` (URI, collection, embedder id, dimension, item count and the
+collection's creation token); never the vectors. ``load`` reconnects and checks the live collection against it: the token (so a dropped
+and rebuilt collection is noticed), the embedder id, the dimension and the count, each with its
+own one-line :class:`~lookalike.errors.ModelMismatchError`. The count legitimately moves when an
+index is updated after its save (the project's journal of small updates): the index therefore
+keeps the count in the ``index.json`` it was saved to or loaded from current after each write,
+through a handle on that folder that survives the folder being renamed (staging -> version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lookalike.errors import LookalikeError, ModelMismatchError, UnknownItemError
+from lookalike.index.attributes import normalise_value, unique_last
+from lookalike.index.base import INDEX_MANIFEST, Filters, Hits, VectorIndex, register
+from lookalike.index.manifest_handle import ManifestHandle
+from lookalike.index.milvus_filters import ID_FIELD, both, expression, ids_in
+from lookalike.index.milvus_schema import (VECTOR_FIELD, attributes_of, check_collection_name,
+                                           META_PROPERTY, describe, make_rows, make_schema,
+                                           read_meta)
+from lookalike.storage import atomic_write_text
+
+URI_ENV = "LOOKALIKE_MILVUS_URI"
+DEFAULT_COLLECTION = "lookalike"
+FORMAT_VERSION = 1
+_EXCLUDE_INLINE = 64
+_MAX_LIMIT = 16_384  # Milvus' largest top-k
+_ID_CHUNK = 1_000  # ids per `id in [...]` expression
+STRONG = "Strong"
+_LOAD_WAIT = 120.0  # seconds load() waits for a collection to be loaded and caught up
+
+
+@register("milvus")
+class MilvusIndex(VectorIndex):
+    """Vectors in a Milvus collection (see the module docstring).
+
+    Parameters: ``uri`` (default ``$LOOKALIKE_MILVUS_URI``), ``collection`` (default
+    ``lookalike``), ``M`` and ``ef_construction`` (HNSW graph), ``ef_search`` (beam width, raised
+    to ``k`` when smaller), ``timeout`` (seconds per call, also the connect timeout) and
+    ``batch_size`` (rows per upsert) and ``consistency`` of searches (``Strong``; see the
+    module docstring before choosing ``Session`` or ``Bounded``).
+    """
+
+    DEFAULTS: dict[str, Any] = {"M": 16, "ef_construction": 200, "ef_search": 64,
+                                "timeout": 10.0, "batch_size": 1000, "consistency": STRONG}
+    LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+
+    def __init__(self, dim: int, embedder_id: str = "", *, uri: str | None = None,
+                 collection: str | None = None, token: str | None = None, create: bool = True,
+                 **params: Any) -> None:
+        unknown = set(params) - set(self.DEFAULTS)
+        if unknown:
+            raise LookalikeError(f"milvus index: unknown parameter(s) {', '.join(sorted(unknown))}"
+                                 f"; known: uri, collection, {', '.join(self.DEFAULTS)}")
+        if int(dim) <= 0:
+            raise LookalikeError(f"index dimension must be positive, got {dim}")
+        super().__init__(dim, embedder_id, **{**self.DEFAULTS, **params})
+        if self.params["consistency"] not in self.LEVELS:
+            raise LookalikeError(f"milvus index: consistency must be one of {', '.join(self.LEVELS)}"
+                                 f", got {self.params['consistency']!r}")
+        self.uri = uri or os.environ.get(URI_ENV) or ""
+        if not self.uri:
+            raise LookalikeError(f"milvus index: no server URI; pass --uri (uri=...) or set {URI_ENV}")
+        self.collection = check_collection_name(collection or DEFAULT_COLLECTION)
+        self.token = token or uuid.uuid4().hex
+        self._manifest: ManifestHandle | None = None
+        self._client = self._connect()
+        if create:
+            self._create_collection()
+
+    # ---- connection ----------------------------------------------------------------------
+    def _connect(self) -> Any:
+        from pymilvus import MilvusClient
+
+        try:
+            return MilvusClient(uri=self.uri, timeout=float(self.params["timeout"]))
+        except Exception as error:  # pymilvus raises MilvusException and plain gRPC errors
+            raise LookalikeError(f"milvus server at {self.uri} is unreachable: "
+                                 f"{_one_line(error)}") from None
+
+    def _call(self, what: str, method: str, *args: Any, wait: float | None = None,
+              **kwargs: Any) -> Any:
+        """Call a client method, turning server errors into one-line LookalikeErrors; ``wait``
+        overrides the timeout (a collection just reloaded after a restart answers its first
+        Strong read only once it has caught up, measured ~20 s)."""
+        try:
+            return getattr(self._client, method)(
+                *args, timeout=float(wait or self.params["timeout"]), **kwargs)
+        except LookalikeError:
+            raise
+        except Exception as error:
+            raise LookalikeError(f"milvus {self.uri} collection {self.collection!r}: {what} "
+                                 f"failed: {_one_line(error)}") from None
+
+    def _create_collection(self) -> None:
+        if self._call("check", "has_collection", self.collection):
+            info = self._call("describe", "describe_collection", self.collection)
+            if read_meta(info) is None:
+                raise LookalikeError(
+                    f"milvus collection {self.collection!r} on {self.uri} exists and was not made "
+                    "by lookalike; choose another --collection")
+            self._call("drop", "drop_collection", self.collection)
+        index_params = self._client.prepare_index_params()
+        index_params.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE",
+                               params={"M": int(self.params["M"]),
+                                       "efConstruction": int(self.params["ef_construction"])})
+        meta = describe(self.embedder_id, self.dim, self.token)
+        self._call("create", "create_collection", self.collection, schema=make_schema(self.dim, meta),
+                   index_params=index_params, consistency_level=STRONG)
+        self._call("describe", "alter_collection_properties", self.collection,
+                   properties={META_PROPERTY: meta})
+
+    def close(self) -> None:
+        """Close the connection (the collection stays on the server)."""
+        if self._manifest is not None:
+            self._manifest.close()
+            self._manifest = None
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+    # ---- writing -------------------------------------------------------------------------
+    def add(self, ids: Sequence[str], vectors: np.ndarray,
+            attributes: Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Insert or replace items (an upsert on the primary key)."""
+        ids = list(ids)
+        vectors = self._unit_rows(vectors, "add")
+        if len(ids) != len(vectors):
+            raise LookalikeError(f"add: {len(ids)} ids but {len(vectors)} vectors")
+        if attributes is not None and len(attributes) != len(ids):
+            raise LookalikeError(f"add: {len(ids)} ids but {len(attributes)} attribute rows")
+        if not ids:
+            return
+        unique_ids, rows = unique_last(ids)  # a repeated id: its last row wins
+        chosen = None if attributes is None else [
+            _normalised(attributes[r], unique_ids[n]) for n, r in enumerate(rows.tolist())]
+        data = make_rows(unique_ids, vectors[rows], chosen)  # validates everything first
+        step = int(self.params["batch_size"])
+        for start in range(0, len(data), step):
+            self._call("upsert", "upsert", self.collection, data[start:start + step])
+        self._after_write()
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Delete items; returns how many were present. Unknown ids are ignored."""
+        wanted = sorted({i for i in ids if isinstance(i, str) and i})
+        removed = 0
+        for start in range(0, len(wanted), _ID_CHUNK):
+            present = self._present(wanted[start:start + _ID_CHUNK])
+            if present:
+                self._call("delete", "delete", self.collection, ids=present)
+                removed += len(present)
+        if removed:
+            self._after_write()
+        return removed
+
+    def _present(self, ids: Sequence[str]) -> list[str]:
+        rows = self._call("query", "query", self.collection, filter=ids_in(ids),
+                          output_fields=[ID_FIELD], limit=len(ids), consistency_level=STRONG)
+        return [row[ID_FIELD] for row in rows]
+
+    def _after_write(self) -> None:
+        if self._manifest is not None:
+            self._manifest.update_count(len(self))
+
+    # ---- reading -------------------------------------------------------------------------
+    def search(self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None,
+               exclude: Sequence[Iterable[str]] | None = None) -> list[Hits]:
+        """The ``k`` nearest items to each query row, best first, among those passing
+        ``filters``; ``exclude[i]`` lists ids query ``i`` must not return."""
+        queries = self._unit_rows(vectors, "search")
+        if k < 0:
+            raise LookalikeError(f"search: k must be >= 0, got {k}")
+        if exclude is not None and len(exclude) != len(queries):
+            raise LookalikeError(f"search: {len(queries)} queries but {len(exclude)} exclude lists")
+        results = [Hits([], []) for _ in range(len(queries))]
+        where = expression(filters)
+        if k == 0 or not len(queries) or where is None:
+            return results
+        excluded = [set() if exclude is None else {i for i in exclude[q] if isinstance(i, str)}
+                    for q in range(len(queries))]
+        inline = [q for q in range(len(queries)) if len(excluded[q]) <= _EXCLUDE_INLINE]
+        if inline:
+            extra = max(len(excluded[q]) for q in inline)
+            found = self._search(queries[inline], k + extra, where)
+            for q, hits in zip(inline, found):
+                results[q] = _drop(hits, excluded[q], k)
+        for q in set(range(len(queries))) - set(inline):
+            own = both(where, ids_in(sorted(excluded[q]), negate=True))
+            results[q] = self._search(queries[q:q + 1], k, own)[0]
+        return results
+
+    def _search(self, queries: np.ndarray, limit: int, where: str) -> list[Hits]:
+        if limit > _MAX_LIMIT:
+            raise LookalikeError(f"milvus index: at most {_MAX_LIMIT} results per query "
+                                 f"(k plus excluded ids), asked for {limit}")
+        ef = max(int(self.params["ef_search"]), limit)
+        found = self._call("search", "search", self.collection, data=list(queries), limit=limit,
+                           filter=where, anns_field=VECTOR_FIELD, output_fields=[],
+                           search_params={"metric_type": "COSINE", "params": {"ef": ef}},
+                           consistency_level=self.params["consistency"])
+        return [Hits([str(hit["id"]) for hit in hits], [float(hit["distance"]) for hit in hits])
+                for hits in found]
+
+    def ids(self) -> list[str]:
+        """Every id in the collection (read in batches)."""
+        try:
+            iterator = self._client.query_iterator(self.collection, batch_size=5000, filter="",
+                                                   output_fields=[ID_FIELD],
+                                                   consistency_level=STRONG)
+        except Exception as error:
+            raise LookalikeError(f"milvus {self.uri} collection {self.collection!r}: listing ids "
+                                 f"failed: {_one_line(error)}") from None
+        out: list[str] = []
+        try:
+            while batch := iterator.next():
+                out += [row[ID_FIELD] for row in batch]
+        finally:
+            iterator.close()
+        return out
+
+    def __len__(self) -> int:
+        return self._count()
+
+    def _count(self, wait: float | None = None) -> int:
+        rows = self._call("count", "query", self.collection, filter="", wait=wait,
+                          output_fields=["count(*)"], consistency_level=STRONG)
+        return int(rows[0]["count(*)"])
+
+    def __contains__(self, item_id: object) -> bool:
+        return isinstance(item_id, str) and bool(item_id) and bool(self._present([item_id]))
+
+    def attributes(self, item_id: str) -> dict[str, Any]:
+        """The attributes an item was added with (missing ones left out)."""
+        rows = self._rows([item_id], ["attrs"])
+        return attributes_of(rows[item_id])
+
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored unit vectors of ``ids``, one row each."""
+        rows = self._rows(list(ids), [VECTOR_FIELD])
+        if not ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray([rows[i][VECTOR_FIELD] for i in ids], dtype=np.float32)
+
+    def _rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, Mapping[str, Any]]:
+        rows: dict[str, Mapping[str, Any]] = {}
+        unique = sorted(set(ids))
+        for start in range(0, len(unique), _ID_CHUNK):
+            chunk = unique[start:start + _ID_CHUNK]
+            for row in self._call("get", "query", self.collection, filter=ids_in(chunk),
+                                  output_fields=[ID_FIELD, *fields], limit=len(chunk),
+                                  consistency_level=STRONG):
+                rows[row[ID_FIELD]] = row
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise UnknownItemError(f"{missing[0]!r} is not in the index"
+                                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return rows
+
+    def _unit_rows(self, vectors: np.ndarray, where: str) -> np.ndarray:
+        array = self.check_vectors(vectors, f"milvus index {where}")
+        if not np.isfinite(array).all():
+            raise LookalikeError(f"milvus index {where}: vectors contain NaN or infinity")
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise LookalikeError(f"milvus index {where}: a vector is all zeros (no direction)")
+        return np.ascontiguousarray(array / norms, dtype=np.float32)
+
+    # ---- saving --------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write ``index.json`` naming the collection (never the vectors).
+
+        No flush: every acknowledged write is already durable in the server's log (a restart
+        finds it, tested), and Milvus seals and indexes segments on its own schedule.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {"kind": self.kind, "format_version": FORMAT_VERSION, "uri": self.uri,
+                    "collection": self.collection, "embedder_id": self.embedder_id,
+                    "dim": self.dim, "count": len(self), "token": self.token,
+                    "params": {k: v for k, v in self.params.items()}}
+        atomic_write_text(folder / INDEX_MANIFEST, json.dumps(manifest, indent=2))
+        self._follow(folder)
+        return folder
+
+    def _follow(self, folder: Path) -> None:
+        if self._manifest is not None:
+            self._manifest.close()
+        self._manifest = ManifestHandle(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path, uri: str | None = None) -> "MilvusIndex":
+        """Reconnect to the collection ``folder/index.json`` names and check it still matches.
+
+        The URI is ``uri`` if given, else ``$LOOKALIKE_MILVUS_URI`` if set (a worker on another
+        machine reaches the same server under another name), else the saved one.
+        """
+        folder = Path(folder)
+        manifest = json.loads((folder / INDEX_MANIFEST).read_text())
+        if manifest.get("kind") != "milvus" or manifest.get("format_version") != FORMAT_VERSION:
+            raise LookalikeError(f"{folder}: not a milvus index of format {FORMAT_VERSION}")
+        index = cls(manifest["dim"], manifest.get("embedder_id", ""),
+                    uri=uri or os.environ.get(URI_ENV) or manifest["uri"],
+                    collection=manifest["collection"], token=manifest["token"], create=False,
+                    **manifest.get("params", {}))
+        index._check_live(int(manifest["count"]), folder)
+        index._follow(folder)
+        return index
+
+    def _check_live(self, count: int, folder: Path) -> None:
+        """Fail with one line naming the first thing the live collection disagrees on."""
+        where = f"{folder}: milvus collection {self.collection!r} on {self.uri}"
+        rebuild = "; rebuild it with `lookalike index --kind milvus`"
+        if not self._call("check", "has_collection", self.collection):
+            raise ModelMismatchError(f"{where} does not exist (dropped?){rebuild}")
+        info = self._call("describe", "describe_collection", self.collection)
+        described = read_meta(info) or {}
+        if described.get("embedder_id") != self.embedder_id:
+            raise ModelMismatchError(f"{where} holds vectors of embedder "
+                                     f"{described.get('embedder_id')!r}, not {self.embedder_id!r}")
+        live_dim = next((int(f["params"]["dim"]) for f in info.get("fields", [])
+                         if f.get("name") == VECTOR_FIELD), None)
+        if live_dim != self.dim:
+            raise ModelMismatchError(f"{where} has dimension {live_dim}, the index {self.dim}")
+        if described.get("token") != self.token:
+            raise ModelMismatchError(f"{where} is not the one this index was saved with (it was "
+                                     f"dropped and created again){rebuild}")
+        # After a server restart the collection loads again and catches up first: wait for it.
+        self._call("load", "load_collection", self.collection, wait=_LOAD_WAIT)
+        live = self._count(wait=_LOAD_WAIT)
+        if live != count:
+            raise ModelMismatchError(f"{where} holds {live} items, the saved index {count}; it "
+                                     f"was changed outside this index{rebuild}")
+
+
+def _normalised(attributes: Mapping[str, Any], item_id: str) -> dict[str, Any]:
+    if not isinstance(attributes, Mapping):
+        raise LookalikeError(f"attributes of item {item_id!r} must be a mapping")
+    return {str(k): normalise_value(v, str(k), item_id) for k, v in attributes.items()}
+
+
+def _drop(hits: Hits, excluded: set[str], k: int) -> Hits:
+    keep = [n for n, i in enumerate(hits.ids) if i not in excluded][:k]
+    return Hits([hits.ids[n] for n in keep], [hits.scores[n] for n in keep])
+
+
+def _one_line(error: BaseException) -> str:
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    return " ".join(str(message).split())[:300]

@@ -1,0 +1,117 @@
+"""A local Milvus standalone server (PyPI package ``milvus``) for tests, benchmarks and a laptop.
+
+``LocalMilvus(folder).start()`` runs the server binary the ``milvus`` package ships (Milvus
+2.3, with embedded etcd and RocksMQ) with its data in ``folder``, and serves gRPC on a free port
+on 127.0.0.1 (``.uri``); its embedded etcd also gets free ports, so several servers can run on
+one machine. ``stop()`` ends it; ``start()`` again serves the same data on the same ports.
+Offline: nothing is downloaded. Not for production (see docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from lookalike.errors import LookalikeError
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _config(folder: Path, etcd_client: int, etcd_peer: int) -> Any:
+    """The ``milvus`` package's config with two changes: ports are checked with SO_REUSEADDR as
+    the server binds them (its own check fails for a port in TIME_WAIT right after a stop), and
+    the embedded etcd listens on ``etcd_client``/``etcd_peer`` instead of its fixed 2379/2380
+    (so several local servers, or another etcd, can run on one machine)."""
+    from milvus import MilvusServerConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    etcd = folder / "etcd.yaml"
+    peer, client = f"http://127.0.0.1:{etcd_peer}", f"http://127.0.0.1:{etcd_client}"
+    etcd.write_text(f"name: default\nlisten-peer-urls: {peer}\nlisten-client-urls: {client}\n"
+                    f"advertise-client-urls: {client}\ninitial-advertise-peer-urls: {peer}\n"
+                    f"initial-cluster: default={peer}\n")
+    default = MilvusServerConfig()
+    template = default.template_text
+    marker = "  endpoints: localhost:{{ etcd_port(int): 2379 }}\n"
+    if marker not in template:
+        raise LookalikeError("unexpected milvus package config template: etcd endpoints missing")
+    template_file = folder / "milvus.yaml.template"
+    template_file.write_text(template.replace(
+        marker, marker + f"  config:\n    path: {etcd}\n"))
+
+    class Config(MilvusServerConfig):
+        def try_bind_port(self, port: int) -> socket.socket | None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return sock
+            except OSError:
+                sock.close()
+                return None
+
+    config = Config(template=str(template_file))
+    config.glog_conf_file = default.glog_conf_file  # set only for the packaged template
+    return config
+
+
+class LocalMilvus:
+    """One local Milvus server process with its data in ``folder``."""
+
+    def __init__(self, folder: str | Path, port: int | None = None) -> None:
+        from milvus import MilvusServer
+
+        self.folder = Path(folder)
+        self.port = port or free_port()
+        etcd_client, etcd_peer = free_port(), free_port()
+        self._server = MilvusServer(config=_config(self.folder / "lookalike", etcd_client,
+                                                   etcd_peer),
+                                    proxy_port=self.port, etcd_port=etcd_client)
+        self._server.set_base_dir(str(self.folder))
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._server.server_proc
+        return None if proc is None else int(proc.pid)
+
+    def start(self) -> "LocalMilvus":
+        """Start the server and wait until it answers (about 10 s)."""
+        started = time.monotonic()
+        try:
+            self._server.start()
+        except (RuntimeError, TimeoutError) as error:
+            self._server.stop()
+            raise LookalikeError(f"local milvus in {self.folder} did not start: {error}") from None
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after ``grace`` seconds (a clean shutdown
+        measured over 20 s; acknowledged writes survive a kill, they are in the RocksMQ log)."""
+        proc = self._server.server_proc
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+                proc.kill()
+                proc.wait(timeout=10)
+        self._server.stop()
+
+    def __enter__(self) -> "LocalMilvus":
+        return self.start()
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
