@@ -364,6 +364,7 @@ def main() -> None:
     report(speed, quality, args.threads, queries or "all", gallery or "all")
     name = "embed_speed" + ("-quick" if args.quick else "") + ("-speed" if args.no_quality else "")
     name += "-quality" if args.no_speed else ""
+    name += "" if args.sizes == "224,112" else "-" + args.sizes.replace(",", "-")
     path = write_results(name, {
         "command": " ".join(["python", "benchmarks/embed_speed.py", *sys.argv[1:]]),
         "threads": args.threads, "n": n, "speed": speed, "quality": quality},

@@ -300,6 +300,7 @@ class EfficientNetLite0Embedder(Embedder):
         self._verdict: int8.Verdict | None = None
         self._calibration: str | None = None  # digest of the calibration photos (int8 ids)
         self._lock = threading.Lock()
+        self._verdict_lock = threading.Lock()
         if weights_path is not None:
             self._ensure_state()  # a user's file: report a bad or mismatched one right away
 
@@ -355,16 +356,17 @@ class EfficientNetLite0Embedder(Embedder):
     def int8_verdict(self) -> int8.Verdict:
         """This machine's self-check of the int8 model against fp32 (run once per CPU kind and
         model, then read from the shared cache folder)."""
-        if self._verdict is None:
-            name = f"{self._id_for('int8')}-b{ONNX_BUILD_VERSION}-{int8.cpu_key()}.check.json"
-            verdict = int8.cached_verdict(default_cache_dir() / name, self._measure_int8)
-            if not verdict.passed:
-                import logging
+        with self._verdict_lock:  # service threads: measure once
+            if self._verdict is None:
+                name = f"{self._id_for('int8')}-b{ONNX_BUILD_VERSION}-{int8.cpu_key()}.check.json"
+                verdict = int8.cached_verdict(default_cache_dir() / name, self._measure_int8)
+                if not verdict.passed:
+                    import logging
 
-                logging.getLogger("lookalike").warning(
-                    "lookalike: int8 %s drifts from fp32 on this CPU (%s); using fp32",
-                    self.name, verdict.describe())
-            self._verdict = verdict
+                    logging.getLogger("lookalike").warning(
+                        "lookalike: int8 %s drifts from fp32 on this CPU (%s); using fp32",
+                        self.name, verdict.describe())
+                self._verdict = verdict
         return self._verdict
 
     def _measure_int8(self) -> int8.Verdict:
