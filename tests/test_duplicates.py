@@ -246,7 +246,7 @@ def test_rest_routes_serve_duplicates(shop: Project) -> None:
     item_id = shop.store.ids()[2]
     with TestClient(app) as client:
         body = client.get("/v1/duplicates").json()
-        assert body["method"] == "phash+colour" and body["n_groups"] >= 1
+        assert body["method"] == "copies" and body["n_groups"] >= 1
         assert all(len(g["items"]) >= 2 for g in body["groups"])
         found = client.get(f"/v1/items/{item_id}/duplicates").json()
         assert found["item"] == item_id and item_id not in [d["id"] for d in found["duplicates"]]
