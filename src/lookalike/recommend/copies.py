@@ -43,7 +43,7 @@ class CopySettings:
 
     min_texture: float = MIN_TEXTURE
     max_colour: float = MAX_COLOUR
-    neighbours: int = 10
+    neighbours: int = 5
     min_cosine: float = 0.80
     phash_neighbours: int = 5
     phash_radius: int = 22

@@ -32,7 +32,7 @@ THUMB_SIZE = (30, 40)
 #: Defaults chosen on validation copies of train products with benchmarks/dedup_bench.py.
 MIN_TEXTURE = 0.80
 MAX_COLOUR = 10.0
-_ITERATIONS = 10
+_ITERATIONS = 8
 _SMOOTH, _FINE, _COARSE = 0.8, 0.7, 2.0
 _BACKGROUND = 0.92  # grey level above which a pixel is the white background
 
@@ -73,7 +73,7 @@ def is_copy(scores: PairScores, min_texture: float = MIN_TEXTURE,
     return (scores.texture >= min_texture) & (scores.colour <= max_colour)
 
 
-def score_pairs(first: np.ndarray, second: np.ndarray, *, batch: int = 512) -> PairScores:
+def score_pairs(first: np.ndarray, second: np.ndarray, *, batch: int = 128) -> PairScores:
     """:class:`PairScores` of thumbnail pairs ``first[k]`` / ``second[k]`` (``[n, 3, H, W]``
     uint8 each, from :func:`thumbnails`)."""
     if len(first) != len(second):
@@ -101,8 +101,9 @@ def _gauss(x, sigma: float):
     return F.conv2d(x, kernel.view(1, 1, -1, 1))
 
 
-def _warp(image, params, xn, yn):
-    """``image`` ``[B, C, H, W]`` sampled at ``(sx * x + tx, sy * y + ty)`` (normalised coords)."""
+def _warp(image, params, xn, yn, with_mask: bool = False):
+    """``image`` ``[B, C, H, W]`` sampled at ``(sx * x + tx, sy * y + ty)`` (normalised coords),
+    and with ``with_mask`` which samples fall inside the image."""
     import torch
     import torch.nn.functional as F
 
@@ -110,7 +111,7 @@ def _warp(image, params, xn, yn):
                         params[:, 1, None, None] * yn + params[:, 3, None, None]], -1)
     warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
                            align_corners=True)
-    return warped, (grid.abs() <= 1.0).all(-1)
+    return warped, ((grid.abs() <= 1.0).all(-1) if with_mask else None)
 
 
 def align(template, image, iterations: int = _ITERATIONS):
@@ -126,7 +127,9 @@ def align(template, image, iterations: int = _ITERATIONS):
     ones = torch.ones(b, h, w)
     for _ in range(iterations):
         warped = _warp(source, params, xn, yn)[0][:, 0]
-        gy, gx = torch.gradient(warped, dim=(1, 2))
+        gx, gy = torch.zeros_like(warped), torch.zeros_like(warped)
+        gx[:, :, 1:-1] = (warped[:, :, 2:] - warped[:, :, :-2]) / 2
+        gy[:, 1:-1] = (warped[:, 2:] - warped[:, :-2]) / 2
         gain = params[:, 4, None, None]
         gx = gain * gx * (w - 1) / 2 / params[:, 0, None, None]
         gy = gain * gy * (h - 1) / 2 / params[:, 1, None, None]
@@ -134,10 +137,13 @@ def align(template, image, iterations: int = _ITERATIONS):
         residual = (target - gain * warped - params[:, 5, None, None]).reshape(b, -1, 1)
         normal = jac @ jac.transpose(1, 2)
         normal = normal + torch.diag_embed(0.01 * torch.diagonal(normal, dim1=1, dim2=2) + 1e-3)
-        params = params + torch.linalg.solve(normal, jac @ residual)[..., 0]
+        step = torch.linalg.solve(normal, jac @ residual)[..., 0]
+        params = params + step
         params[:, 0:2].clamp_(0.7, 1.4)
         params[:, 2:4].clamp_(-0.3, 0.3)
         params[:, 4].clamp_(0.5, 2.0)
+        if float(step[:, :4].abs().max()) < 1e-3:
+            break  # every pair of the batch has settled
     return params, (xn, yn)
 
 
@@ -159,7 +165,7 @@ def _score_batch(first: np.ndarray, second: np.ndarray) -> PairScores:
         params, (xn, yn) = align(grey_a, grey_b)
         band_a = _gauss(grey_a, _FINE) - _gauss(grey_a, _COARSE)
         band_b = _gauss(grey_b, _FINE) - _gauss(grey_b, _COARSE)
-        moved, valid = _warp(torch.cat([band_b, b], 1), params, xn, yn)
+        moved, valid = _warp(torch.cat([band_b, b], 1), params, xn, yn, with_mask=True)
         valid = valid.float()
         texture = _masked_ncc(band_a[:, 0], moved[:, 0], valid)
         lightness = (a[:, 0] - params[:, 4, None, None] * moved[:, 1]

@@ -119,7 +119,8 @@ def _groups(ids: Sequence[str], pairs: np.ndarray) -> list[DuplicateGroup]:
 # ---- the verbs ------------------------------------------------------------------------------
 def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = None, *,
                max_colour_difference: float = MAX_COLOUR_DIFFERENCE, index: str | None = None,
-               neighbours: int = 10, save: bool = True, grid_groups: int = 40) -> DuplicateReport:
+               neighbours: int | None = None, save: bool = True,
+               grid_groups: int = 40) -> DuplicateReport:
     """Groups of near-duplicate catalogue items (see the module docstring for the methods).
 
     ``threshold``: the smallest texture correlation for ``copies`` (default 0.8), the largest
@@ -145,7 +146,7 @@ def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = 
         if not 0.0 < float(threshold) <= 1.0:
             raise LookalikeError(f"embedding threshold is a cosine in (0, 1], not {threshold}")
         ids, pairs = embedding_pairs(project, float(threshold), index=index,
-                                     neighbours=neighbours)
+                                     neighbours=neighbours or 10)
     report = DuplicateReport(method=method, threshold=float(threshold), n_items=len(ids),
                              n_pairs=len(pairs), groups=_groups(ids, pairs))
     report.seconds = time.perf_counter() - started
@@ -158,9 +159,12 @@ def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = 
     return report
 
 
-def _copy_pairs(project, threshold: float, index: str | None, neighbours: int,
+def _copy_pairs(project, threshold: float, index: str | None, neighbours: int | None,
                 save: bool) -> tuple[list[str], np.ndarray]:
-    settings = CopySettings(min_texture=threshold, neighbours=neighbours).check()
+    settings = CopySettings(min_texture=threshold)
+    if neighbours is not None:
+        settings = CopySettings(min_texture=threshold, neighbours=neighbours)
+    settings.check()
     prints = catalogue_fingerprints(project, save=save)
     extra = None
     if index or project.default_index_name():

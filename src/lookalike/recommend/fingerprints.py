@@ -237,7 +237,9 @@ def phash_neighbours(codes: np.ndarray, queries: np.ndarray, k: int, radius: int
                                min(len(codes), k + int(skip_self)))
     rows = np.repeat(np.arange(len(queries)), dist.shape[1])
     dist, found = dist.reshape(-1).astype(np.int64), found.reshape(-1).astype(np.int64)
-    keep = (found >= 0) & (dist <= radius) & (~skip_self | (found != rows))
+    keep = (found >= 0) & (dist <= radius)
+    if skip_self:
+        keep &= found != rows
     return np.stack([rows[keep], found[keep], dist[keep]], axis=1)
 
 
