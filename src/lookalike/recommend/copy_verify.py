@@ -7,13 +7,13 @@ photos' small thumbnails densely -- product photos are 60 x 80 px, too small for
 left:
 
 1. *Alignment*: a Gauss-Newton (Lucas-Kanade) fit of an axis-aligned scale and shift plus a
-   gain and offset of the grey levels, batched over many pairs with ``torch.grid_sample``.
+   gain of the grey levels, batched over many pairs with ``torch.grid_sample``.
    A crop-and-resize is exactly such a warp; brightness is the gain.
 2. *Texture*: the normalised cross-correlation of band-passed (difference of Gaussians) grey
    levels of the aligned pair, over the pixels both photos show. A copy keeps the fine detail
    of its original (seams, prints, logos); a look-alike product shot the same way does not.
-3. *Colour*: the mean CIELAB Delta-E of the aligned pair (lightness after the fitted gain and
-   offset) over the product's pixels (not the white background), which the band-passed grey
+3. *Colour*: the mean CIELAB Delta-E of the aligned pair (lightness after the fitted gain)
+   over the product's pixels (those unlike the photo's border colour), which the band-passed grey
    levels cannot see (the same shirt in another colour).
 
 :func:`score_pairs` gives both numbers per pair; a pair is a copy when its texture is at least
@@ -34,7 +34,8 @@ MIN_TEXTURE = 0.80
 MAX_COLOUR = 10.0
 _ITERATIONS = 8
 _SMOOTH, _FINE, _COARSE = 0.8, 0.7, 2.0
-_BACKGROUND = 0.92  # grey level above which a pixel is the white background
+_COLOUR_BLUR = 1.2  # colour is compared on blurred photos: JPEG and resampling blur edges
+_BACKGROUND_DELTA_E = 8.0  # how far from the border colour a pixel of the product is
 
 
 def thumbnail(image: Image.Image) -> np.ndarray:
@@ -101,6 +102,12 @@ def _gauss(x, sigma: float):
     return F.conv2d(x, kernel.view(1, 1, -1, 1))
 
 
+def _gauss_channels(x, sigma: float):
+    """:func:`_gauss` of every channel of ``[B, C, H, W]``."""
+    b, c, h, w = x.shape
+    return _gauss(x.reshape(b * c, 1, h, w), sigma).reshape(b, c, h, w)
+
+
 def _warp(image, params, xn, yn, with_mask: bool = False):
     """``image`` ``[B, C, H, W]`` sampled at ``(sx * x + tx, sy * y + ty)`` (normalised coords),
     and with ``with_mask`` which samples fall inside the image."""
@@ -115,16 +122,15 @@ def _warp(image, params, xn, yn, with_mask: bool = False):
 
 
 def align(template, image, iterations: int = _ITERATIONS):
-    """Parameters ``[B, 6]`` = (sx, sy, tx, ty, gain, offset) such that
-    ``gain * image(sx * x + tx, sy * y + ty) + offset`` matches ``template`` (both ``[B, 1, H, W]``
+    """Parameters ``[B, 5]`` = (sx, sy, tx, ty, gain) such that
+    ``gain * image(sx * x + tx, sy * y + ty)`` matches ``template`` (both ``[B, 1, H, W]``
     grey levels in 0..1, normalised coordinates), by damped Gauss-Newton on blurred images."""
     import torch
 
     b, _, h, w = template.shape
     target, source = _gauss(template, _SMOOTH)[:, 0], _gauss(image, _SMOOTH)
     yn, xn = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    params = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0]).repeat(b, 1)
-    ones = torch.ones(b, h, w)
+    params = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0]).repeat(b, 1)
     for _ in range(iterations):
         warped = _warp(source, params, xn, yn)[0][:, 0]
         gx, gy = torch.zeros_like(warped), torch.zeros_like(warped)
@@ -133,8 +139,8 @@ def align(template, image, iterations: int = _ITERATIONS):
         gain = params[:, 4, None, None]
         gx = gain * gx * (w - 1) / 2 / params[:, 0, None, None]
         gy = gain * gy * (h - 1) / 2 / params[:, 1, None, None]
-        jac = torch.stack([gx * xn, gy * yn, gx, gy, warped, ones], 1).reshape(b, 6, -1)
-        residual = (target - gain * warped - params[:, 5, None, None]).reshape(b, -1, 1)
+        jac = torch.stack([gx * xn, gy * yn, gx, gy, warped], 1).reshape(b, 5, -1)
+        residual = (target - gain * warped).reshape(b, -1, 1)
         normal = jac @ jac.transpose(1, 2)
         normal = normal + torch.diag_embed(0.01 * torch.diagonal(normal, dim1=1, dim2=2) + 1e-3)
         step = torch.linalg.solve(normal, jac @ residual)[..., 0]
@@ -155,6 +161,18 @@ def _masked_ncc(a, b, mask):
     return (a * b).sum((1, 2)) / ((a * a).sum((1, 2)) * (b * b).sum((1, 2)) + 1e-12).sqrt()
 
 
+def _foreground(lab):
+    """``[B, H, W]`` 1.0 where a pixel differs from the photo's background (the median colour of
+    its border) by more than ``_BACKGROUND_DELTA_E``."""
+    import torch
+
+    border = torch.cat([lab[:, :, 0], lab[:, :, -1], lab[:, :, :, 0], lab[:, :, :, -1]], 2)
+    background = border.median(dim=2).values[:, :, None, None]
+    scale = torch.tensor([1 / 2.55, 1.0, 1.0]).view(1, 3, 1, 1)
+    distance = torch.linalg.vector_norm((lab - background) * scale, dim=1)
+    return (distance > _BACKGROUND_DELTA_E).float()
+
+
 def _score_batch(first: np.ndarray, second: np.ndarray) -> PairScores:
     import torch
 
@@ -165,13 +183,13 @@ def _score_batch(first: np.ndarray, second: np.ndarray) -> PairScores:
         params, (xn, yn) = align(grey_a, grey_b)
         band_a = _gauss(grey_a, _FINE) - _gauss(grey_a, _COARSE)
         band_b = _gauss(grey_b, _FINE) - _gauss(grey_b, _COARSE)
-        moved, valid = _warp(torch.cat([band_b, b], 1), params, xn, yn, with_mask=True)
+        soft_a, soft_b = _gauss_channels(a, _COLOUR_BLUR), _gauss_channels(b, _COLOUR_BLUR)
+        moved, valid = _warp(torch.cat([band_b, soft_b], 1), params, xn, yn, with_mask=True)
         valid = valid.float()
         texture = _masked_ncc(band_a[:, 0], moved[:, 0], valid)
-        lightness = (a[:, 0] - params[:, 4, None, None] * moved[:, 1]
-                     - 255.0 * params[:, 5, None, None]) / 2.55
-        chroma = torch.sqrt(lightness ** 2 + ((a[:, 1:] - moved[:, 2:]) ** 2).sum(1))
-        product = valid * (grey_a[:, 0] < _BACKGROUND).float()
+        lightness = (soft_a[:, 0] - params[:, 4, None, None] * moved[:, 1]) / 2.55
+        chroma = torch.sqrt(lightness ** 2 + ((soft_a[:, 1:] - moved[:, 2:]) ** 2).sum(1))
+        product = valid * _foreground(a)
         enough = product.sum((1, 2)) >= 0.05 * valid.sum((1, 2)).clamp(min=1.0)
         weight = torch.where(enough[:, None, None], product, valid)
         colour = (chroma * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1.0)
