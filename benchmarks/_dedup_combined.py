@@ -214,6 +214,9 @@ def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalo
     index.add([str(r) for r in range(catalogue)], data["vectors"][take])
     matcher = CopyMatcher(prints, settings)
     rng = np.random.default_rng(0)
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one query: threads would only wait for each other
     times: dict[str, list[float]] = {"embed": [], "vector_search": [], "match": [], "total": []}
     for row in rng.choice(data["n_catalogue"], size=queries, replace=False):
         image = edit_copy(data["images"][row], random_edits(rng, 4))
@@ -228,7 +231,7 @@ def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalo
         for key, value in (("embed", t1 - t0), ("vector_search", t2 - t1), ("match", t3 - t2),
                            ("total", t3 - t0)):
             times[key].append(1000 * value)
-    return {"catalogue": catalogue, "queries": queries,
+    return {"catalogue": catalogue, "queries": queries, "faiss_threads": 1,
             **{f"{k}_ms_median": round(float(np.median(v)), 2) for k, v in times.items()},
             "total_ms_p90": round(float(np.percentile(times["total"], 90)), 2)}
 
@@ -280,6 +283,15 @@ def run(frame, embedder, imagededup: Any, *, quick: bool, seed: int, threads: in
                  "timing": test_timing},
         "ingest_check": timing,
     }
+
+
+def run_ingest_check(frame, embedder, *, seed: int, catalogue_size: int = 44072
+                     ) -> dict[str, Any]:
+    """Only the one-image check of :func:`ingest_timing`, on the quick test set."""
+    test = prepare(build_set(frame, "test", 1500, 400, seed + 202), embedder, 1)
+    return {"set": {"split": "test", "seed": seed + 202, "catalogue": test["n_catalogue"]},
+            "settings": vars(CopySettings()),
+            "ingest_check": ingest_timing(test, embedder, CopySettings(), catalogue_size)}
 
 
 def _pairs_of(data: dict[str, Any], name: str, row: dict[str, Any]) -> np.ndarray:

@@ -169,6 +169,8 @@ def main() -> None:
                              "thresholds chosen on validation copies (see _dedup_combined.py)")
     parser.add_argument("--full", action="store_true",
                         help="--combined on whole splits instead of 2,000-product catalogues")
+    parser.add_argument("--ingest-check", action="store_true",
+                        help="only time checking one incoming image against 44,072 items")
     args = parser.parse_args()
 
     import faiss
@@ -176,6 +178,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
+    if args.ingest_check:
+        import _dedup_combined as combined
+
+        from lookalike.models.base import create
+
+        payload = combined.run_ingest_check(load_products_frame(), create(args.embedder),
+                                            seed=args.seed)
+        payload["embedder"] = args.embedder
+        print(payload["ingest_check"])
+        print(write_results("dedup_ingest_check", payload, quick=True, seeds=[args.seed + 202]))
+        return
     if args.combined:
         run_combined(args)
         return

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -124,7 +125,7 @@ class CopyMatcher:
                   neighbours_of: NeighboursOf | None = None) -> "CopyMatcher":
         """The matcher of a catalogue store's items (what ingest checks incoming images with);
         fingerprints are cached in the store's project directory."""
-        view = StoreView(store=store, path=store.project_dir, read_only=False)
+        view = StoreView(store=store, path=Path(store.project_dir), read_only=False)
         return cls(catalogue_fingerprints(view), settings, neighbours_of)
 
     def __len__(self) -> int:

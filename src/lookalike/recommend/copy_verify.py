@@ -30,9 +30,10 @@ from PIL import Image
 #: Thumbnail size (width, height): half the catalogue's 60 x 80 photos.
 THUMB_SIZE = (30, 40)
 #: Defaults chosen on validation copies of train products with benchmarks/dedup_bench.py.
-MIN_TEXTURE = 0.80
-MAX_COLOUR = 10.0
+MIN_TEXTURE = 0.92
+MAX_COLOUR = 6.0
 _ITERATIONS = 8
+_FEW_PAIRS = 32
 _SMOOTH, _FINE, _COARSE = 0.8, 0.7, 2.0
 _COLOUR_BLUR = 1.2  # colour is compared on blurred photos: JPEG and resampling blur edges
 _BACKGROUND_DELTA_E = 8.0  # how far from the border colour a pixel of the product is
@@ -77,10 +78,20 @@ def is_copy(scores: PairScores, min_texture: float = MIN_TEXTURE,
 def score_pairs(first: np.ndarray, second: np.ndarray, *, batch: int = 128) -> PairScores:
     """:class:`PairScores` of thumbnail pairs ``first[k]`` / ``second[k]`` (``[n, 3, H, W]``
     uint8 each, from :func:`thumbnails`)."""
+    import torch
+
     if len(first) != len(second):
         raise ValueError("score_pairs needs as many first as second thumbnails")
-    parts = [_score_batch(first[s:s + batch], second[s:s + batch])
-             for s in range(0, len(first), batch)]
+    threads = torch.get_num_threads()
+    few = len(first) <= _FEW_PAIRS
+    if few:  # a handful of pairs is hundreds of tiny ops: threads only wait for each other
+        torch.set_num_threads(1)
+    try:
+        parts = [_score_batch(first[s:s + batch], second[s:s + batch])
+                 for s in range(0, len(first), batch)]
+    finally:
+        if few:
+            torch.set_num_threads(threads)
     if not parts:
         empty = np.zeros(0, dtype=np.float32)
         return PairScores(empty, empty, np.zeros((0, 2), dtype=np.float32))
