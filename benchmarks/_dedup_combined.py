@@ -210,7 +210,10 @@ def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalo
     take = np.tile(np.arange(n), reps)[:catalogue]
     prints = Fingerprints([str(r) for r in range(catalogue)], data["codes"][take],
                           data["colours"][take], data["thumbs"][take])
-    index = create_index("exact", embedder.dim, embedder.embedder_id)
+    from lookalike.index.choose import choose_index
+
+    choice = choose_index(catalogue, embedder.dim)  # what `lookalike index` builds at this size
+    index = create_index(choice.kind, embedder.dim, embedder.embedder_id, **choice.params)
     index.add([str(r) for r in range(catalogue)], data["vectors"][take])
     matcher = CopyMatcher(prints, settings)
     rng = np.random.default_rng(0)
@@ -232,6 +235,7 @@ def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalo
                            ("total", t3 - t0)):
             times[key].append(1000 * value)
     return {"catalogue": catalogue, "queries": queries, "faiss_threads": 1,
+            "index": {"kind": choice.kind, **choice.params},
             **{f"{k}_ms_median": round(float(np.median(v)), 2) for k, v in times.items()},
             "total_ms_p90": round(float(np.percentile(times["total"], 90)), 2)}
 

