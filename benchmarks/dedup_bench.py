@@ -17,6 +17,9 @@ article type -- is a false positive.
 
     python benchmarks/dedup_bench.py                     # Lite0 embeddings of the subset
     python benchmarks/dedup_bench.py --embedder hsv-histogram --copies 500   # quicker
+    python benchmarks/dedup_bench.py --combined        # copies with 1-4 edits at once: the copies
+                                                       # detector vs the rest (_dedup_combined.py)
+    python benchmarks/dedup_bench.py --ingest-check    # one incoming image vs 44,072 items
 
 imagededup must import its hashing module without torchvision (see docs/clusters-and-
 duplicates.md: install it with ``pip install --no-deps imagededup``); when it cannot, its rows
