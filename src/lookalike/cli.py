@@ -87,7 +87,7 @@ def _print_results(results, as_json: bool, heading: str) -> None:
 @user_errors
 def ingest(source: Annotated[str, typer.Argument(help="A folder, a manifest (.csv/.jsonl/.parquet) or a named catalogue: demo, products, fashion-mnist.")],
            on_duplicate: Annotated[str, typer.Option("--on-duplicate", help="Incoming near-duplicates of catalogue images: keep, warn (keep and list them) or skip (reject them).")] = "keep",
-           duplicate_threshold: Annotated[Optional[float], typer.Option("--duplicate-threshold", help="copies: smallest texture correlation (default 0.8); phash+colour: most hash bits of 64 that may differ (default 8).")] = None,
+           duplicate_threshold: Annotated[Optional[float], typer.Option("--duplicate-threshold", help="copies: smallest texture correlation (default 0.92); phash+colour: most hash bits of 64 that may differ (default 8).")] = None,
            duplicate_method: Annotated[str, typer.Option("--duplicate-method", help="How near-duplicates are found: copies (default) or phash+colour.")] = "copies",
            project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Add images and their attributes to the catalogue (incremental, resumable)."""
