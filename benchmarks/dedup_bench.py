@@ -17,6 +17,9 @@ article type -- is a false positive.
 
     python benchmarks/dedup_bench.py                     # Lite0 embeddings of the subset
     python benchmarks/dedup_bench.py --embedder hsv-histogram --copies 500   # quicker
+    python benchmarks/dedup_bench.py --combined        # copies with 1-4 edits at once: the copies
+                                                       # detector vs the rest (_dedup_combined.py)
+    python benchmarks/dedup_bench.py --ingest-check    # one incoming image vs 44,072 items
 
 imagededup must import its hashing module without torchvision (see docs/clusters-and-
 duplicates.md: install it with ``pip install --no-deps imagededup``); when it cannot, its rows
@@ -164,6 +167,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--own-search", default="PHash",
                         help="imagededup methods whose own (brute-force) search is timed too")
+    parser.add_argument("--combined", action="store_true",
+                        help="copies with 1-4 combined edits: the copies detector vs baselines, "
+                             "thresholds chosen on validation copies (see _dedup_combined.py)")
+    parser.add_argument("--full", action="store_true",
+                        help="--combined on whole splits instead of 2,000-product catalogues")
+    parser.add_argument("--ingest-check", action="store_true",
+                        help="only time checking one incoming image against 44,072 items")
     args = parser.parse_args()
 
     import faiss
@@ -171,6 +181,20 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
+    if args.ingest_check:
+        import _dedup_combined as combined
+
+        from lookalike.models.base import create
+
+        payload = combined.run_ingest_check(load_products_frame(), create(args.embedder),
+                                            seed=args.seed)
+        payload["embedder"] = args.embedder
+        print(payload["ingest_check"])
+        print(write_results("dedup_ingest_check", payload, quick=True, seeds=[args.seed + 202]))
+        return
+    if args.combined:
+        run_combined(args)
+        return
     rng = np.random.default_rng(args.seed)
 
     frame = load_products_frame()
@@ -351,6 +375,33 @@ def main() -> None:
     print(f"real catalogue at {chosen} bits: {len(groups)} groups, "
           f"{payload['real_catalogue']['items_in_groups']} items; grid {grid}")
     print(write_results("dedup_bench", payload))
+
+
+def run_combined(args: argparse.Namespace) -> None:
+    """``--combined``: see benchmarks/_dedup_combined.py."""
+    import _dedup_combined as combined
+
+    from lookalike.models.base import create
+
+    methods, why_not = load_imagededup()
+    started = time.perf_counter()
+    payload = combined.run(load_products_frame(), create(args.embedder),
+                           methods["PHash"] if methods else None, quick=not args.full,
+                           seed=args.seed, threads=args.threads)
+    payload.update({"embedder": args.embedder, "imagededup_unavailable": why_not,
+                    "seconds_total": round(time.perf_counter() - started, 1),
+                    "peak_rss_mb": round(peak_rss_mb(), 1)})
+    rows = [{"method": "copies", **{k: payload["test"]["copies"][k]
+                                    for k in ("precision", "recall", "pairs", "planted")}}]
+    rows += [{"method": name, **{k: row[k] for k in ("precision", "recall", "pairs", "planted")}}
+             for name, row in payload["test"]["baselines"].items()]
+    print_table("test copies (thresholds chosen on validation)", rows)
+    for group, row in payload["test"]["copies"]["by_edits"].items():
+        print(f"copies {group}: recall {row['recall']} precision {row['precision']} "
+              f"pairs {row['pairs']} of {row['copies']} planted")
+    print(write_results("dedup_combined" + ("" if args.full else "_quick"), payload,
+                        quick=not args.full, seeds=[payload["sets"]["validation"]["seed"],
+                                                    payload["sets"]["test"]["seed"]]))
 
 
 def _f1(row: dict[str, Any]) -> float:

@@ -12,9 +12,12 @@ import pytest
 from PIL import Image, ImageEnhance
 from typer.testing import CliRunner
 
+import lookalike
 from lookalike import Project
 from lookalike.errors import LookalikeError, UnknownNameError
+from lookalike.recommend.copy_edits import Edit, edit_copy, random_edits
 from lookalike.recommend.duplicates import (
+    DuplicateFinder,
     PHashMatcher,
     catalogue_fingerprints,
     catalogue_phashes,
@@ -231,7 +234,9 @@ def test_cli_duplicates(shop: Project, tmp_path: Path) -> None:
                               "--json"])
     assert one.exit_code == 0, one.output
     assert shop.store.ids()[1] in [d["id"] for d in json.loads(one.stdout)["duplicates"]]
-    report = runner.invoke(app, ["duplicates", "--project", str(shop.path)])
+    # (the catalogue report of the default method is what the REST test below reads)
+    report = runner.invoke(app, ["duplicates", "--method", "phash+colour", "--project",
+                                 str(shop.path)])
     assert report.exit_code == 0, report.output and "groups" in report.output
 
 
@@ -246,7 +251,7 @@ def test_rest_routes_serve_duplicates(shop: Project) -> None:
     item_id = shop.store.ids()[2]
     with TestClient(app) as client:
         body = client.get("/v1/duplicates").json()
-        assert body["method"] == "phash+colour" and body["n_groups"] >= 1
+        assert body["method"] == "copies" and body["n_groups"] >= 1
         assert all(len(g["items"]) >= 2 for g in body["groups"])
         found = client.get(f"/v1/items/{item_id}/duplicates").json()
         assert found["item"] == item_id and item_id not in [d["id"] for d in found["duplicates"]]
@@ -275,3 +280,118 @@ def test_words_and_clusters_not_prepared_are_a_clear_409(shop: Project) -> None:
             assert response.json()["error"]["code"] == "not_prepared"
             assert command in response.json()["error"]["message"]
         assert client.get(f"/v1/items/{item_id}/similar").status_code == 200  # plain still works
+
+
+# ---- copies: combined edits (the default method) ---------------------------------------------
+COMBINED = [Edit("crop", (0.04, 0.03, 0.05, 0.04)), Edit("resize", (0.7,)),
+            Edit("brightness", (1.12,)), Edit("jpeg", (35.0,))]
+
+
+@pytest.fixture(scope="module")
+def demo_frame() -> pd.DataFrame:
+    frame = pd.read_parquet(Path(lookalike.__file__).parent / "data" / "demo.parquet")
+    frame = frame[frame["article_type"].isin(TYPES)].sort_values("id")
+    frame = frame.drop_duplicates("image_jpeg").groupby("article_type", group_keys=False).head(30)
+    return frame.reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def copy_shop(demo_frame: pd.DataFrame,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, dict[str, str]]:
+    """A shop of real demo products plus copies of eight of them, each cropped, resized,
+    brightened and re-saved at JPEG quality 35 (fixed edits for four, seeded random 4-edit
+    copies for the other four), under new ids."""
+    folder = tmp_path_factory.mktemp("copy-shop")
+    rng = np.random.default_rng(7)
+    originals = demo_frame.iloc[::len(demo_frame) // 8][:8]
+    copies = {}
+    rows = []
+    for n, row in enumerate(originals.itertuples()):
+        photo = Image.open(io.BytesIO(row.image_jpeg)).convert("RGB")
+        edited = edit_copy(photo, COMBINED if n < 4 else random_edits(rng, 4))
+        copies[f"copy-{row.id}"] = str(row.id)
+        rows.append({"id": f"copy-{row.id}", "image": _jpeg(edited, 95), "title": "a copy",
+                     "category": row.article_type, "colour": row.base_colour})
+    catalogue = pd.DataFrame({"id": demo_frame["id"].astype(str), "image": demo_frame["image_jpeg"],
+                              "title": demo_frame["title"], "category": demo_frame["article_type"],
+                              "colour": demo_frame["base_colour"]})
+    manifest = folder / "shop.parquet"
+    pd.concat([catalogue, pd.DataFrame(rows)]).to_parquet(manifest)
+    project = Project(folder / "project")
+    project.ingest(manifest, progress=False)
+    project.index("hsv-histogram", progress=False)
+    return project, copies
+
+
+def test_copies_with_combined_edits_are_grouped_with_their_originals(copy_shop) -> None:
+    project, copies = copy_shop
+    report = duplicates(project)  # the default method
+    assert report.method == "copies"
+    group_of = {item_id: n for n, g in enumerate(report.groups) for item_id in g.ids}
+    for copy_id, original in copies.items():
+        assert copy_id in group_of and group_of.get(original) == group_of[copy_id], copy_id
+    # the old default misses most of them: that is why copies is the default now
+    old = duplicates(project, method="phash+colour", save=False)
+    old_group = {item_id: n for n, g in enumerate(old.groups) for item_id in g.ids}
+    assert sum(old_group.get(c, -1) == old_group.get(o, -2) for c, o in copies.items()) < 6
+
+
+def test_look_alike_products_are_not_copies(copy_shop, demo_frame: pd.DataFrame) -> None:
+    project, copies = copy_shop
+    report = duplicates(project, save=False)
+    photo = dict(zip(demo_frame["id"].astype(str), demo_frame["image_jpeg"]))
+    mixed = [g.ids for g in report.groups if len({photo[copies.get(i, i)] for i in g.ids}) > 1]
+    # A planted copy is grouped with its original only. A few groups of this slice's own photos
+    # do mix distinct photos: ties of one range (their stripes vanish at 30 x 40) and two very
+    # dark Red Tape shoes from one studio shot -- the known limit of the thumbnail check.
+    assert not [g for g in mixed if any(i in copies for i in g)], mixed
+    assert len(mixed) <= 4 and sum(map(len, mixed)) <= 12, mixed
+    assert report.n_duplicate_items <= 2 * len(copies) + 12
+    for copy_id, original in copies.items():  # the closest match of a copy is its original
+        found = [i for i, _ in find_duplicate_of(project, _photo(project, copy_id)) if i != copy_id]
+        assert found[0] == original, (copy_id, found)
+    # a product of the same type not in the shop, and a shop photo in another colour
+    outsider = pd.read_parquet(Path(lookalike.__file__).parent / "data" / "demo.parquet")
+    outsider = outsider[outsider["article_type"].isin(TYPES)
+                        & ~outsider["id"].isin(demo_frame["id"])].head(10)
+    finder = DuplicateFinder(project)
+    for row in outsider.itertuples():
+        assert finder.find(row.image_jpeg) == [], row.id
+    swapped_checked = 0
+    for item_id in demo_frame["id"].astype(str)[:30]:
+        original = _photo(project, item_id)
+        swapped = Image.merge("RGB", original.split()[::-1])  # red <-> blue: another colour
+        pixels = np.asarray(original, dtype=np.float32)
+        coloured = np.abs(pixels[..., 0] - pixels[..., 2]).mean() > 8  # grey stays grey
+        if coloured and hamming(phash_code(original), phash_code(swapped)) <= 8:
+            assert item_id not in dict(finder.find(swapped)), item_id
+            swapped_checked += 1
+        assert item_id in dict(finder.find(original))  # and each photo finds itself
+    assert swapped_checked >= 5
+
+
+def test_ingest_skips_a_combined_edit_copy(copy_shop, demo_frame: pd.DataFrame,
+                                           tmp_path: Path) -> None:
+    from lookalike.cli import app
+
+    project, _ = copy_shop
+    source = str(demo_frame["id"].iat[5])
+    copy = edit_copy(_photo(project, source), COMBINED)
+    outsider = pd.read_parquet(Path(lookalike.__file__).parent / "data" / "demo.parquet")
+    outsider = outsider[(outsider["article_type"] == demo_frame["article_type"].iat[5])
+                        & ~outsider["id"].isin(demo_frame["id"])].iloc[0]
+    manifest = tmp_path / "incoming.parquet"
+    pd.DataFrame({"id": ["resold", "new-look-alike"],
+                  "image": [_jpeg(copy, 95), outsider["image_jpeg"]],
+                  "title": ["resold copy", "another product of the same type"]}
+                 ).to_parquet(manifest)
+    result = CliRunner().invoke(app, ["ingest", str(manifest), "--on-duplicate", "skip",
+                                      "--project", str(project.path), "--json"])
+    try:
+        assert result.exit_code == 0, result.output
+        body = json.loads(result.stdout)
+        assert body["added"] == 1 and body["rejected_by_reason"] == {"duplicate": 1}
+        assert body["duplicates"][0]["duplicate_of"] == source
+        assert "new-look-alike" in project.store and "resold" not in project.store
+    finally:
+        project.remove_items([i for i in ("resold", "new-look-alike") if i in project.store])

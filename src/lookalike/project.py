@@ -121,6 +121,11 @@ class Project:
         self._require_writable("ingest")
         from lookalike.catalogue.ingest import ingest
 
+        if options.get("on_duplicate_image", "keep") != "keep" \
+                and options.get("duplicate_method", "copies") == "copies":
+            from lookalike.recommend.duplicates import index_neighbours
+
+            options.setdefault("duplicate_neighbours", index_neighbours(self))
         with self.write_lock():
             return ingest(source, self.store, progress=progress, **options)
 

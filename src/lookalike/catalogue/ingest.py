@@ -51,7 +51,7 @@ class IngestReport:
     source: str = ""
     seconds: float = 0.0
     #: Near-duplicates found (``on_duplicate_image`` warn/skip): ``{"id", "duplicate_of",
-    #: "bits", "skipped"}`` each; skipped ones are also rejects with reason ``duplicate``.
+    #: "distance", "skipped"}`` each (distance as the method measures it); skipped ones are also rejects with reason ``duplicate``.
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     #: Folder files sharing a stem (``photo.gif``, ``photo.tiff``): stem -> the ids they got.
     name_collisions: dict[str, list[str]] = field(default_factory=dict)
@@ -86,7 +86,8 @@ class IngestReport:
 def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store: CatalogueStore,
            *, progress: bool = True, batch_size: int = 256, on_duplicate_image: str = "keep",
            max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-           duplicate_threshold: int | None = None, strict: bool = False) -> IngestReport:
+           duplicate_threshold: float | None = None, duplicate_method: str = "copies",
+           duplicate_neighbours: Any = None, strict: bool = False) -> IngestReport:
     """Add or update every record of ``source`` in ``store``; see the module docstring.
 
     ``source`` is anything :func:`~lookalike.catalogue.sources.open_source` accepts, or records.
@@ -95,10 +96,13 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
 
     ``on_duplicate_image``: ``"keep"`` stores near-duplicates as separate items without looking;
     ``"warn"`` stores them and lists them in ``report.duplicates``; ``"skip"`` rejects them
-    (reason ``duplicate``). A near-duplicate is an image within ``duplicate_threshold`` bits
-    (default 8 of 64) of the perceptual hash of an item already in the catalogue or accepted
-    earlier in this ingest, whose colour grid also agrees (the ``phash+colour`` method of
-    :mod:`lookalike.recommend.duplicates`). Items that are unchanged are not checked.
+    (reason ``duplicate``). A near-duplicate is a copy of an item already in the catalogue or
+    accepted earlier in this ingest, found with ``duplicate_method`` of
+    :mod:`lookalike.recommend.duplicates`: ``copies`` (the default; ``duplicate_threshold`` is
+    the smallest texture correlation, default 0.92; ``duplicate_neighbours(image)``, when given,
+    adds the image's embedding neighbours to the hash candidates) or ``phash+colour``
+    (``duplicate_threshold`` in bits, default 8 of 64). Items that are unchanged are not
+    checked.
 
     ``strict``: a source whose ids repeat is refused with a one-line CatalogueError before
     anything is written (default: the repeats are rejected by row and the rest is ingested).
@@ -116,8 +120,9 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
                           name_collisions=dict(getattr(records, "collisions", {})))
     _reject_duplicate_ids(records, store, report)
     workers = workers or min(4, os.cpu_count() or 1)
-    matcher = _near_duplicate_matcher(store, duplicate_threshold) \
-        if on_duplicate_image != "keep" else None
+    matcher = None
+    if on_duplicate_image != "keep":
+        matcher = _duplicate_matcher(store, duplicate_method, duplicate_threshold)
 
     with _progress_bar(progress, f"ingest {records.name}", len(records)) as advance, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
@@ -127,8 +132,9 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
                 lambda record, known=existing: _prepare(record, known.get(record.id), store,
                                                         max_pixels, matcher is not None), batch))
             if matcher is not None:  # in source order, so the first of two copies is kept
-                outcomes = [_check_duplicate(record, outcome, matcher, on_duplicate_image,
-                                             report) for record, outcome in zip(batch, outcomes)]
+                outcomes = [_check_duplicate(record, outcome, matcher, duplicate_neighbours,
+                                             on_duplicate_image, report)
+                            for record, outcome in zip(batch, outcomes)]
             to_write = [item for kind, item in outcomes if kind in ("added", "updated")]
             rejects = [reject for kind, reject in outcomes if kind == "rejected"]
             if any(kind != "unchanged" for kind, _ in outcomes):
@@ -145,12 +151,21 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
     return report
 
 
-def _near_duplicate_matcher(store: CatalogueStore, threshold: int | None) -> Any:
-    """A perceptual-hash matcher over the catalogue's images (``phash+colour``)."""
-    from lookalike.recommend.duplicates import DEFAULT_THRESHOLDS, PHashMatcher
+def _duplicate_matcher(store: CatalogueStore, method: str, threshold: float | None) -> Any:
+    from lookalike.recommend.copies import CopyMatcher, CopySettings
+    from lookalike.recommend.duplicates import (DEFAULT_THRESHOLDS, MAX_COLOUR_DIFFERENCE,
+                                                PHashMatcher)
 
-    return PHashMatcher.for_store(
-        store, DEFAULT_THRESHOLDS["phash+colour"] if threshold is None else threshold)
+    if method not in ("copies", "phash+colour", "phash"):
+        raise LookalikeError(f"duplicate_method={method!r} is not supported at ingest; use "
+                             "copies, phash+colour or phash")
+    threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
+    if method == "copies":
+        return CopyMatcher.for_store(store, CopySettings(min_texture=float(threshold)))
+    if float(threshold) != int(threshold):
+        raise LookalikeError(f"a {method} threshold is whole bits, not {threshold}")
+    return PHashMatcher.for_store(store, int(threshold),
+                                  None if method == "phash" else MAX_COLOUR_DIFFERENCE)
 
 
 def _as_source(source: str | Path | CatalogueSource | Iterable[SourceRecord],
@@ -202,30 +217,33 @@ def _prepare(record: SourceRecord, existing: Item | None, store: CatalogueStore,
                 width=decoded.image.width, height=decoded.image.height,
                 source_hash=source_hash, **_fields(record))
     if with_fingerprint:
-        from lookalike.recommend.duplicates import fingerprint
+        from lookalike.recommend.fingerprints import fingerprint
 
-        return ("added" if existing is None else "updated"), (item, fingerprint(decoded.image))
+        return ("added" if existing is None else "updated"), \
+            (item, (fingerprint(decoded.image), decoded.image))
     return ("added" if existing is None else "updated"), item
 
 
-def _check_duplicate(record: SourceRecord, outcome: tuple[str, Any], matcher: Any, policy: str,
-                     report: IngestReport) -> tuple[str, Any]:
+def _check_duplicate(record: SourceRecord, outcome: tuple[str, Any], matcher: Any,
+                     neighbours: Any, policy: str, report: IngestReport) -> tuple[str, Any]:
     """Apply the near-duplicate policy to one prepared record (main thread, source order)."""
     kind, value = outcome
     if not isinstance(value, tuple):
         return outcome  # unchanged or rejected: nothing new to check
-    item, (code, colours) = value
-    matches = [m for m in matcher.find_fingerprint(code, colours) if m[0] != item.id]
+    item, (print_, image) = value
+    near = neighbours(image) if neighbours is not None else ()
+    matches = [m for m in matcher.find_fingerprint(print_, near) if m[0] != item.id]
     if matches:
-        original, bits = matches[0]
-        report.duplicates.append({"id": item.id, "duplicate_of": original, "bits": bits,
+        original, distance = matches[0]
+        report.duplicates.append({"id": item.id, "duplicate_of": original,
+                                  "distance": round(float(distance), 4),
                                   "skipped": policy == "skip"})
         if policy == "skip":
             return "rejected", Reject(
                 source=record.row or record.id, reason="duplicate", item_id=record.id,
                 message=f"near-duplicate of catalogue item {original!r} "
-                        f"({bits:g} of 64 perceptual-hash bits differ)")
-    matcher.add_fingerprint(item.id, code, colours)
+                        f"(distance {distance:.3g})")
+    matcher.add_fingerprint(item.id, print_)
     return kind, item
 
 

@@ -133,8 +133,8 @@ def clusters_command(
 @app.command("duplicates")
 @user_errors
 def duplicates_command(
-        method: Annotated[str, typer.Option("--method", help="phash+colour, phash or embedding.")] = "phash+colour",
-        threshold: Annotated[Optional[float], typer.Option("--threshold", help="Max Hamming bits (phash) or min cosine (embedding).")] = None,
+        method: Annotated[str, typer.Option("--method", help="copies (default: robust to combined edits), phash+colour, phash or embedding.")] = "copies",
+        threshold: Annotated[Optional[float], typer.Option("--threshold", help="Min texture correlation (copies), max Hamming bits (phash) or min cosine (embedding).")] = None,
         photo: Annotated[Optional[Path], typer.Option("--photo", help="Only check this photo against the catalogue.")] = None,
         index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
         as_json: JsonOption = False) -> None:

@@ -2,23 +2,23 @@
 
 Methods, none of them with an N x N matrix:
 
-* ``phash``: the 64-bit perceptual hash of every image (the ImageHash package) in a FAISS binary
-  index; pairs within a Hamming radius come from a range search. ``IndexBinaryMultiHash``
-  (4 tables of 16 bits, probing up to ``nflip`` flipped bits per table) is exact by the pigeonhole
-  rule up to ``4 * (nflip + 1) - 1`` bits, so it answers radii up to 11 without a scan; larger
-  radii use the brute-force ``IndexBinaryFlat``. The hash is grey-scale: on a catalogue of
-  products shot the same way on white it pairs a navy tie with a maroon one.
-* ``phash+colour`` (the default): the phash pairs whose 8 x 8 CIELAB colour grids also agree
-  (largest cell difference, after removing the overall lightness shift, at most
-  ``max_colour_difference`` Delta-E). Cheap, and independent of the index's embedder.
+* ``copies`` (the default; :mod:`.copies`): candidate pairs from perceptual-hash neighbours and,
+  when the project has an image index, embedding neighbours; each candidate is verified by
+  aligning the two photos (scale, shift, brightness) and comparing fine texture and colour
+  (:mod:`.copy_verify`). Robust when edits are combined (crop + resize + brightness + JPEG), and
+  it tells a copy from a look-alike product. ``threshold`` is the smallest texture correlation.
+* ``phash``: the 64-bit perceptual hash of every image in a FAISS binary index; pairs within a
+  Hamming radius come from a range search (multi-hash, exact by the pigeonhole rule up to 11
+  bits; larger radii by brute force). Grey-scale: it pairs a navy tie with a maroon one.
+* ``phash+colour``: the phash pairs whose 8 x 8 CIELAB colour grids also agree (largest cell
+  difference, after removing the overall lightness shift, at most ``max_colour_difference``).
 * ``embedding``: the project's vector index; pairs are neighbours (the ``neighbours`` nearest)
-  whose cosine is at least the threshold -- a range search bounded at ``neighbours`` hits per item.
+  whose cosine is at least the threshold.
 
 Pairs are joined into groups (connected components of the sparse pair graph). Fingerprints
-(hash + colour grid) are kept per content hash under ``<project>/duplicates/phash/`` (a
-versioned folder: ``codes.npy``, ``colours.npy``, ``keys.json``) so later runs only look at new
-images. :func:`find_duplicate_of` checks one incoming image against the catalogue (for ingest),
-and :class:`PHashMatcher` does the same for a stream of images.
+(hash, colour grid, thumbnail) are cached per content hash (:mod:`.fingerprints`).
+:func:`find_duplicate_of` checks one incoming image against the catalogue;
+:class:`DuplicateFinder` does the same for many, keeping its matchers between calls.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,88 +36,19 @@ from PIL import Image
 
 from lookalike.errors import LookalikeError, UnknownNameError
 from lookalike.index.base import VectorIndex
-from lookalike.storage import atomic_write_bytes, atomic_write_text, current_version, versioned_folder
+from lookalike.recommend.copies import CopyMatcher, CopySettings, NeighboursOf, copy_pairs
+from lookalike.recommend.copy_verify import MIN_TEXTURE
+from lookalike.recommend.fingerprints import (  # noqa: F401  (re-exported)
+    COLOUR_GRID, HASH_BITS, MAX_COLOUR_DIFFERENCE, PHASH_DIR, PHASH_THRESHOLD, Fingerprints,
+    PHashMatcher, binary_index, catalogue_fingerprints, catalogue_phashes, check_radius,
+    colour_difference, colour_grid, fingerprint, hamming, hamming_pairs, phash_code, phash_codes)
+from lookalike.storage import atomic_write_text, current_version
 
-METHODS = ("phash+colour", "phash", "embedding")
-DEFAULT_METHOD = "phash+colour"
-PHASH_DIR = Path("duplicates") / "phash"
-HASH_BITS = 64
+METHODS = ("copies", "phash+colour", "phash", "embedding")
+DEFAULT_METHOD = "copies"
 #: Defaults chosen with benchmarks/dedup_bench.py (see docs/clusters-and-duplicates.md).
-DEFAULT_THRESHOLDS = {"phash": 8, "embedding": 0.97, "phash+colour": 8}
-#: The largest colour-grid difference (CIELAB Delta-E of the worst cell) of a ``phash+colour`` pair.
-MAX_COLOUR_DIFFERENCE = 12.0
-COLOUR_GRID = 8
-_MULTIHASH_TABLES, _MULTIHASH_BITS = 4, 16
-
-
-# ---- hashing --------------------------------------------------------------------------------
-def phash_code(image: Image.Image) -> np.ndarray:
-    """The 64-bit DCT perceptual hash of one image as 8 packed bytes (uint8)."""
-    import imagehash
-
-    bits = imagehash.phash(image.convert("RGB"), hash_size=8).hash.reshape(-1)
-    return np.packbits(bits.astype(np.uint8))
-
-
-def phash_codes(images: Iterable[Image.Image]) -> np.ndarray:
-    """Perceptual hashes of many images, ``[n, 8]`` uint8."""
-    codes = [phash_code(image) for image in images]
-    return np.stack(codes) if codes else np.zeros((0, HASH_BITS // 8), dtype=np.uint8)
-
-
-def colour_grid(image: Image.Image, size: int = COLOUR_GRID) -> np.ndarray:
-    """The image averaged down to ``size x size`` cells, in CIELAB (``[size * size, 3]``)."""
-    from skimage.color import rgb2lab
-
-    small = image.convert("RGB").resize((size, size), Image.Resampling.BOX)
-    return rgb2lab(np.asarray(small, dtype=np.float32) / 255.0).reshape(-1, 3).astype(np.float16)
-
-
-def colour_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Worst-cell Delta-E between colour grids (broadcasting over leading axes), after removing
-    each grid's mean lightness so a global brightness change does not count."""
-    a = np.asarray(a, dtype=np.float32).copy()
-    b = np.asarray(b, dtype=np.float32).copy()
-    a[..., 0] -= a[..., 0].mean(axis=-1, keepdims=True)
-    b[..., 0] -= b[..., 0].mean(axis=-1, keepdims=True)
-    return np.linalg.norm(a - b, axis=-1).max(axis=-1)
-
-
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bit differences between packed codes (broadcasting over leading axes)."""
-    return np.unpackbits(np.bitwise_xor(a, b), axis=-1).sum(axis=-1)
-
-
-def binary_index(codes: np.ndarray, radius: int):
-    """A FAISS binary index over ``codes`` that answers range searches up to ``radius`` bits
-    exactly (multi-hash when the pigeonhole rule allows, else brute force)."""
-    import faiss
-
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    nflip = -(-(radius + 1) // _MULTIHASH_TABLES) - 1  # pigeonhole: exact up to 4*(nflip+1)-1
-    if nflip <= 2:
-        index = faiss.IndexBinaryMultiHash(HASH_BITS, _MULTIHASH_TABLES, _MULTIHASH_BITS)
-        index.nflip = nflip
-    else:
-        index = faiss.IndexBinaryFlat(HASH_BITS)
-    if len(codes):
-        index.add(codes)
-    return index
-
-
-def hamming_pairs(codes: np.ndarray, radius: int, *, batch: int = 8192) -> np.ndarray:
-    """All pairs ``(i, j, distance)`` with ``i < j`` and Hamming distance <= ``radius``."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    index = binary_index(codes, radius)
-    out = []
-    for start in range(0, len(codes), batch):
-        lims, dist, found = index.range_search(codes[start:start + batch], radius + 1)  # "<"
-        lims = lims.astype(np.int64)
-        rows = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
-        found = found.astype(np.int64)
-        keep = found > rows
-        out.append(np.stack([rows[keep], found[keep], dist[keep].astype(np.int64)], axis=1))
-    return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.int64)
+DEFAULT_THRESHOLDS = {"copies": MIN_TEXTURE, "phash": PHASH_THRESHOLD, "embedding": 0.97,
+                      "phash+colour": PHASH_THRESHOLD}
 
 
 # ---- grouping -------------------------------------------------------------------------------
@@ -186,122 +116,27 @@ def _groups(ids: Sequence[str], pairs: np.ndarray) -> list[DuplicateGroup]:
             for g, rows in enumerate(groups)]
 
 
-# ---- the catalogue's fingerprints ----------------------------------------------------------
-@dataclass
-class Fingerprints:
-    """Per catalogue item: the 64-bit phash (``codes``, packed) and the colour grid."""
-
-    ids: list[str]
-    codes: np.ndarray
-    colours: np.ndarray
-
-    def take(self, rows: Sequence[int]) -> "Fingerprints":
-        rows = list(rows)
-        return Fingerprints([self.ids[r] for r in rows], self.codes[rows], self.colours[rows])
-
-
-def fingerprint(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """``(phash code, colour grid)`` of one image."""
-    return phash_code(image), colour_grid(image)
-
-
-def _decode_path(path: str) -> Image.Image:
-    from lookalike.catalogue.images import decode_image
-
-    return decode_image(Path(path), source=path)
-
-
-def catalogue_fingerprints(project, *, save: bool = True, workers: int = 2) -> Fingerprints:
-    """Fingerprints of every catalogue item, computing only those of images not seen before.
-
-    Items whose image cannot be decoded are left out. New fingerprints are saved when the
-    project is writable and ``save`` is true.
-    """
-    hashes = project.store.content_hashes()
-    known = _load_fingerprints(project.path)
-    missing = sorted(set(hashes.values()) - set(known))
-    if missing:
-        wanted = set(missing)
-        paths = {item.content_hash: str(item.image_path) for item in project.store.items()
-                 if item.content_hash in wanted}
-
-        def one(key: str) -> tuple[str, tuple[np.ndarray, np.ndarray] | None]:
-            try:
-                return key, fingerprint(_decode_path(paths[key]))
-            except LookalikeError:
-                return key, None
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for key, value in pool.map(one, missing):
-                if value is not None:
-                    known[key] = value
-        if save and not project.read_only:
-            keys = sorted(known)
-            with versioned_folder(project.path / PHASH_DIR) as staging:
-                _save_fingerprints(staging, keys, known)
-    ids = [i for i, h in hashes.items() if h in known]
-    codes = np.zeros((len(ids), HASH_BITS // 8), dtype=np.uint8)
-    colours = np.zeros((len(ids), COLOUR_GRID * COLOUR_GRID, 3), dtype=np.float16)
-    for n, item_id in enumerate(ids):
-        codes[n], colours[n] = known[hashes[item_id]]
-    return Fingerprints(ids, codes, colours)
-
-
-def catalogue_phashes(project, *, save: bool = True) -> tuple[list[str], np.ndarray]:
-    """``(ids, codes)``: the perceptual hashes of :func:`catalogue_fingerprints`."""
-    prints = catalogue_fingerprints(project, save=save)
-    return prints.ids, prints.codes
-
-
-def _npy(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _save_fingerprints(folder: Path, keys: list[str],
-                       known: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    atomic_write_bytes(folder / "codes.npy", _npy(np.stack([known[k][0] for k in keys])))
-    atomic_write_bytes(folder / "colours.npy", _npy(np.stack([known[k][1] for k in keys])))
-    atomic_write_text(folder / "keys.json", json.dumps(
-        {"bits": HASH_BITS, "colour_grid": COLOUR_GRID, "keys": keys}))
-
-
-def _load_fingerprints(project_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    folder = current_version(project_path / PHASH_DIR)
-    if folder is None:
-        return {}
-    try:
-        meta = json.loads((folder / "keys.json").read_text())
-        codes = np.load(folder / "codes.npy", allow_pickle=False)
-        colours = np.load(folder / "colours.npy", allow_pickle=False)
-    except (OSError, ValueError):
-        return {}  # damaged: compute again
-    keys = meta.get("keys", [])
-    if (meta.get("colour_grid") != COLOUR_GRID or codes.shape != (len(keys), HASH_BITS // 8)
-            or colours.shape != (len(keys), COLOUR_GRID * COLOUR_GRID, 3)):
-        return {}
-    return {key: (codes[n], colours[n]) for n, key in enumerate(keys)}
-
-
 # ---- the verbs ------------------------------------------------------------------------------
 def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = None, *,
                max_colour_difference: float = MAX_COLOUR_DIFFERENCE, index: str | None = None,
-               neighbours: int = 10, save: bool = True, grid_groups: int = 40) -> DuplicateReport:
+               neighbours: int | None = None, save: bool = True,
+               grid_groups: int = 40) -> DuplicateReport:
     """Groups of near-duplicate catalogue items (see the module docstring for the methods).
 
-    ``threshold``: the largest Hamming distance in bits for ``phash`` and ``phash+colour``
-    (default 8 of 64), the smallest cosine for ``embedding`` (default 0.97). With ``save`` (and a
+    ``threshold``: the smallest texture correlation for ``copies`` (default 0.92), the largest
+    Hamming distance in bits for ``phash`` and ``phash+colour`` (default 8 of 64), the smallest
+    cosine for ``embedding`` (default 0.97). ``copies`` uses the ``index`` (default: the
+    project's) for candidates when there is one, and hashes alone otherwise. With ``save`` (and a
     writable project) writes ``groups.json`` and ``groups.html`` (a picture grid of the largest
     groups) into ``<project>/reports/duplicates-<method>/``.
     """
     method = _check_method(method)
     threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
     started = time.perf_counter()
-    if method.startswith("phash"):
-        radius = _radius(threshold)
+    if method == "copies":
+        ids, pairs = _copy_pairs(project, float(threshold), index, neighbours, save)
+    elif method.startswith("phash"):
+        radius = check_radius(threshold)
         prints = catalogue_fingerprints(project, save=save)
         ids = prints.ids
         pairs = hamming_pairs(prints.codes, radius)
@@ -311,7 +146,7 @@ def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = 
         if not 0.0 < float(threshold) <= 1.0:
             raise LookalikeError(f"embedding threshold is a cosine in (0, 1], not {threshold}")
         ids, pairs = embedding_pairs(project, float(threshold), index=index,
-                                     neighbours=neighbours)
+                                     neighbours=neighbours or 10)
     report = DuplicateReport(method=method, threshold=float(threshold), n_items=len(ids),
                              n_pairs=len(pairs), groups=_groups(ids, pairs))
     report.seconds = time.perf_counter() - started
@@ -324,19 +159,30 @@ def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = 
     return report
 
 
+def _copy_pairs(project, threshold: float, index: str | None, neighbours: int | None,
+                save: bool) -> tuple[list[str], np.ndarray]:
+    settings = CopySettings(min_texture=threshold)
+    if neighbours is not None:
+        settings = CopySettings(min_texture=threshold, neighbours=neighbours)
+    settings.check()
+    prints = catalogue_fingerprints(project, save=save)
+    extra = None
+    if index or project.default_index_name():
+        indexed, found = embedding_pairs(project, settings.min_cosine, index=index,
+                                         neighbours=settings.neighbours)
+        row = {item_id: n for n, item_id in enumerate(prints.ids)}
+        extra = np.asarray([(row[indexed[int(i)]], row[indexed[int(j)]]) for i, j, _ in found
+                            if indexed[int(i)] in row and indexed[int(j)] in row],
+                           dtype=np.int64).reshape(-1, 2)
+    pairs, _ = copy_pairs(prints, settings, extra)
+    return prints.ids, pairs
+
+
 def _check_method(method: str) -> str:
     if method not in METHODS:
         raise UnknownNameError(f"unknown duplicate method {method!r}; use one of "
                                f"{', '.join(METHODS)}")
     return method
-
-
-def _radius(threshold: float) -> int:
-    radius = int(threshold)
-    if radius < 0 or radius > HASH_BITS or radius != threshold:
-        raise LookalikeError(f"phash threshold must be a whole number of bits in 0..64, "
-                             f"not {threshold}")
-    return radius
 
 
 def pair_colour_differences(colours: np.ndarray, pairs: np.ndarray,
@@ -410,7 +256,7 @@ def write_duplicate_grid(path: Path, project, report: DuplicateReport, limit: in
             rows.append({"query": {**cells[0], "title": f"{len(group.ids)} items: "
                                                         f"{cells[0]['title']}"},
                          "results": cells[1:]})
-    unit = "1 - cosine" if report.method == "embedding" else "bits"
+    unit = {"embedding": "1 - cosine", "copies": "1 - texture"}.get(report.method, "bits")
     return write_result_grid_html(
         path, rows, title=f"near-duplicate groups ({report.method}, threshold {report.threshold:g})",
         note=f"{len(report.groups)} groups, {report.n_duplicate_items} items; largest pair "
@@ -419,81 +265,51 @@ def write_duplicate_grid(path: Path, project, report: DuplicateReport, limit: in
                  "pairs": report.n_pairs})
 
 
-class PHashMatcher:
-    """The catalogue's fingerprints, ready to check incoming images one at a time.
 
-    ``find(image)`` lists ``(id, bits)`` of catalogue items within ``threshold`` bits (and, with
-    ``max_colour_difference``, whose colour grids agree), closest first; ``add(id, image)`` makes
-    a newly accepted item findable, so duplicates inside one ingest are caught too. Thread-safe.
-    """
+class DuplicateFinder:
+    """Checks incoming images against one project's catalogue, keeping the matcher it built
+    (one per method and threshold) until the catalogue or its fingerprints change."""
 
-    def __init__(self, prints: Fingerprints, threshold: int = DEFAULT_THRESHOLDS["phash"],
-                 max_colour_difference: float | None = MAX_COLOUR_DIFFERENCE) -> None:
-        self.threshold = _radius(threshold)
-        self.max_colour_difference = max_colour_difference
-        self._ids = list(prints.ids)
-        self._colours = list(prints.colours)
-        self._index = binary_index(prints.codes, self.threshold)
+    def __init__(self, project, index: str | None = None) -> None:
+        self.project = project
+        self.index = index
+        self._matchers: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
-    @classmethod
-    def for_project(cls, project, threshold: int = DEFAULT_THRESHOLDS["phash"],
-                    max_colour_difference: float | None = MAX_COLOUR_DIFFERENCE
-                    ) -> "PHashMatcher":
-        return cls(catalogue_fingerprints(project), threshold, max_colour_difference)
+    def find(self, image: Any, method: str = DEFAULT_METHOD, threshold: float | None = None, *,
+             max_colour_difference: float = MAX_COLOUR_DIFFERENCE) -> list[tuple[str, float]]:
+        """See :func:`find_duplicate_of`."""
+        from lookalike.project import _as_image
 
-    @classmethod
-    def for_store(cls, store, threshold: int = DEFAULT_THRESHOLDS["phash"],
-                  max_colour_difference: float | None = MAX_COLOUR_DIFFERENCE
-                  ) -> "PHashMatcher":
-        """The matcher of a catalogue store's items (what ingest checks incoming images with);
-        fingerprints are cached in the store's project directory like :func:`duplicates`."""
-        view = _StoreProject(store=store, path=Path(store.project_dir), read_only=False)
-        return cls(catalogue_fingerprints(view), threshold, max_colour_difference)
+        method = _check_method(method)
+        picture = _as_image(image)
+        threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
+        if method == "embedding":
+            loaded = self.project._index(self.index)
+            vector = loaded.embedder.embed_one(picture)
+            hits = loaded.index.search(vector[None, :], k=10)[0]
+            return [(i, 1.0 - s) for i, s in zip(hits.ids, hits.scores) if s >= float(threshold)]
+        return self.matcher(method, threshold, max_colour_difference).find(picture)
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def find(self, image: Image.Image) -> list[tuple[str, float]]:
-        return self.find_fingerprint(*fingerprint(image))
-
-    def find_fingerprint(self, code: np.ndarray, colours: np.ndarray) -> list[tuple[str, float]]:
-        """:meth:`find` for a precomputed :func:`fingerprint`."""
+    def matcher(self, method: str, threshold: float,
+                max_colour_difference: float = MAX_COLOUR_DIFFERENCE) -> Any:
+        """The :class:`CopyMatcher` or :class:`PHashMatcher` of the catalogue as it is now."""
+        folder = current_version(self.project.path / PHASH_DIR)
+        key = (method, float(threshold), max_colour_difference, str(folder),
+               len(self.project.store))
         with self._lock:
-            if not self._ids:
-                return []
-            _, dist, found = self._index.range_search(
-                np.ascontiguousarray(code.reshape(1, -1), dtype=np.uint8), self.threshold + 1)
-            order = np.lexsort((found, dist))
-            matches = [(int(found[n]), float(dist[n])) for n in order]
-            if self.max_colour_difference is not None and matches:
-                grids = np.stack([self._colours[row] for row, _ in matches])
-                keep = colour_difference(grids, colours[None]) <= self.max_colour_difference
-                matches = [m for m, ok in zip(matches, keep) if ok]
-            return [(self._ids[row], bits) for row, bits in matches]
+            if key not in self._matchers:
+                self._matchers.clear()  # only the latest state is worth keeping
+                self._matchers[key] = self._build(method, threshold, max_colour_difference)
+            return self._matchers[key]
 
-    def add(self, item_id: str, image: Image.Image) -> None:
-        self.add_fingerprint(item_id, *fingerprint(image))
-
-    def add_fingerprint(self, item_id: str, code: np.ndarray, colours: np.ndarray) -> None:
-        """:meth:`add` for a precomputed :func:`fingerprint`."""
-        with self._lock:
-            self._index.add(np.ascontiguousarray(code.reshape(1, -1), dtype=np.uint8))
-            self._ids.append(str(item_id))
-            self._colours.append(colours)
-
-
-@dataclass
-class _StoreProject:
-    """The three things :func:`catalogue_fingerprints` needs from a project, for a bare store."""
-
-    store: Any
-    path: Path
-    read_only: bool = False
-
-
-_MATCHERS: dict[tuple[str, str, int, float | None], PHashMatcher] = {}
-_MATCHERS_LOCK = threading.Lock()
+    def _build(self, method: str, threshold: float, max_colour_difference: float) -> Any:
+        prints = catalogue_fingerprints(self.project)
+        if method == "copies":
+            return CopyMatcher(prints, CopySettings(min_texture=float(threshold)),
+                               index_neighbours(self.project, self.index))
+        colour = max_colour_difference if method == "phash+colour" else None
+        return PHashMatcher(prints, check_radius(threshold), colour)
 
 
 def find_duplicate_of(project, image: Any, method: str = DEFAULT_METHOD,
@@ -501,43 +317,33 @@ def find_duplicate_of(project, image: Any, method: str = DEFAULT_METHOD,
                       max_colour_difference: float = MAX_COLOUR_DIFFERENCE,
                       index: str | None = None) -> list[tuple[str, float]]:
     """Catalogue items that are near-duplicates of ``image`` (path, bytes or PIL image), as
-    ``(id, distance)`` closest first: Hamming bits for ``phash`` / ``phash+colour``,
-    ``1 - cosine`` for ``embedding``. An empty list means no duplicate. This is the check an
-    ingest runs on each incoming image (see :func:`duplicates` for the methods)."""
-    from lookalike.project import _as_image
+    ``(id, distance)`` closest first: ``1 - texture`` for ``copies``, Hamming bits for
+    ``phash`` / ``phash+colour``, ``1 - cosine`` for ``embedding``. An empty list means no
+    duplicate. For many images keep one :class:`DuplicateFinder` instead."""
+    return DuplicateFinder(project, index).find(image, method, threshold,
+                                                max_colour_difference=max_colour_difference)
 
-    method = _check_method(method)
-    picture = _as_image(image)
-    threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
-    if method == "embedding":
+
+def index_neighbours(project, index: str | None = None,
+                     settings: CopySettings = CopySettings()) -> NeighboursOf | None:
+    """``neighbours_of(image)`` for :class:`CopyMatcher`: the ids of the image's nearest items in
+    the project's image index ``index`` (default: the project's), or None without an index."""
+    if not (index or project.default_index_name()):
+        return None
+
+    def neighbours_of(image: Image.Image) -> list[str]:
         loaded = project._index(index)
-        vector = loaded.embedder.embed_one(picture)
-        hits = loaded.index.search(vector[None, :], k=10)[0]
-        return [(i, 1.0 - s) for i, s in zip(hits.ids, hits.scores) if s >= float(threshold)]
-    colour = max_colour_difference if method == "phash+colour" else None
-    return _matcher(project, _radius(threshold), colour).find(picture)
+        hits = loaded.index.search(loaded.embedder.embed_one(image)[None, :],
+                                   k=settings.neighbours)[0]
+        return [i for i, s in zip(hits.ids, hits.scores) if s >= settings.min_cosine]
 
-
-def _matcher(project, threshold: int, max_colour_difference: float | None) -> PHashMatcher:
-    """One matcher per project state: a new ingest (more items) or a new fingerprint folder
-    version gives a fresh one; only the latest is kept."""
-    def key() -> tuple[str, str, int, float | None]:
-        folder = current_version(project.path / PHASH_DIR)
-        return (str(project.path), f"{folder}:{len(project.store)}", threshold,
-                max_colour_difference)
-
-    with _MATCHERS_LOCK:
-        matcher = _MATCHERS.get(key())
-        if matcher is None:
-            matcher = PHashMatcher.for_project(project, threshold, max_colour_difference)
-            _MATCHERS.clear()
-            _MATCHERS[key()] = matcher
-        return matcher
+    return neighbours_of
 
 
 __all__ = ["phash_code", "phash_codes", "colour_grid", "colour_difference", "fingerprint",
            "Fingerprints", "hamming", "hamming_pairs", "binary_index", "group_pairs",
            "DuplicateGroup", "DuplicateReport", "catalogue_fingerprints", "catalogue_phashes",
            "duplicates", "embedding_pairs", "vector_pairs", "pair_cosines",
-           "pair_colour_differences", "find_duplicate_of", "PHashMatcher", "write_duplicate_grid",
-           "METHODS", "DEFAULT_METHOD", "DEFAULT_THRESHOLDS", "MAX_COLOUR_DIFFERENCE"]
+           "pair_colour_differences", "find_duplicate_of", "DuplicateFinder", "index_neighbours",
+           "PHashMatcher", "CopyMatcher", "CopySettings", "write_duplicate_grid", "METHODS",
+           "DEFAULT_METHOD", "DEFAULT_THRESHOLDS", "MAX_COLOUR_DIFFERENCE"]

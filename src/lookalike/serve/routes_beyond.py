@@ -10,7 +10,7 @@ without an image) and ``GET /v1/items/{id}/similar`` takes ``text`` / ``with_tit
 
 * ``GET /v1/clusters`` -- the saved clusters, each with its most central items (for browsing).
 * ``GET /v1/clusters/{cluster}`` -- one cluster's most central items.
-* ``GET /v1/duplicates?method=phash%2Bcolour`` -- the saved near-duplicate groups.
+* ``GET /v1/duplicates?method=copies`` -- the saved near-duplicate groups.
 * ``GET /v1/items/{id}/duplicates`` -- catalogue items that are near-duplicates of one item.
 """
 
@@ -147,7 +147,7 @@ def _label(cells: list[ClusterItem]) -> str | None:
 @router.get("/v1/duplicates", response_model=DuplicateList, summary="Near-duplicate groups")
 def list_duplicates(
         request: Request,
-        method: Annotated[str, Query(pattern="^(phash\\+colour|phash|embedding)$")] = "phash+colour",
+        method: Annotated[str, Query(pattern="^(copies|phash\\+colour|phash|embedding)$")] = "copies",
         limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> DuplicateList:
     """The near-duplicate groups last found by ``lookalike duplicates --method METHOD``."""
     project = _project(request)
@@ -167,18 +167,20 @@ def list_duplicates(
 async def item_duplicates(
         request: Request,
         item_id: Annotated[str, PathParam(min_length=1, max_length=256)],
-        method: Annotated[str, Query(pattern="^(phash\\+colour|phash|embedding)$")] = "phash+colour"
+        method: Annotated[str, Query(pattern="^(copies|phash\\+colour|phash|embedding)$")] = "copies"
 ) -> DuplicateMatches:
     """Catalogue items that are near-duplicates of this item's photo (itself left out)."""
-    from lookalike.recommend.duplicates import find_duplicate_of
+    from lookalike.recommend.duplicates import DuplicateFinder
 
     project = _project(request)
+    finder = getattr(request.app.state, "duplicate_finder", None)
+    if finder is None or finder.project is not project:
+        finder = request.app.state.duplicate_finder = DuplicateFinder(project)
 
     def find() -> list[tuple[str, float]]:
         if item_id not in project.store:
             raise UnknownItemError(f"unknown item {item_id!r}")
-        path = project.store.image_path(item_id)
-        return find_duplicate_of(project, path, method=method)
+        return finder.find(project.store.image_path(item_id), method=method)
 
     matches = await run_in_threadpool(find)
     return DuplicateMatches(item=item_id, method=method, duplicates=[

@@ -1,0 +1,312 @@
+"""Combined-edit copies for benchmarks/dedup_bench.py (``--combined``): the ``copies`` detector
+against phash, phash+colour, embeddings and imagededup's PHash on the same copies.
+
+Two independent sets, each a catalogue of real products plus planted copies under new ids:
+
+* *validation*: train-split products, copies drawn with the validation seed -- every threshold of
+  the ``copies`` detector (min texture, max colour) and of the baselines is chosen here;
+* *test*: test-split products, copies drawn with another seed -- read once with those choices.
+
+Each set plants copies with 1 (single edits: crop, resize, brightness, jpeg), 2, 3 and 4 edits at
+once (crop + resize + brightness + JPEG with random strengths). A reported pair is true when both
+sides show the same source photo (a copy and its original, or catalogue photos that are byte-
+identical); precision is over all pairs reported, recall over the planted (copy, original) pairs;
+both also per number of edits and per single edit type (precision there over the pairs that touch
+those copies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lookalike.index.base import create_index
+from lookalike.recommend.copies import CopySettings, candidate_pairs
+from lookalike.recommend.copy_edits import EDIT_KINDS, edit_copy, random_edits
+from lookalike.recommend.copy_verify import score_pairs, thumbnails
+from lookalike.recommend.duplicates import (colour_grid, hamming_pairs, pair_colour_differences,
+                                            phash_codes, vector_pairs)
+
+EDIT_COUNTS = (1, 2, 3, 4)
+TEXTURE_SWEEP = (0.70, 0.74, 0.78, 0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.92)
+COLOUR_SWEEP = (6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build_set(frame, split: str, n_catalogue: int, n_copies: int, seed: int) -> dict[str, Any]:
+    """A catalogue of ``n_catalogue`` products of ``split`` plus ``n_copies`` copies of some of
+    them (a quarter each with 1, 2, 3 and 4 edits), seeded."""
+    rng = np.random.default_rng(seed)
+    rows = np.flatnonzero(frame["split"].to_numpy() == split)
+    rows = np.sort(rng.choice(rows, size=min(n_catalogue, len(rows)), replace=False))
+    photos = [Image.open(io.BytesIO(frame["image_jpeg"].iat[r])).convert("RGB") for r in rows]
+    digest = [hashlib.sha256(frame["image_jpeg"].iat[r]).hexdigest() for r in rows]
+    originals = rng.choice(len(rows), size=min(n_copies, len(rows)), replace=False)
+    copies, groups, kinds = [], [], []
+    for n, original in enumerate(originals):
+        count = EDIT_COUNTS[n % len(EDIT_COUNTS)]
+        edits = random_edits(rng, count)
+        copies.append(edit_copy(photos[original], edits))
+        groups.append(f"{count} edits")
+        kinds.append(edits[0].kind if count == 1 else "+".join(e.kind for e in edits))
+    photo_class = np.unique(digest, return_inverse=True)[1].astype(np.int64)
+    all_class = np.concatenate([photo_class, photo_class[originals]])
+    copy_rows = np.arange(len(rows), len(rows) + len(copies))
+    return {"split": split, "seed": seed, "images": photos + copies, "class": all_class,
+            "n_catalogue": len(rows), "designed": np.stack([originals, copy_rows], axis=1),
+            "groups": groups, "kinds": kinds}
+
+
+def score(pairs: np.ndarray, data: dict[str, Any]) -> dict[str, Any]:
+    """Precision / recall overall, per number of edits and per single edit type."""
+    cls, designed = data["class"], data["designed"]
+    n_cat = data["n_catalogue"]
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, pairs.shape[1] if len(pairs) else 2)
+    i, j = (np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])) \
+        if len(pairs) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    true = cls[i] == cls[j]
+    found = set(zip(i.tolist(), j.tolist()))
+    hit = np.asarray([(int(a), int(b)) in found for a, b in designed])
+    out: dict[str, Any] = {"pairs": int(len(i)), "planted": int(len(designed)),
+                           "false_pairs": int((~true).sum()),
+                           "precision": round(float(true.mean()) if len(true) else 1.0, 4),
+                           "recall": round(float(hit.mean()), 4)}
+    labels = {"by_edits": data["groups"],
+              "by_single_edit": [k if g == "1 edits" else None
+                                 for k, g in zip(data["kinds"], data["groups"])]}
+    for name, per_copy in labels.items():
+        table = {}
+        for group in sorted({g for g in per_copy if g}):
+            members = np.asarray([g == group for g in per_copy])
+            rows = set((n_cat + np.flatnonzero(members)).tolist())
+            touching = np.asarray([a in rows or b in rows for a, b in zip(i, j)], dtype=bool)
+            table[group] = {
+                "copies": int(members.sum()), "recall": round(float(hit[members].mean()), 4),
+                "pairs": int(touching.sum()),
+                "precision": round(float(true[touching].mean()) if touching.any() else 1.0, 4)}
+        out[name] = table
+    return out
+
+
+def prepare(data: dict[str, Any], embedder, threads: int) -> dict[str, Any]:
+    """Fingerprints, thumbnails and embeddings of one set, and the timings."""
+    started = time.perf_counter()
+    images = data["images"]
+    data["codes"] = phash_codes(images)
+    data["colours"] = np.stack([colour_grid(image) for image in images])
+    data["thumbs"] = thumbnails(images)
+    data["seconds_fingerprints"] = time.perf_counter() - started
+    started = time.perf_counter()
+    data["vectors"] = np.asarray(embedder.embed(images, batch_size=64), dtype=np.float32)
+    data["seconds_embed"] = time.perf_counter() - started
+    ids = [str(n) for n in range(len(images))]
+    index = create_index("exact", embedder.dim, embedder.embedder_id)
+    index.add(ids, data["vectors"])
+    data["index"], data["ids"] = index, ids
+    return data
+
+
+def candidates(data: dict[str, Any], settings: CopySettings) -> np.ndarray:
+    vectors = data["vectors"]
+    emb = vector_pairs(data["index"], data["ids"], lambda chunk: vectors[[int(c) for c in chunk]],
+                       settings.min_cosine, neighbours=settings.neighbours)
+    data["embedding_pairs"] = emb
+    return candidate_pairs(data["codes"], settings, emb)
+
+
+def candidate_recall(pairs: np.ndarray, data: dict[str, Any]) -> float:
+    found = set(map(tuple, np.sort(pairs[:, :2], axis=1).tolist()))
+    return round(float(np.mean([tuple(sorted(map(int, d))) in found
+                                for d in data["designed"]])), 4)
+
+
+def choose(rows: list[dict[str, Any]], key: str = "F1") -> dict[str, Any]:
+    for row in rows:
+        p, r = row["precision"], row["recall"]
+        row["F1"] = round(2 * p * r / (p + r), 4) if p + r else 0.0
+    return max(rows, key=lambda row: row[key])
+
+
+def sweep_copies(data: dict[str, Any], settings: CopySettings) -> tuple[list[dict], dict]:
+    """Candidates once, verification scores once, then every (texture, colour) threshold."""
+    started = time.perf_counter()
+    pairs = candidates(data, settings)
+    seconds_candidates = time.perf_counter() - started
+    started = time.perf_counter()
+    scores = score_pairs(data["thumbs"][pairs[:, 0]], data["thumbs"][pairs[:, 1]])
+    seconds_verify = time.perf_counter() - started
+    rows = []
+    for texture in TEXTURE_SWEEP:
+        for colour in COLOUR_SWEEP:
+            keep = (scores.texture >= texture) & (scores.colour <= colour)
+            result = score(pairs[keep], data)
+            rows.append({"method": "copies", "min_texture": texture, "max_colour": colour,
+                         "precision": result["precision"], "recall": result["recall"],
+                         "pairs": result["pairs"]})
+    timing = {"candidates": int(len(pairs)), "candidate_recall": candidate_recall(pairs, data),
+              "candidate_recall_phash_only": candidate_recall(
+                  candidate_pairs(data["codes"], settings), data),
+              "seconds_candidates": round(seconds_candidates, 2),
+              "seconds_verify": round(seconds_verify, 2),
+              "ms_per_verified_pair": round(1000 * seconds_verify / max(1, len(pairs)), 3)}
+    data["copy_scores"], data["copy_candidates"] = scores, pairs
+    return rows, timing
+
+
+def copies_at(data: dict[str, Any], texture: float, colour: float) -> np.ndarray:
+    scores, pairs = data["copy_scores"], data["copy_candidates"]
+    return pairs[(scores.texture >= texture) & (scores.colour <= colour)]
+
+
+def baselines(data: dict[str, Any], imagededup: Any) -> dict[str, list[dict[str, Any]]]:
+    """phash (radius sweep), phash+colour (dE 12), embedding (cosine sweep) and imagededup's
+    PHash (radius sweep) on one set: rows of (threshold, precision, recall, pairs)."""
+    out: dict[str, list[dict[str, Any]]] = {"phash": [], "phash+colour": [], "embedding": [],
+                                            "imagededup PHash": []}
+    plain = hamming_pairs(data["codes"], 12)
+    colour_ok = pair_colour_differences(data["colours"], plain) <= 12.0
+    for radius in (4, 6, 8, 10, 12):
+        for name, kept in (("phash", plain[plain[:, 2] <= radius]),
+                           ("phash+colour", plain[(plain[:, 2] <= radius) & colour_ok])):
+            out[name].append({"threshold": radius, **_brief(score(kept, data))})
+    emb = data["embedding_pairs"]
+    for cosine in (0.85, 0.9, 0.93, 0.95, 0.97):
+        kept = emb[emb[:, 2] <= 1.0 - cosine + 1e-9] if len(emb) else emb
+        out["embedding"].append({"threshold": cosine, **_brief(score(kept, data))})
+    if imagededup is not None:
+        hasher = imagededup(verbose=False)
+        hashes = [hasher.encode_image(image_array=np.asarray(image)) for image in data["images"]]
+        packed = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes),
+                               dtype=np.uint8).reshape(-1, 8)
+        theirs = data["imagededup_pairs"] = hamming_pairs(packed, 12)
+        for radius in (4, 6, 8, 10, 12):
+            out["imagededup PHash"].append(
+                {"threshold": radius, **_brief(score(theirs[theirs[:, 2] <= radius], data))})
+    return out
+
+
+def _brief(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("precision", "recall", "pairs")}
+
+
+def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalogue: int,
+                  queries: int = 30) -> dict[str, Any]:
+    """One incoming image checked against ``catalogue`` items: the set's fingerprints and
+    vectors repeated up to that size (so the hash and vector searches scan as many entries as a
+    catalogue that large), timed per image: embed, vector search, hash search + verification."""
+    from lookalike.recommend.copies import CopyMatcher
+    from lookalike.recommend.fingerprints import Fingerprints, fingerprint
+
+    n = len(data["images"])
+    reps = -(-catalogue // n)
+    take = np.tile(np.arange(n), reps)[:catalogue]
+    prints = Fingerprints([str(r) for r in range(catalogue)], data["codes"][take],
+                          data["colours"][take], data["thumbs"][take])
+    from lookalike.index.choose import choose_index
+
+    choice = choose_index(catalogue, embedder.dim)  # what `lookalike index` builds at this size
+    index = create_index(choice.kind, embedder.dim, embedder.embedder_id, **choice.params)
+    index.add([str(r) for r in range(catalogue)], data["vectors"][take])
+    matcher = CopyMatcher(prints, settings)
+    rng = np.random.default_rng(0)
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # one query: threads would only wait for each other
+    times: dict[str, list[float]] = {"embed": [], "vector_search": [], "match": [], "total": []}
+    for row in rng.choice(data["n_catalogue"], size=queries, replace=False):
+        image = edit_copy(data["images"][row], random_edits(rng, 4))
+        t0 = time.perf_counter()
+        vector = embedder.embed_one(image)
+        t1 = time.perf_counter()
+        hits = index.search(vector[None, :], k=settings.neighbours)[0]
+        near = [i for i, s in zip(hits.ids, hits.scores) if s >= settings.min_cosine]
+        t2 = time.perf_counter()
+        matcher.find_fingerprint(fingerprint(image), near)
+        t3 = time.perf_counter()
+        for key, value in (("embed", t1 - t0), ("vector_search", t2 - t1), ("match", t3 - t2),
+                           ("total", t3 - t0)):
+            times[key].append(1000 * value)
+    return {"catalogue": catalogue, "queries": queries, "faiss_threads": 1,
+            "index": {"kind": choice.kind, **choice.params},
+            **{f"{k}_ms_median": round(float(np.median(v)), 2) for k, v in times.items()},
+            "total_ms_p90": round(float(np.percentile(times["total"], 90)), 2)}
+
+
+def run(frame, embedder, imagededup: Any, *, quick: bool, seed: int, threads: int,
+        catalogue_size: int = 44072) -> dict[str, Any]:
+    """The whole comparison; returns the results payload (see the module docstring)."""
+    n_catalogue, n_copies = (1500, 400) if quick else (100_000, 2000)
+    settings = CopySettings()
+    seeds = {"validation": seed + 101, "test": seed + 202}
+    val = prepare(build_set(frame, "train", n_catalogue, n_copies, seeds["validation"]),
+                  embedder, threads)
+    log(f"validation set: {len(val['images'])} images prepared")
+    sweep, val_timing = sweep_copies(val, settings)
+    best = choose(sweep)
+    val_base = baselines(val, imagededup)
+    chosen_base = {name: choose(rows)["threshold"] for name, rows in val_base.items() if rows}
+    log(f"chosen on validation: texture >= {best['min_texture']}, colour <= "
+        f"{best['max_colour']}; baselines {chosen_base}")
+    test = prepare(build_set(frame, "test", n_catalogue, n_copies, seeds["test"]), embedder,
+                   threads)
+    _, test_timing = sweep_copies(test, settings)
+    test_copies = score(copies_at(test, best["min_texture"], best["max_colour"]), test)
+    test_base = {name: next(r for r in rows if r["threshold"] == chosen_base[name])
+                 for name, rows in baselines(test, imagededup).items() if rows}
+    at_defaults = score(copies_at(test, settings.min_texture, settings.max_colour), test)
+    log("test set read once with the validation choices")
+    timing = ingest_timing(test, embedder, settings, catalogue_size)
+    return {
+        "sets": {name: {"split": data["split"], "seed": data["seed"],
+                        "catalogue": data["n_catalogue"], "copies": len(data["designed"]),
+                        "seconds_fingerprints": round(data["seconds_fingerprints"], 2),
+                        "seconds_embed": round(data["seconds_embed"], 2)}
+                 for name, data in (("validation", val), ("test", test))},
+        "edits": {"kinds": list(EDIT_KINDS), "counts": list(EDIT_COUNTS)},
+        "candidate_settings": {"neighbours": settings.neighbours,
+                               "min_cosine": settings.min_cosine,
+                               "phash_neighbours": settings.phash_neighbours,
+                               "phash_radius": settings.phash_radius},
+        "chosen_on": "validation",
+        "chosen": {"copies": {"min_texture": best["min_texture"],
+                              "max_colour": best["max_colour"], "criterion": "F1"},
+                   **{name: {"threshold": t, "criterion": "F1"}
+                      for name, t in chosen_base.items()}},
+        "validation": {"copies_sweep": sweep, "baselines": val_base, "timing": val_timing},
+        "test": {"copies": test_copies, "copies_at_library_defaults": at_defaults,
+                 "baselines": {name: {**row, **score(_pairs_of(test, name, row), test)}
+                               for name, row in test_base.items()},
+                 "timing": test_timing},
+        "ingest_check": timing,
+    }
+
+
+def run_ingest_check(frame, embedder, *, seed: int, catalogue_size: int = 44072
+                     ) -> dict[str, Any]:
+    """Only the one-image check of :func:`ingest_timing`, on the quick test set."""
+    test = prepare(build_set(frame, "test", 1500, 400, seed + 202), embedder, 1)
+    return {"set": {"split": "test", "seed": seed + 202, "catalogue": test["n_catalogue"]},
+            "settings": vars(CopySettings()),
+            "ingest_check": ingest_timing(test, embedder, CopySettings(), catalogue_size)}
+
+
+def _pairs_of(data: dict[str, Any], name: str, row: dict[str, Any]) -> np.ndarray:
+    """The pairs a baseline reports at ``row``'s threshold (for its per-group scores)."""
+    t = row["threshold"]
+    if name == "embedding":
+        emb = data["embedding_pairs"]
+        return emb[emb[:, 2] <= 1.0 - t + 1e-9] if len(emb) else emb
+    if name == "imagededup PHash":
+        return data["imagededup_pairs"][data["imagededup_pairs"][:, 2] <= t]
+    plain = hamming_pairs(data["codes"], int(t))
+    if name == "phash+colour":
+        plain = plain[pair_colour_differences(data["colours"], plain) <= 12.0]
+    return plain
