@@ -93,13 +93,16 @@ def make_queries(ids, rows, counts, rng) -> dict[str, list[tuple[str, str, Any]]
 
 
 def precision(found: list[list[str]], queries, scenario: str, rows) -> float:
-    """Mean P@10 of the hit rule of ``scenario``."""
+    """Mean P@10 of the hit rule of ``scenario`` (``type+colour``: the asked type in the query
+    photo's own colour -- does the photo still count?)."""
     values = []
-    for ids, (_, _, target) in zip(found, queries):
+    for ids, (qid, _, target) in zip(found, queries):
+        if scenario == "type+colour":
+            target = (target, rows[qid][1])
         hits = 0
         for item_id in ids[:10]:
             kind, colour, gender, _ = rows[item_id]
-            if scenario == "colour":
+            if scenario in ("colour", "type+colour"):
                 hits += (kind, colour) == target
             elif scenario == "gender":
                 hits += (kind, gender) == target
@@ -120,9 +123,12 @@ def run_methods(project, name, queries, scenario, rows, extra_exclude, settings)
     rows_out = []
 
     def add(method: str, found: list[list[str]], seconds: float) -> None:
-        rows_out.append({"scenario": scenario, "method": method, "queries": len(queries),
-                         "P@10": round(precision(found, queries, scenario, rows), 4),
-                         "queries/s": round(len(queries) / max(seconds, 1e-9), 1)})
+        row = {"scenario": scenario, "method": method, "queries": len(queries),
+               "P@10": round(precision(found, queries, scenario, rows), 4)}
+        if scenario == "type":
+            row["P@10 type+photo colour"] = round(precision(found, queries, "type+colour",
+                                                            rows), 4)
+        rows_out.append({**row, "queries/s": round(len(queries) / max(seconds, 1e-9), 1)})
 
     t = time.perf_counter()
     hits = loaded.index.search(vectors, k=10, filters=GALLERY, exclude=exclude)
