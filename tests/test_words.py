@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from lookalike import Filters, Project
 from lookalike.recommend.query import answer
 from lookalike.recommend.text_search import build_text_index, search_with_text
+from lookalike.recommend.understood import TYPE_VOTES
 from lookalike.recommend.words import Vocabulary, understand
 
 K = 10
@@ -113,7 +114,7 @@ def test_photo_in_a_colour_gives_that_colour_and_keeps_the_type(demo: Project) -
         kept = found.kept["category"][0]
         n = min(K, int(pairs.get((kept, colour), 0)))  # the kept type first, then filled up
         assert [r.category for r in found.results[:n]] == [kept] * n
-        plain_top = [r.category for r in demo.search(photo, k=10, exclude=[item_id])]
+        plain_top = [r.category for r in demo.search(photo, k=TYPE_VOTES, exclude=[item_id])]
         votes = Counter(plain_top)  # the photo's type: most common among its nearest products
         assert kept == next(c for c in plain_top if votes[c] == max(votes.values()))
         # today's fusion, for comparison, is what understand=False gives
