@@ -29,7 +29,7 @@ GROUPS: dict[str, list[list[str]]] = {
                 ["unsupervised_bench.py"], ["activation_study.py"]],
     "serve": [["load_test.py"]],
     "personal": [["handcrafted_quality.py"], ["recs_bench.py"], ["look_bench.py"]],
-    "beyond": [["text_bench.py"], ["category_first_bench.py"], ["clusters_bench.py"],
+    "beyond": [["text_bench.py"], ["words_bench.py"], ["category_first_bench.py"], ["clusters_bench.py"],
                ["dedup_bench.py"]],
     "report": [["lookalike", "report", "--models-dir", "benchmarks/.cache",
                 "--out", "benchmarks/results/report"]],
