@@ -151,6 +151,24 @@ def run_methods(project, name, queries, scenario, rows, extra_exclude, settings)
     return rows_out
 
 
+def gallery_counts(gallery, subs) -> tuple[dict[str, dict], dict]:
+    """Item counts of (type, colour) and (type, gender), and of (sub-category, type)."""
+    return ({"colour": gallery.groupby(["category", "colour"]).size().to_dict(),
+             "gender": gallery.groupby(["category", "gender"]).size().to_dict()},
+            gallery.assign(sub=subs.loc[gallery.index]).groupby(["sub", "category"])
+            .size().to_dict())
+
+
+def choose(val_rows: list[dict]) -> str:
+    """The understood-words setting with the best mean P@10 over the scenarios (ties: the
+    shorter name, i.e. the simpler setting)."""
+    by_method: dict[str, list[float]] = {}
+    for r in val_rows:
+        if r["method"].startswith("words understood"):
+            by_method.setdefault(r["method"], []).append(r["P@10"])
+    return max(by_method, key=lambda m: (round(mean(by_method[m]), 4), -len(m)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--embedder", default="efficientnet-lite0")
@@ -181,11 +199,7 @@ def main() -> None:
     test = sorted(frame.index[frame["split"] == "test"])
     val = sorted(rng.choice(train, size=min(args.val_size, len(train) // 10), replace=False))
     val_set = set(val)
-    gallery = frame.loc[[i for i in train if i not in val_set]]
-    counts = ({"colour": gallery.groupby(["category", "colour"]).size().to_dict(),
-               "gender": gallery.groupby(["category", "gender"]).size().to_dict()},
-              gallery.assign(sub=subs.loc[gallery.index]).groupby(["sub", "category"])
-              .size().to_dict())
+    counts = gallery_counts(frame.loc[[i for i in train if i not in val_set]], subs)
 
     def pick(queries):
         out = {}
@@ -202,19 +216,12 @@ def main() -> None:
     val_rows = []
     for scenario, queries in val_queries.items():
         val_rows += run_methods(project, name, queries, scenario, rows, val, settings)
-    understood_rows = [r for r in val_rows if r["method"].startswith("words understood")]
-    by_method: dict[str, list[float]] = {}
-    for r in understood_rows:
-        by_method.setdefault(r["method"], []).append(r["P@10"])
-    chosen = max(by_method, key=lambda m: (round(mean(by_method[m]), 4), -len(m)))
+    chosen = choose(val_rows)
     chosen_setting = next(s for s in settings if s[0] == chosen)
     print_table("validation (train split carved out)", val_rows)
     log(f"chosen on validation: {chosen}")
 
-    counts_test = ({"colour": frame.loc[train].groupby(["category", "colour"]).size().to_dict(),
-                    "gender": frame.loc[train].groupby(["category", "gender"]).size().to_dict()},
-                   frame.loc[train].assign(sub=subs.loc[train]).groupby(["sub", "category"])
-                   .size().to_dict())
+    counts_test = gallery_counts(frame.loc[train], subs)
     test_queries = pick(make_queries(test, rows, counts_test, rng))
     test_rows = []
     for scenario, queries in test_queries.items():

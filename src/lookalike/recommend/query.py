@@ -26,6 +26,7 @@ from lookalike.errors import LookalikeError
 from lookalike.index.base import Filters
 from lookalike.recommend.results import Recommendation
 from lookalike.recommend.understood import Answer
+from lookalike.recommend.words import Understanding
 
 
 def recommend(project, **query: Any) -> list[Recommendation]:
@@ -53,7 +54,6 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
     """
     from lookalike.recommend.text_search import search_with_text
     from lookalike.recommend.understood import search_understood
-    from lookalike.recommend.words import understand as understand_words
 
     if per_cluster is not None and per_cluster < 1:
         raise LookalikeError(f"per_cluster must be at least 1, not {per_cluster}")
@@ -62,12 +62,7 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
     if image is not None and item_id is not None:
         raise LookalikeError("give a photo or an item id, not both")
     exclude = list(exclude)
-    words = str(text).strip() if text is not None and str(text).strip() else None
-    understanding = None
-    if words is not None and understand:
-        explicit = list(filters.equals) if filters else []
-        understanding = understand_words(words, project.vocabulary(),
-                                         literal=[*literal, *explicit])
+    understanding = _understanding(project, text, filters, literal) if understand else None
     if image is not None and not hasattr(image, "convert"):
         # Decode once, not on every (longer) fetch.
         from lookalike.project import _as_image
@@ -101,6 +96,18 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
         return Answer(results=results)
     return Answer(results=results, understood=understanding.to_json()["understood"],
                   free_text=understanding.free_text, kept=kept)
+
+
+def _understanding(project, text: str | None, filters: Filters | None,
+                   literal: Sequence[str]) -> Understanding | None:
+    """What non-blank words mean against the catalogue; a column the caller filters explicitly
+    is not understood from words (the filter wins, the words stay words)."""
+    from lookalike.recommend.words import understand
+
+    if text is None or not str(text).strip():
+        return None
+    explicit = list(filters.equals) if filters else []
+    return understand(str(text).strip(), project.vocabulary(), literal=[*literal, *explicit])
 
 
 __all__ = ["recommend", "answer", "Answer"]
