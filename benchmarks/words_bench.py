@@ -231,7 +231,8 @@ def main() -> None:
                                  if chosen_setting[1] else [chosen_setting])
     print_table(f"test ({args.embedder}, image size {args.image_size or 'default'})", test_rows)
     examples = {s: [q[1] for q in qs[:5]] for s, qs in test_queries.items()}
-    print(write_results(f"words_bench-{name}" + ("-quick" if limit else ""), {
+    suffix = f"-{args.queries}q" if args.queries else "-quick" if args.quick else ""
+    print(write_results(f"words_bench-{name}{suffix}", {
         "embedder": args.embedder, "image_size": args.image_size, "index": name,
         "gallery": len(train), "validation_ids": val, "validation": val_rows,
         "chosen_on_validation": chosen, "test": test_rows, "examples": examples,
