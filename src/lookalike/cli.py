@@ -82,7 +82,7 @@ def _print_answer(found, as_json: bool, heading: str) -> None:
         kept = "".join(f"; kept from the photo: {c}: {' or '.join(v)}"
                        for c, v in found.kept.items())
         out.print(f"understood {meant}{kept}; free text: {found.free_text or '-'} "
-                  "(--no-understand: words only)", highlight=False, soft_wrap=True)
+                  "(--no-understand: all words to the text model)", highlight=False, soft_wrap=True)
 
 
 def _print_results(results, as_json: bool, heading: str) -> None:
