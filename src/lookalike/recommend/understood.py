@@ -32,7 +32,7 @@ from lookalike.recommend.words import Understanding
 
 #: Nearest products whose categories vote for a photo's category (chosen on a validation split
 #: carved from train by benchmarks/words_bench.py; see docs/text-search.md).
-TYPE_VOTES = 20
+TYPE_VOTES = 5
 
 
 @dataclass
