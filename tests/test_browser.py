@@ -204,7 +204,8 @@ def test_words_box_and_browse_view(browser, server: str, shop: Path, tmp_path: P
     """The words box beside the upload (words alone, then refining a photo) and the "browse"
     view of the catalogue's clusters, where a click starts more-like-this."""
     from lookalike.recommend.clusters import clusters
-    from lookalike.recommend.text_search import build_text_index, search_with_text
+    from lookalike.recommend.query import recommend
+    from lookalike.recommend.text_search import build_text_index
 
     ARTIFACTS.mkdir(exist_ok=True)
     _, _, photo = _query_item(shop)
@@ -214,8 +215,10 @@ def test_words_box_and_browse_view(browser, server: str, shop: Path, tmp_path: P
     try:
         build_text_index(project)
         report = clusters(project, k=4, seed=0)
-        by_words = [r.id for r in search_with_text(project, text="black watch", k=5)]
-        by_photo_and_words = [r.id for r in search_with_text(project, photo, "in red", k=5)]
+        by_words = [r.id for r in recommend(project, text="black watch", k=5)]
+        by_photo_and_words = [r.id for r in recommend(project, image=photo, text="in red", k=5)]
+        red_as_words = [r.id for r in recommend(project, image=photo, text="in red", k=5,
+                                                literal=["colour"])]
     finally:
         project.close()
 
@@ -236,7 +239,17 @@ def test_words_box_and_browse_view(browser, server: str, shop: Path, tmp_path: P
                            ".startsWith('Like your photo')")
     assert [cards.nth(n).get_attribute("data-id") for n in range(cards.count())] == \
         by_photo_and_words
+    # What the words meant: removable chips ("colour: Red", and the photo's kept category).
+    chips = page.locator("#understood .chip")
+    chips.first.wait_for()
+    assert chips.nth(0).inner_text().startswith("colour: Red")
+    assert any("from the photo" in chips.nth(n).inner_text() for n in range(chips.count()))
     page.screenshot(path=str(ARTIFACTS / "browser-words.png"), full_page=True)
+    chips.nth(0).click()  # remove the colour: the words "in red" go to the text model instead
+    page.wait_for_function("ids => { const got = [...document.querySelectorAll('#results .card')]"
+                           ".map(e => e.dataset.id); return JSON.stringify(got) ==="
+                           " JSON.stringify(ids); }", arg=red_as_words)
+    assert page.locator("#understood").is_hidden()
 
     # Browse: one row of thumbnails per cluster, largest first; a click starts more-like-this.
     words.fill("")

@@ -272,7 +272,7 @@ def test_words_and_clusters_not_prepared_are_a_clear_409(shop: Project) -> None:
     with TestClient(create_app(ServeSettings(project=shop.path, read_only=True))) as client:
         for response, command in (
                 (client.post("/v1/search", data={"text": "red shoes"}), "lookalike text-index"),
-                (client.get(f"/v1/items/{item_id}/similar", params={"text": "in red"}),
+                (client.get(f"/v1/items/{item_id}/similar", params={"text": "with stripes"}),
                  "lookalike text-index"),
                 (client.get(f"/v1/items/{item_id}/similar", params={"per_cluster": 1}),
                  "lookalike clusters")):

@@ -84,6 +84,20 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, value.strip()
 
 
+def _print_answer(found, as_json: bool, heading: str) -> None:
+    """Results of :func:`lookalike.recommend.query.answer`, with what the words meant."""
+    if as_json:
+        out.print_json(json.dumps(found.to_json()))
+        return
+    _print_results(found.results, False, heading)
+    if found.understood:
+        meant = "; ".join(f"{c}: {' or '.join(v)}" for c, v in found.understood.items())
+        kept = "".join(f"; kept from the photo: {c}: {' or '.join(v)}"
+                       for c, v in found.kept.items())
+        out.print(f"understood {meant}{kept}; free text: {found.free_text or '-'} "
+                  "(--no-understand: all words to the text model)", highlight=False, soft_wrap=True)
+
+
 def _print_results(results, as_json: bool, heading: str) -> None:
     if as_json:
         out.print_json(json.dumps({"results": [r.to_json() for r in results]}))
@@ -216,6 +230,9 @@ def watch(folder: Annotated[Path, typer.Argument(help="Folder of images to keep 
 TextOption = Annotated[Optional[str], typer.Option("--text", "-t", help="Words: alone, or refining the photo / item, e.g. 'in red'.")]
 TextWeightOption = Annotated[Optional[float], typer.Option("--text-weight", min=0.0, max=1.0, help="Weight w of the words in (1-w)*image + w*text (default 0.5; 1 for words alone).")]
 FusionOption = Annotated[str, typer.Option("--fusion", help="How photo and words combine: weighted (score fusion) or rrf (reciprocal rank).")]
+UnderstandOption = Annotated[bool, typer.Option("--understand/--no-understand", help="Understand words that name the catalogue's colours, genders and categories as filters (default on; docs/text-search.md).")]
+LiteralOption = Annotated[Optional[list[str]], typer.Option("--literal", help="Keep this column's words as words for the text model, e.g. --literal colour (repeatable).")]
+KeepTypeOption = Annotated[bool, typer.Option("--keep-type/--no-keep-type", help="With a photo or item and understood words naming no category, keep its category (default on).")]
 PerClusterOption = Annotated[Optional[int], typer.Option("--per-cluster", min=1, help="Diversify: at most N results from any one cluster (needs `lookalike clusters`).")]
 
 
@@ -248,21 +265,24 @@ def similar(item_id: Annotated[str, typer.Argument(help="Catalogue item id.")], 
             text: TextOption = None, text_weight: TextWeightOption = None,
             with_title: Annotated[bool, typer.Option("--with-title", help="Also match the item's own title (fused item embeddings).")] = False,
             fusion: FusionOption = "weighted", per_cluster: PerClusterOption = None,
+            understand: UnderstandOption = True, literal: LiteralOption = None,
+            keep_type: KeepTypeOption = True,
             category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
             price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
             where: WhereOption = None, index: IndexOption = None,
             project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """More like this: the products most similar to a catalogue item (optionally refined by
     words, e.g. --text "in red")."""
-    from lookalike.recommend.query import recommend
+    from lookalike.recommend.query import answer
 
     filters = _filters(category, gender, colour, price_min, price_max, where)
     proj = _query_project(project, text, index, with_title)
-    results = recommend(proj, item_id=item_id, text=text, k=k, filters=filters,
-                        text_weight=text_weight, fusion=fusion, with_title=with_title,
-                        per_cluster=per_cluster, index=index)
+    found = answer(proj, item_id=item_id, text=text, k=k, filters=filters,
+                   text_weight=text_weight, fusion=fusion, with_title=with_title,
+                   per_cluster=per_cluster, index=index, understand=understand,
+                   literal=literal or [], keep_type=keep_type)
     words = f" + {text.strip()!r}" if text and text.strip() else ""
-    _print_results(results, as_json, f"more like {item_id}{words}")
+    _print_answer(found, as_json, f"more like {item_id}{words}")
 
 
 @app.command()
@@ -270,23 +290,26 @@ def similar(item_id: Annotated[str, typer.Argument(help="Catalogue item id.")], 
 def search(photo: Annotated[Optional[Path], typer.Argument(help="A photo file (optional with --text).")] = None,
            k: KOption = 5, text: TextOption = None, text_weight: TextWeightOption = None,
            fusion: FusionOption = "weighted", per_cluster: PerClusterOption = None,
+           understand: UnderstandOption = True, literal: LiteralOption = None,
+           keep_type: KeepTypeOption = True,
            category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
            price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
            where: WhereOption = None, index: IndexOption = None,
            project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Search by photo, by words (--text "red running shoes"), or by a photo refined by words
     (PHOTO --text "in red")."""
-    from lookalike.recommend.query import recommend
+    from lookalike.recommend.query import answer
 
     if photo is None and text is None:
         raise LookalikeError("give a photo, --text WORDS, or both")
     filters = _filters(category, gender, colour, price_min, price_max, where)
-    results = recommend(_query_project(project, text, index), image=photo, text=text, k=k,
-                        filters=filters, text_weight=text_weight, fusion=fusion,
-                        per_cluster=per_cluster, index=index)
+    found = answer(_query_project(project, text, index), image=photo, text=text, k=k,
+                   filters=filters, text_weight=text_weight, fusion=fusion,
+                   per_cluster=per_cluster, index=index, understand=understand,
+                   literal=literal or [], keep_type=keep_type)
     heading = " + ".join(x for x in (str(photo) if photo else None,
                                      repr(text.strip()) if text and text.strip() else None) if x)
-    _print_results(results, as_json, f"most like {heading}")
+    _print_answer(found, as_json, f"most like {heading}")
 
 
 @app.command("eval")

@@ -104,6 +104,7 @@ class Project:
         self._loaded: dict[str, _LoadedIndex] = {}
         self._lock = threading.RLock()
         self._lock_depth = 0
+        self._vocabulary = None  # the words the catalogue's values are known by (see vocabulary)
 
     # ---- catalogue ---------------------------------------------------------------------------
     @property
@@ -128,6 +129,18 @@ class Project:
             options.setdefault("duplicate_neighbours", index_neighbours(self))
         with self.write_lock():
             return ingest(source, self.store, progress=progress, **options)
+
+    def vocabulary(self):  # -> lookalike.recommend.words.Vocabulary
+        """The words this catalogue's colours, genders and categories are known by (query
+        understanding, docs/text-search.md); rebuilt only when the catalogue has changed."""
+        from lookalike.recommend.words import COLUMNS, Vocabulary
+
+        state = self.store.state()
+        with self._lock:
+            if self._vocabulary is None or self._vocabulary.state != state:
+                self._vocabulary = Vocabulary.build(
+                    {column: self.store.value_counts(column) for column in COLUMNS}, state)
+            return self._vocabulary
 
     def item(self, item_id: str) -> dict[str, Any]:
         """Catalogue details of one item (``UnknownItemError`` when absent)."""

@@ -308,6 +308,22 @@ class CatalogueStore:
                                "WHERE json_extract(attributes, ?) IS NOT NULL", (path, path))
         return sorted({_plain(row[0]) for row in rows})
 
+    def value_counts(self, column: str) -> dict[str, int]:
+        """Item count of each distinct non-empty value of a standard column (``category``,
+        ``gender``, ``colour``, ``split``)."""
+        if column not in ITEM_COLUMNS:
+            raise StoreError(f"{column!r} is not a standard item column")
+        rows = self._query(f"SELECT {column}, COUNT(*) FROM items WHERE {column} IS NOT NULL "
+                           f"AND TRIM({column}) != '' GROUP BY {column}")
+        return {_plain(value): int(n) for value, n in rows}
+
+    def state(self) -> tuple[int, int, str]:
+        """A cheap signature of the catalogue's content: (items, last row number, last update);
+        it changes whenever an item is added, replaced or removed."""
+        count, last, updated = self._query("SELECT COUNT(*), MAX(seq), MAX(updated_at) "
+                                           "FROM items")[0]
+        return int(count), int(last or 0), str(updated or "")
+
     def source_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         """id -> sha256 of the bytes the source gave, for the ids that exist."""
         out: dict[str, str] = {}

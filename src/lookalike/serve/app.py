@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
@@ -37,10 +37,14 @@ from lookalike.errors import (
     UnknownNameError,
 )
 from lookalike.recommend.results import Recommendation
+from lookalike.recommend.understood import Answer
 from lookalike.serve.schemas import (
     ITEM_ID_PATTERN,
+    KEEP_TYPE_HELP,
+    LITERAL_HELP,
     MAX_K,
     MAX_TEXT_CHARS,
+    UNDERSTAND_HELP,
     CatalogueSummary,
     ErrorResponse,
     Health,
@@ -57,6 +61,7 @@ from lookalike.serve.settings import ServeSettings, load_settings
 from lookalike.serve.uploads import BodySizeLimit, UploadTooLarge, decode_upload, read_upload
 
 log = logging.getLogger("lookalike.serve")
+T = TypeVar("T")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # The page needs nothing from elsewhere: no CDN, no fonts, no inline script.
@@ -157,8 +162,12 @@ PriceMaxQuery = Annotated[float | None, Query(allow_inf_nan=False, description="
 
 def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings) -> None:
 
-    def results(found: list[Recommendation], k: int, query: dict[str, Any]) -> Results:
-        return Results(k=k, query=query, results=[
+    def results(found: list[Recommendation] | Answer, k: int, query: dict[str, Any]) -> Results:
+        meant: dict[str, Any] = {}
+        if isinstance(found, Answer):
+            meant = {key: value for key, value in found.to_json().items() if key != "results"}
+            found = found.results
+        return Results(k=k, query=query, **meant, results=[
             {"id": r.id, "title": r.title, "category": r.category, "score": r.score,
              "image_url": image_url(r.id), "attributes": r.attributes} for r in found])
 
@@ -195,7 +204,7 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
                                 max_pixels=settings.max_pixels, read_only=settings.read_only)
 
     # -- queries --
-    def guided(query: Callable[[], list[Recommendation]]) -> list[Recommendation]:
+    def guided(query: Callable[[], T]) -> T:
         """Run a words / diversified query (CPU-bound: holds an embedding slot), turning 'not
         prepared for this catalogue' into a clear 409 instead of 'no index yet'."""
         from lookalike.models.text import TextModelMissing
@@ -232,6 +241,9 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
                 "Weighted score fusion or reciprocal rank fusion."))] = "weighted",
             per_cluster: Annotated[int | None, Form(ge=1, le=MAX_K, description=(
                 "Diversify: at most this many results from any one catalogue cluster."))] = None,
+            understand: Annotated[bool, Form(description=UNDERSTAND_HELP)] = True,
+            literal: Annotated[list[str] | None, Form(description=LITERAL_HELP)] = None,
+            keep_type: Annotated[bool, Form(description=KEEP_TYPE_HELP)] = True,
             k: Annotated[int | None, Form(ge=1, le=MAX_K, description=(
                 "How many results (default: the service's default_k, 5)."))] = None,
             category: Annotated[list[str] | None, Form(
@@ -258,14 +270,15 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
         if words is None and per_cluster is None and data is not None:
             found = await run_in_threadpool(service.search, data, k, filters)
         else:
-            from lookalike.recommend.query import recommend
+            from lookalike.recommend.query import answer
 
             picture = (await run_in_threadpool(decode_upload, data, settings.max_pixels)
                        if data is not None else None)
-            found = await run_in_threadpool(guided, lambda: recommend(
+            found = await run_in_threadpool(guided, lambda: answer(
                 service.project, image=picture, text=text, k=k, filters=filters,
                 text_weight=text_weight, fusion=fusion, per_cluster=per_cluster,
-                index=service.index_name()))
+                index=service.index_name(), understand=understand, literal=literal or [],
+                keep_type=keep_type))
         return results(found, k, query_echo(filters, text=words, text_weight=text_weight,
                                             per_cluster=per_cluster))
 
@@ -282,6 +295,9 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
                 fusion: Annotated[Literal["weighted", "rrf"], Query()] = "weighted",
                 per_cluster: Annotated[int | None, Query(ge=1, le=MAX_K, description=(
                     "Diversify: at most this many results from any one cluster."))] = None,
+                understand: Annotated[bool, Query(description=UNDERSTAND_HELP)] = True,
+                literal: Annotated[list[str] | None, Query(description=LITERAL_HELP)] = None,
+                keep_type: Annotated[bool, Query(description=KEEP_TYPE_HELP)] = True,
                 category: CategoryQuery = None,
                 gender: GenderQuery = None, colour: ColourQuery = None,
                 price_min: PriceMinQuery = None, price_max: PriceMaxQuery = None) -> Results:
@@ -293,14 +309,15 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
         if words is None and not with_title and per_cluster is None:
             found = service.similar(item_id, k, filters)
         else:
-            from lookalike.recommend.query import recommend
+            from lookalike.recommend.query import answer
 
             if item_id not in service.project.store:
                 raise UnknownItemError(f"unknown item {item_id!r}")
-            found = guided(lambda: recommend(
+            found = guided(lambda: answer(
                 service.project, item_id=item_id, text=text, k=k, filters=filters,
                 text_weight=text_weight, fusion=fusion, with_title=with_title,
-                per_cluster=per_cluster, index=service.index_name()))
+                per_cluster=per_cluster, index=service.index_name(), understand=understand,
+                literal=literal or [], keep_type=keep_type))
         return results(found, k, {"item": item_id, **query_echo(
             filters, text=words, text_weight=text_weight, with_title=with_title,
             per_cluster=per_cluster)})

@@ -14,6 +14,13 @@ MAX_K = 100
 MAX_TEXT_CHARS = 1000
 
 AttributeValue = str | int | float | bool
+UNDERSTAND_HELP = ("Understand words naming the catalogue's colours, genders and categories "
+                   "(`in red`, `for women`, `sandals`) as filters; false sends all words to the "
+                   "text model.")
+LITERAL_HELP = ("Columns whose words stay words for the text model, e.g. `colour` (repeat for "
+                "several): what removing an understood chip on the web page sends.")
+KEEP_TYPE_HELP = ("With a photo or item and understood words that name no category, keep its "
+                  "category (the photo's: most common among its nearest products).")
 
 
 class ErrorBody(BaseModel):
@@ -79,6 +86,15 @@ class Results(BaseModel):
     k: int
     query: dict[str, Any] = Field(default_factory=dict, description=(
         "What was asked: item id, words (`text`), `text_weight`, `per_cluster` and the filters."))
+    understood: dict[str, list[str]] | None = Field(None, description=(
+        "Words understood as the catalogue's own values, column -> values (several values of "
+        "one column are alternatives), e.g. `{\"colour\": [\"Red\"]}`; they filter the "
+        "results. Absent when there were no words or understanding was off."))
+    free_text: str | None = Field(None, description=(
+        "The words left for the text model after understanding (`\"\"`: none, no text fusion)."))
+    kept: dict[str, list[str]] | None = Field(None, description=(
+        "Attributes kept from the photo or item, e.g. its `category` when the words named a "
+        "colour but no category (`keep_type=false` turns this off)."))
 
 
 class ItemDetails(BaseModel):

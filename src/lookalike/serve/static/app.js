@@ -22,6 +22,8 @@
     lastFile: null,          // the photo searched last (re-run when filters change)
     lastItem: null,          // the item whose "more like this" is shown
     previewUrl: null,
+    literal: new Set(),      // understood columns the shopper removed: their words stay words
+    keepType: true,          // keep the photo's category (its chip can be removed)
     request: 0,              // newer requests win over slower older ones
   };
 
@@ -55,6 +57,48 @@
     if (els.priceMax.value !== "") params.append("price_max", els.priceMax.value);
     params.append("k", els.k.value || "5");
     return params;
+  }
+
+  // What the words were understood as: one removable chip per attribute. Removing a chip re-runs
+  // the query with that column in `literal` (its words go to the text model instead), or, for
+  // the category kept from the photo, with keep_type=false.
+  function understanding(params) {
+    for (const column of state.literal) params.append("literal", column);
+    if (!state.keepType) params.append("keep_type", "false");
+  }
+
+  function renderUnderstood(body) {
+    const box = $("understood");
+    if (!box) return;
+    box.replaceChildren();
+    const chips = [];
+    for (const [column, values] of Object.entries(body.understood || {})) {
+      chips.push([`${column}: ${values.join(" or ")}`, () => state.literal.add(column)]);
+    }
+    for (const [column, values] of Object.entries(body.kept || {})) {
+      chips.push([`${column}: ${values.join(" or ")} (from the photo)`, () => { state.keepType = false; }]);
+    }
+    if (!chips.length) { box.hidden = true; return; }
+    const label = document.createElement("span");
+    label.className = "muted";
+    label.textContent = "Understood:";
+    box.appendChild(label);
+    for (const [text, remove] of chips) {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "chip";
+      chip.textContent = text + " ×";
+      chip.setAttribute("aria-label", `Remove ${text}`);
+      chip.addEventListener("click", () => { remove(); rerun(); });
+      box.appendChild(chip);
+    }
+    if (body.free_text) {
+      const rest = document.createElement("span");
+      rest.className = "muted free-text";
+      rest.textContent = `words: “${body.free_text}”`;
+      box.appendChild(rest);
+    }
+    box.hidden = false;
   }
 
   // The words box: words alone, or words refining the photo / the product shown.
@@ -196,7 +240,9 @@
     form.append("image", file, file.name || "photo");
     const text = words();
     if (text) form.append("text", text);
-    for (const [name, value] of filterParams()) form.append(name, value);
+    const extra = filterParams();
+    understanding(extra);
+    for (const [name, value] of extra) form.append(name, value);
     showWordsOnly();
     try {
       const body = await api("/v1/search", { method: "POST", body: form });
@@ -205,6 +251,7 @@
       renderResults(body.results, text ? `Like your photo,${quoted(text)}` : "Most like your photo",
         `${body.results.length} product${body.results.length === 1 ? "" : "s"}, most similar first.`,
         state.previewUrl, "Your photo");
+      renderUnderstood(body);
       focusResults();
     } catch (err) {
       if (ticket !== state.request) return;
@@ -223,6 +270,7 @@
     const params = filterParams();
     const text = words();
     if (text) params.append("text", text);
+    understanding(params);
     showWordsOnly();
     try {
       const body = await api(`/v1/items/${encodeURIComponent(item.id)}/similar?${params}`);
@@ -232,6 +280,7 @@
       renderResults(body.results, `More like: ${name}${text ? "," + quoted(text) : ""}`,
         [item.category, `${body.results.length} similar products`].filter(Boolean).join(" · "),
         item.image_url, name);
+      renderUnderstood(body);
       focusResults();
     } catch (err) {
       if (ticket !== state.request) return;
@@ -255,13 +304,16 @@
     say("Searching…", "busy");
     const form = new FormData();
     form.append("text", text);
-    for (const [name, value] of filterParams()) form.append(name, value);
+    const extra = filterParams();
+    understanding(extra);
+    for (const [name, value] of extra) form.append(name, value);
     try {
       const body = await api("/v1/search", { method: "POST", body: form });
       if (ticket !== state.request) return;
       say("");
       renderResults(body.results, `Matching${quoted(text)}`,
         `${body.results.length} product${body.results.length === 1 ? "" : "s"}, best match first.`);
+      renderUnderstood(body);
       focusResults();
     } catch (err) {
       if (ticket !== state.request) return;
@@ -390,7 +442,11 @@
   if (els.words) {
     // The clear (x) of the search box: back to the photo / product alone.
     els.words.addEventListener("search", () => { if (!words()) rerun(); });
-    els.words.addEventListener("input", showWordsOnly);
+    els.words.addEventListener("input", () => {
+      state.literal.clear();  // new words: understand them afresh
+      state.keepType = true;
+      showWordsOnly();
+    });
   }
   if (els.wordsOnly) els.wordsOnly.addEventListener("click", searchWords);
   els.shuffle.addEventListener("click", loadRandom);
