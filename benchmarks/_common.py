@@ -50,13 +50,17 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+#: The commit the benchmark started at (the tree may move on while it runs).
+COMMIT_AT_START = commit()
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import numpy as np
 
     info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                             "platform": platform.platform(), "numpy": np.__version__,
-                            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit(),
+                            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": COMMIT_AT_START,
                             "cpu": cpu(), "threads": _threads(),
                             "load_1min": {"before": LOAD_AT_START, "after": os.getloadavg()[0]}}
     try:
