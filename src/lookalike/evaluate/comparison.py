@@ -468,7 +468,7 @@ def code_metrics(coder: Any, queries: np.ndarray, query_labels: np.ndarray, gall
                  block: int = 1024) -> dict[str, float]:
     """The same metrics through the ``binary`` index: Hamming search over ``coder``'s codes of
     the float rows, optionally re-ranking the top ``candidates`` by Euclidean distance."""
-    from lookalike.evaluate import metrics as m
+    import lookalike.evaluate.metrics as m
     from lookalike.index.base import create_index
 
     gallery = np.asarray(gallery)
