@@ -45,6 +45,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, UnknownNameError
 from lookalike.models.base import CONFIG_FILE, WEIGHTS_FILE, Embedder, available, embedder_class
+from lookalike.threads import compute_threads
 
 #: Catalogues :func:`load_catalogue` knows; ``all`` on the command line means the first two.
 CATALOGUES = ("products", "fashion-mnist", "demo")
@@ -432,22 +433,6 @@ def measure_speed(embedder: Embedder, images: Sequence[Any], batch: int = 64,
     return {"ms_per_image_batch1": 1000 * single, "cpu_ms_per_image_batch1": 1000 * single_cpu,
             "images_per_s_batch64": timed / (time.perf_counter() - started),
             "timed_batch1": done, "timed_batched": timed}
-
-
-@contextmanager
-def compute_threads(threads: int) -> Iterator[None]:
-    """torch and FAISS use ``threads`` threads inside the block; the old settings come back."""
-    import faiss
-    import torch
-
-    old_torch, old_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_torch)
-        faiss.omp_set_num_threads(old_faiss)
 
 
 # ---- quality ------------------------------------------------------------------------------------
