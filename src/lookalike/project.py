@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lookalike.caches import ProjectCaches
 from lookalike.errors import (
     ImageRejected,
     LookalikeError,
@@ -104,6 +105,7 @@ class Project:
         self._loaded: dict[str, _LoadedIndex] = {}
         self._lock = threading.RLock()
         self._lock_depth = 0
+        self.caches = ProjectCaches()  # in-memory caches of this project's queries
 
     # ---- catalogue ---------------------------------------------------------------------------
     @property
@@ -704,13 +706,9 @@ class _LoadedIndex:
 
 
 def _as_image(image: str | Path | bytes | Image.Image) -> Image.Image:
-    from lookalike.catalogue.images import decode_image
+    from lookalike.catalogue.images import as_image  # lazily: keeps `import lookalike` light
 
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(image), source="uploaded image")
-    return decode_image(Path(image), source=str(image))
+    return as_image(image)
 
 
 def remove_project(path: str | Path) -> None:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
 from lookalike.models.base import Embedder, l2_normalise
 from lookalike.models.handcrafted import (
@@ -345,9 +346,10 @@ class PHOGWindows(WindowFeatures):
 
 class GISTWindows(WindowFeatures):
     """GIST of windows: the Gabor bank applied to the whole scene once (FFT), grid-cell means
-    of the response magnitudes per window."""
+    of the response magnitudes per window (the bank's FFTs kept in ``caches`` when given)."""
 
-    def __init__(self, embedder: Embedder, pixels: np.ndarray, block: int = 1) -> None:
+    def __init__(self, embedder: Embedder, pixels: np.ndarray, block: int = 1,
+                 caches: ProjectCaches | None = None) -> None:
         super().__init__(embedder, pixels, block)
         from scipy import fft
 
@@ -358,7 +360,7 @@ class GISTWindows(WindowFeatures):
         # cached filter bank (building it costs as much as filtering the scene).
         shape = (fft.next_fast_len(-(-(grey.shape[0] + 2 * pad) // 64) * 64),
                  fft.next_fast_len(-(-(grey.shape[1] + 2 * pad) // 64) * 64))
-        spectra = self._spectra(embedder, shape)
+        spectra = self._spectra(embedder, shape, caches)
         # Pad to the fast FFT shape: a symmetric border of `pad`, the rest on the far side.
         extra = (shape[0] - grey.shape[0] - 2 * pad, shape[1] - grey.shape[1] - 2 * pad)
         padded = np.pad(grey, ((pad, pad + extra[0]), (pad, pad + extra[1])), mode="symmetric")
@@ -366,18 +368,15 @@ class GISTWindows(WindowFeatures):
         energy = energy[:, pad:pad + grey.shape[0], pad:pad + grey.shape[1]]
         self.table = integral_image(energy).transpose(1, 2, 0).copy()  # [H+1, W+1, F]
 
-    _spectra_cache: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
-
-    @classmethod
-    def _spectra(cls, embedder: Embedder, shape: tuple[int, int]) -> np.ndarray:
-        """The Gabor bank's FFTs for a padded scene shape, kept for the next scene of that
-        shape (building them costs as much as filtering a 640 x 480 scene)."""
-        key = (embedder.embedder_id, shape)
-        spectra = cls._spectra_cache.get(key)
-        if spectra is None:
-            spectra = kernel_spectra(embedder.kernels, shape)
-            _remember(cls._spectra_cache, key, spectra, 4)
-        return spectra
+    @staticmethod
+    def _spectra(embedder: Embedder, shape: tuple[int, int],
+                 caches: ProjectCaches | None) -> np.ndarray:
+        """The Gabor bank's FFTs for a padded scene shape, kept in ``caches`` for the next
+        scene of that shape (building them costs as much as filtering a 640 x 480 scene)."""
+        if caches is None:
+            return kernel_spectra(embedder.kernels, shape)
+        return caches.gist_spectra.get_or_make((embedder.embedder_id, shape),
+                                               lambda: kernel_spectra(embedder.kernels, shape))
 
     def _from_cells(self, sums: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         areas = np.outer(np.diff(rows), np.diff(cols)).astype(np.float32)
@@ -399,9 +398,11 @@ class GISTWindows(WindowFeatures):
 class FusionWindows(WindowFeatures):
     """A fusion's window features: its parts' windowed features, combined with its weights."""
 
-    def __init__(self, embedder: Embedder, pixels: np.ndarray, block: int = 1) -> None:
+    def __init__(self, embedder: Embedder, pixels: np.ndarray, block: int = 1,
+                 caches: ProjectCaches | None = None) -> None:
         super().__init__(embedder, pixels, block)
-        self.parts = [windowed_features(part, pixels, block) for part in embedder.parts]
+        self.parts = [windowed_features(part, pixels, block, caches=caches)
+                      for part in embedder.parts]
 
     def raw(self, width: int, height: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         return self.embedder.combine([p.for_windows(width, height, ys, xs) for p in self.parts])
@@ -599,19 +600,20 @@ class EfficientNetMaps:
     a 960 x 720 input it took 0.16 s of CPU against 1.0 s for PyTorch eager (same outputs to
     3e-5), which is most of shop-the-look's CNN budget. ``backend="torch"`` keeps the PyTorch
     pass (batch norm folded, channels-last). The catalogue's vectors may come from the
-    embedder's int8 ONNX model; both compute the same features up to quantisation.
+    embedder's int8 ONNX model; both compute the same features up to quantisation. The network
+    and the session are kept in ``caches`` (a project's) when given, else by this object only.
     """
 
-    _nets: dict[str, Any] = {}
-    _sessions: dict[str, Any] = {}
     #: Bump when the exported graph changes (part of the cached file's name).
     BUILD = 1
 
-    def __init__(self, embedder: Embedder, backend: str = "onnx") -> None:
+    def __init__(self, embedder: Embedder, backend: str = "onnx",
+                 caches: ProjectCaches | None = None) -> None:
         if backend not in ("onnx", "torch"):
             raise LookalikeError(f"feature-map backend must be 'onnx' or 'torch', got {backend!r}")
         self.embedder = embedder
         self.backend = backend
+        self.caches = caches if caches is not None else ProjectCaches()
         self.kind, self.dim = embedder.kind, embedder.dim
 
     @staticmethod
@@ -619,21 +621,20 @@ class EfficientNetMaps:
         return hasattr(embedder, "network") and embedder.kind.startswith("efficientnet")
 
     def _network(self) -> Any:
+        return self.caches.feature_nets.get_or_make(self.embedder.embedder_id,
+                                                    self._build_network)
+
+    def _build_network(self) -> Any:
         import torch
 
-        key = self.embedder.embedder_id
-        if key not in self._nets:
-            net = self.embedder.network()
-            try:  # the embedder's own folding (same outputs, ~25% faster on CPU)
-                from lookalike.models.efficientnet import _fold_batch_norms
+        net = self.embedder.network()
+        try:  # the embedder's own folding (same outputs, ~25% faster on CPU)
+            from lookalike.models.efficientnet import _fold_batch_norms
 
-                _fold_batch_norms(net)
-            except ImportError:  # pragma: no cover - an older embedder module
-                pass
-            if len(self._nets) >= 2:
-                self._nets.pop(next(iter(self._nets)))
-            self._nets[key] = net.to(memory_format=torch.channels_last)
-        return self._nets[key]
+            _fold_batch_norms(net)
+        except ImportError:  # pragma: no cover - an older embedder module
+            pass
+        return net.to(memory_format=torch.channels_last)
 
     def onnx_path(self) -> Any:
         """The cached feature-map graph: ``<embedder_id>-featuremap-b<BUILD>-ort<version>.onnx``
@@ -681,26 +682,24 @@ class EfficientNetMaps:
             os.replace(built, path)  # atomic: a reader sees the whole file or none
 
     def _session(self) -> Any:
+        path = self.onnx_path()
+        return self.caches.feature_sessions.get_or_make(str(path),
+                                                        lambda: self._build_session(path))
+
+    def _build_session(self, path: Any) -> Any:
         import onnxruntime as ort
 
-        path = self.onnx_path()
-        key = str(path)
-        if key not in self._sessions:
-            if not path.is_file():
-                self._export(path)
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.inter_op_num_threads = 1
-            threads = getattr(self.embedder, "num_threads", None)
-            if threads is not None:
-                options.intra_op_num_threads = int(threads)
-            # Idle workers sleep instead of spinning (as the embedder's own runner does).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            if len(self._sessions) >= 2:
-                self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[key] = ort.InferenceSession(str(path), options,
-                                                       providers=["CPUExecutionProvider"])
-        return self._sessions[key]
+        if not path.is_file():
+            self._export(path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        threads = getattr(self.embedder, "num_threads", None)
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        # Idle workers sleep instead of spinning (as the embedder's own runner does).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def feature_map(self, image: Image.Image, scale: float = 1.5) -> tuple[np.ndarray, float]:
         width, height = image.size
@@ -722,20 +721,24 @@ class EfficientNetMaps:
 
 
 def windowed_features(embedder: Embedder, pixels: np.ndarray, block: int = 1,
-                      fast: bool = True) -> WindowFeatures:
-    """The fastest :class:`WindowFeatures` for ``embedder`` (crop-and-embed when it has none)."""
+                      fast: bool = True, caches: ProjectCaches | None = None) -> WindowFeatures:
+    """The fastest :class:`WindowFeatures` for ``embedder`` (crop-and-embed when it has none).
+
+    ``caches`` (a project's) keeps what scenes share (GIST filter banks, the EfficientNet
+    feature-map network and session) for the next call; without it nothing is kept."""
     if fast:
         kind = embedder.kind
         if kind == "phog":
             return PHOGWindows(embedder, pixels, block)
         if kind == "gist":
-            return GISTWindows(embedder, pixels, block)
+            return GISTWindows(embedder, pixels, block, caches=caches)
         if kind == "fusion":
-            return FusionWindows(embedder, pixels, block)
+            return FusionWindows(embedder, pixels, block, caches=caches)
         if HSVHistogramAdapter.supports(embedder):
             return ColourWindows(HSVHistogramAdapter(embedder), pixels, block)  # type: ignore[arg-type]
         if EfficientNetMaps.supports(embedder):
-            return FeatureMapWindows(EfficientNetMaps(embedder), pixels, block)  # type: ignore[arg-type]
+            return FeatureMapWindows(EfficientNetMaps(embedder, caches=caches), pixels,  # type: ignore[arg-type]
+                                     block)
         if hasattr(embedder, "pixel_bins") and hasattr(embedder, "histogram_features"):
             return ColourWindows(embedder, pixels, block)
         if hasattr(embedder, "feature_map"):
@@ -1026,26 +1029,16 @@ DEFAULT_LOOK_FEATURES = "phog+hsv-histogram"
 PROTOTYPES = 32
 #: Catalogue photos whose windows are the latent SVM's negatives in shop-the-look.
 LOOK_NEGATIVES = 60
-_CACHE_LOCK = __import__("threading").Lock()
-_PROTOTYPES: dict[str, np.ndarray] = {}
-_EMBEDDERS: dict[str, Embedder] = {}
-_BAGS: dict[tuple[str, str], np.ndarray] = {}
-
-
-def _remember(cache: dict, key: Any, value: Any, limit: int) -> Any:
-    with _CACHE_LOCK:
-        while len(cache) >= limit:
-            cache.pop(next(iter(cache)))
-        cache[key] = value
-    return value
 
 
 class _Space:
     """One vector space windows are scored in: an index's (its stored vectors) or a registry
-    embedder's (catalogue photos embedded on the fly, only the few a query needs)."""
+    embedder's (catalogue photos embedded on the fly, only the few a query needs). Photos'
+    window bags and catalogue prototypes are kept in the project's caches."""
 
     def __init__(self, project: Any, loaded: Any, embedder: Embedder | None = None) -> None:
         self.project, self.loaded = project, loaded
+        self.caches: ProjectCaches = project.caches
         self.embedder = embedder or loaded.embedder
         self.is_index = embedder is None
 
@@ -1060,11 +1053,12 @@ class _Space:
         out = []
         for item_id in ids:
             key = (self.embedder.embedder_id, item_id)
-            bag = _BAGS.get(key)
+            bag = self.caches.look_bags.get(key)
             if bag is None:
                 whole = self.vectors([item_id])[0]
-                bag = _remember(_BAGS, key, image_instances(
-                    self.embedder, self.project.store.open_image(item_id), whole), 20000)
+                bag = self.caches.look_bags.put(key, image_instances(
+                    self.embedder, self.project.store.open_image(item_id), whole,
+                    caches=self.caches))
             out.append(bag)
         return out
 
@@ -1072,7 +1066,8 @@ class _Space:
         """Unit k-means centres of a sample of the catalogue (fewer photos when embedded on the
         fly), cached per index version and embedder."""
         key = f"{self.loaded.folder}:{self.embedder.embedder_id}:{seed}"
-        if key not in _PROTOTYPES:
+        found = self.caches.prototypes.get(key)
+        if found is None:
             from sklearn.cluster import KMeans
 
             ids = sorted(self.loaded.hashes)
@@ -1083,8 +1078,8 @@ class _Space:
             vectors = self.vectors(ids)
             centres = KMeans(n_clusters=min(PROTOTYPES, len(vectors)), n_init=1,
                              random_state=seed).fit(vectors).cluster_centers_
-            _remember(_PROTOTYPES, key, l2_normalise(centres), 8)
-        return _PROTOTYPES[key]
+            found = self.caches.prototypes.put(key, l2_normalise(centres))
+        return found
 
     def scorer(self, history: list[str] | None, like: str | None, method: str, seed: int,
                scene_windows: Callable[[], np.ndarray], negatives: int = LOOK_NEGATIVES,
@@ -1118,13 +1113,11 @@ class _Space:
         return model.score
 
 
-def _screen_embedder(name: str) -> Embedder:
-    """A registry embedder for the fast pass, built once per process (filter banks, networks)."""
+def _screen_embedder(name: str, caches: ProjectCaches) -> Embedder:
+    """A registry embedder for the fast pass, built once per project (filter banks, networks)."""
     from lookalike.models.base import create
 
-    if name not in _EMBEDDERS:
-        _remember(_EMBEDDERS, name, create(name), 4)
-    return _EMBEDDERS[name]
+    return caches.screen_embedders.get_or_make(name, lambda: create(name))
 
 
 def _sample_boxes(grids: Sequence[WindowGrid], n: int, seed: int) -> np.ndarray:
@@ -1169,7 +1162,7 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
     import time
 
     from lookalike.errors import UnknownItemError
-    from lookalike.project import _as_image
+    from lookalike.catalogue.images import as_image
     from lookalike.recommend.box_regression import box_regressor_for
     from lookalike.recommend.personal import _check_method, check_history, parse_history
 
@@ -1188,12 +1181,12 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
         raise UnknownItemError(f"unknown item {like!r} for `like`")
     own = features is None or features == loaded.embedder.name
     checker = _Space(project, loaded)
-    screen = checker if own else _Space(project, loaded, _screen_embedder(features))
-    image = scene_image if isinstance(scene_image, Image.Image) else _as_image(scene_image)
+    screen = checker if own else _Space(project, loaded, _screen_embedder(features, project.caches))
+    image = scene_image if isinstance(scene_image, Image.Image) else as_image(scene_image)
     scene = prepare_scene(image, max_side=max_side)
     grids = window_grids(scene.height, scene.width, windows, stride, aspect)
     window_features = windowed_features(screen.embedder, scene.pixels, grid_block(grids),
-                                        fast=fast)
+                                        fast=fast, caches=project.caches)
     sample = _sample_boxes(grids, scene_negatives, seed)
     scorer = screen.scorer(ids, like, method, seed, lambda: window_features.for_boxes(sample),
                            **model_options)
