@@ -13,25 +13,8 @@ import functools
 import re
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "lookalike"
 PACKAGE = "lookalike"
-
-#: Issue 15: the one circle left. project.py calls the recommenders and the training run, and
-#: those still reach back (recommend/duplicates.py needs project.py at run time; personal.py,
-#: regions.py and training_run.py name Project for types; personal.py <-> regions.py <->
-#: box_regression.py share window code). Any circle must stay inside this set of modules, and
-#: no other circle may appear.
-REMAINING_CIRCLE = frozenset({
-    "lookalike.catalogue.ingest",
-    "lookalike.project",
-    "lookalike.recommend.box_regression",
-    "lookalike.recommend.duplicates",
-    "lookalike.recommend.personal",
-    "lookalike.recommend.regions",
-    "lookalike.training_run",
-})
 
 #: The plugin registries (kind name -> class): process-wide on purpose, they hold classes.
 REGISTRIES = frozenset({
@@ -147,21 +130,10 @@ def test_the_graph_sees_imports_inside_functions_and_type_checking() -> None:
         frozenset({"a", "b", "c"})]
 
 
-@pytest.mark.parametrize("fixed", [
-    {"lookalike.evaluate", "lookalike.evaluate.report", "lookalike.evaluate.retrieval"},
-    {"lookalike.serve.app", "lookalike.serve.routes_personal", "lookalike.serve.routes_beyond"},
-    {"lookalike.cli", "lookalike.commands.beyond", "lookalike.commands.personal",
-     "lookalike.commands.report", "lookalike.commands.train"},
-])
-def test_fixed_circles_stay_broken(fixed: set[str]) -> None:
-    for component in circles(import_graph()):
-        assert len(component & fixed) <= 1, f"import circle again: {sorted(component)}"
-
-
-def test_the_only_circle_left_is_the_project_one() -> None:
-    left = circles(import_graph())
-    assert all(component <= REMAINING_CIRCLE for component in left), [sorted(c) for c in left]
-    assert len(left) <= 1
+def test_no_import_circles() -> None:
+    """Issue 15: the circles cli <-> commands, serve.app <-> routers, evaluate <-> its modules
+    and project.py <-> recommend/* <-> training_run.py are gone; none may come back."""
+    assert [sorted(component) for component in circles(import_graph())] == []
 
 
 def test_the_one_way_rooms() -> None:
@@ -172,6 +144,10 @@ def test_the_one_way_rooms() -> None:
             assert "lookalike.cli" not in targets, module
         if module.startswith("lookalike.serve.routes_") or module == "lookalike.serve.deps":
             assert "lookalike.serve.app" not in targets, module
+    for module in ("lookalike.recommend.personal", "lookalike.recommend.regions",
+                   "lookalike.recommend.box_regression", "lookalike.training_run"):
+        assert "lookalike.project" not in edges[module], module  # project.py calls them
+    assert "lookalike.recommend.regions" not in edges["lookalike.recommend.windows"]
     assert edges["lookalike.caches"] == set()  # a leaf any room may use
     assert edges["lookalike.threads"] == set()
 

@@ -288,7 +288,7 @@ def jitter_boxes(truth: np.ndarray, n: int, rng: np.random.Generator,
     up to about a third of the size, size x0.6-1.7, and (half of them) the window shape
     ``aspect`` (height / width) rather than the truth's; each overlapping ``truth`` by at least
     ``min_iou``."""
-    from lookalike.recommend.regions import box_iou
+    from lookalike.recommend.windows import box_iou
 
     x0, y0, x1, y1 = (float(v) for v in truth)
     w, h = x1 - x0, y1 - y0

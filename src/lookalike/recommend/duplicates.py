@@ -504,7 +504,7 @@ def find_duplicate_of(project, image: Any, method: str = DEFAULT_METHOD,
     ``(id, distance)`` closest first: Hamming bits for ``phash`` / ``phash+colour``,
     ``1 - cosine`` for ``embedding``. An empty list means no duplicate. This is the check an
     ingest runs on each incoming image (see :func:`duplicates` for the methods)."""
-    from lookalike.project import _as_image
+    from lookalike.catalogue.images import as_image as _as_image
 
     method = _check_method(method)
     picture = _as_image(image)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +41,9 @@ from lookalike.index.base import Filters
 from lookalike.models.base import l2_normalise
 from lookalike.recommend.results import Recommendation
 
-if TYPE_CHECKING:
-    from lookalike.project import Project
+#: A :class:`lookalike.project.Project` (not imported: project.py calls this module, so the
+#: dependency points one way).
+Project = Any
 
 METHODS = ("centroid", "knn-vote", "latent-svm")
 #: Latent windows of a history/negative photo: square sides as fractions of its shorter side,
@@ -139,7 +140,7 @@ def image_instances(embedder: Any, image: Any, whole: np.ndarray | None = None, 
                     caches: ProjectCaches | None = None) -> np.ndarray:
     """The bag of one photo: its whole-image vector first, then its latent windows' vectors
     (``caches``: a project's, for what window features share between photos)."""
-    from lookalike.recommend.regions import prepare_scene, windowed_features
+    from lookalike.recommend.windows import prepare_scene, windowed_features
 
     scene = prepare_scene(image, max_side=LATENT_MAX_SIDE)
     if whole is None:
