@@ -27,7 +27,7 @@ from PIL import Image
 from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
 from lookalike.models.base import Embedder, l2_normalise
-from lookalike.recommend.windows import (  # noqa: F401 - re-exported: the window functions' old home
+from lookalike.recommend.windows import (  # noqa: F401 - also re-exported from here
     DEFAULT_MAX_SIDE,
     DEFAULT_WINDOWS,
     SCORING_THREADS,
