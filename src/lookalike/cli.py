@@ -28,12 +28,12 @@ from lookalike.commands.common import (
     ProjectOption,
     WhereOption,
     err,
-    filters_of,
     out,
     parse_option,
-    print_results,
     user_errors,
 )
+from lookalike.commands.common import filters_of as _filters
+from lookalike.commands.common import print_results as _print_results
 from lookalike.errors import LookalikeError
 from lookalike.project import DEFAULT_EMBEDDER, DEFAULT_PROJECT_DIR, Project
 
@@ -190,13 +190,13 @@ def similar(item_id: Annotated[str, typer.Argument(help="Catalogue item id.")], 
     words, e.g. --text "in red")."""
     from lookalike.recommend.query import recommend
 
-    filters = filters_of(category, gender, colour, price_min, price_max, where)
+    filters = _filters(category, gender, colour, price_min, price_max, where)
     proj = _query_project(project, text, index, with_title)
     results = recommend(proj, item_id=item_id, text=text, k=k, filters=filters,
                         text_weight=text_weight, fusion=fusion, with_title=with_title,
                         per_cluster=per_cluster, index=index)
     words = f" + {text.strip()!r}" if text and text.strip() else ""
-    print_results(results, as_json, f"more like {item_id}{words}")
+    _print_results(results, as_json, f"more like {item_id}{words}")
 
 
 @app.command()
@@ -214,13 +214,13 @@ def search(photo: Annotated[Optional[Path], typer.Argument(help="A photo file (o
 
     if photo is None and text is None:
         raise LookalikeError("give a photo, --text WORDS, or both")
-    filters = filters_of(category, gender, colour, price_min, price_max, where)
+    filters = _filters(category, gender, colour, price_min, price_max, where)
     results = recommend(_query_project(project, text, index), image=photo, text=text, k=k,
                         filters=filters, text_weight=text_weight, fusion=fusion,
                         per_cluster=per_cluster, index=index)
     heading = " + ".join(x for x in (str(photo) if photo else None,
                                      repr(text.strip()) if text and text.strip() else None) if x)
-    print_results(results, as_json, f"most like {heading}")
+    _print_results(results, as_json, f"most like {heading}")
 
 
 @app.command("eval")
