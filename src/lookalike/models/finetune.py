@@ -546,7 +546,7 @@ class FinetuneEmbedder(Embedder):
     def _pool(self, network: FinetuneNetwork, activations: torch.Tensor, low: list[float],
               step: list[float], config: TrainConfig) -> torch.Tensor:
         task = FinetuneTask(_BackModel(network), low, step, 0.0, 0.0, 1.0)
-        with _threads(config.threads):
+        with torch_threads(config.threads):
             return torch.cat([network.back(task.prepare(activations[s:s + 256]))
                               for s in range(0, len(activations), 256)])
 
