@@ -156,7 +156,9 @@ def test_train_boxes_command_trains_resumes_and_look_uses_the_project_model(
                  ).to_parquet(manifest)
     project = Project(tmp_path / "shop")
     assert project.ingest(manifest, progress=False).added == 60
-    assert box_regressor_for(project) is packaged_box_regressor()  # nothing trained yet
+    packaged = box_regressor_for(project)  # nothing trained yet: the packaged one, loaded once
+    assert packaged is box_regressor_for(project) is packaged_box_regressor(project.caches)
+    assert packaged.training == packaged_box_regressor().training
     args = ["train-boxes", "--scenes", "12", "--epochs", "2", "--project", str(project.path),
             "--json"]
     first = CliRunner().invoke(app, args)
@@ -165,7 +167,7 @@ def test_train_boxes_command_trains_resumes_and_look_uses_the_project_model(
     assert summary["samples"] == 12 * 5 * 6 and summary["epochs"] == 2
     assert summary["photos"] == int((frame["split"] == "train").sum())
     own = box_regressor_for(project)
-    assert own is not packaged_box_regressor() and own.training["best_epoch"] >= 1
+    assert own is not packaged and own.training["best_epoch"] >= 1
     # Resuming a finished run trains nothing more and gives the same model.
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output

@@ -6,108 +6,40 @@ a user can cause print one line and exit with status 1; nothing else is printed 
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from lookalike.commands import beyond as beyond_commands
+from lookalike.commands import personal as personal_commands
+from lookalike.commands import report as report_commands
+from lookalike.commands import train as train_commands
+from lookalike.commands.common import (
+    CategoryOption,
+    ColourOption,
+    GenderOption,
+    IndexOption,
+    JsonOption,
+    KOption,
+    PriceMaxOption,
+    PriceMinOption,
+    ProjectOption,
+    WhereOption,
+    err,
+    out,
+    parse_option,
+    user_errors,
+)
+from lookalike.commands.common import filters_of as _filters
+from lookalike.commands.common import print_answer as _print_answer
+from lookalike.commands.common import print_results as _print_results
 from lookalike.errors import LookalikeError
-from lookalike.index.base import Filters
 from lookalike.project import DEFAULT_EMBEDDER, DEFAULT_PROJECT_DIR, Project
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="lookalike: visual product recommendation from a catalogue of photos.")
-out = Console()
-err = Console(stderr=True)
-
-ProjectOption = Annotated[Path, typer.Option("--project", "-p", help="Project directory.",
-                                             envvar="LOOKALIKE_PROJECT")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-KOption = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="How many results.")]
-IndexOption = Annotated[Optional[str], typer.Option("--index", help="Index name (default: the project's).")]
-CategoryOption = Annotated[Optional[list[str]], typer.Option("--category", help="Keep only this category (repeatable).")]
-GenderOption = Annotated[Optional[list[str]], typer.Option("--gender", help="Keep only this gender (repeatable).")]
-ColourOption = Annotated[Optional[list[str]], typer.Option("--colour", help="Keep only this colour (repeatable).")]
-PriceMinOption = Annotated[Optional[float], typer.Option("--price-min", help="Lowest price.")]
-PriceMaxOption = Annotated[Optional[float], typer.Option("--price-max", help="Highest price.")]
-WhereOption = Annotated[Optional[list[str]], typer.Option(
-    "--where", help="Attribute filter COLUMN=VALUE (repeatable; values of one column are OR-ed).")]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(command: F) -> F:
-    """Turn lookalike's own errors into one red line and exit status 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except LookalikeError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; completed work is kept, re-run to resume")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _filters(category, gender, colour, price_min, price_max, where) -> Filters | None:
-    extra: dict[str, list[str]] = {}
-    for clause in where or []:
-        column, sep, value = clause.partition("=")
-        if not sep or not column.strip():
-            raise LookalikeError(f"--where {clause!r}: expected COLUMN=VALUE")
-        extra.setdefault(column.strip(), []).append(value.strip())
-    filters = Filters.of(category=category or None, gender=gender or None, colour=colour or None,
-                         price_min=price_min, price_max=price_max, **extra)
-    return None if filters.is_empty() else filters
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as JSON when it parses (numbers, lists, true/false),
-    else kept as text: ``epochs=3``, ``hidden=[256,64]``, ``precision=fp32``."""
-    key, sep, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key:
-        raise LookalikeError(f"--option {text!r}: expected KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value.strip()
-
-
-def _print_answer(found, as_json: bool, heading: str) -> None:
-    """Results of :func:`lookalike.recommend.query.answer`, with what the words meant."""
-    if as_json:
-        out.print_json(json.dumps(found.to_json()))
-        return
-    _print_results(found.results, False, heading)
-    if found.understood:
-        meant = "; ".join(f"{c}: {' or '.join(v)}" for c, v in found.understood.items())
-        kept = "".join(f"; kept from the photo: {c}: {' or '.join(v)}"
-                       for c, v in found.kept.items())
-        out.print(f"understood {meant}{kept}; free text: {found.free_text or '-'} "
-                  "(--no-understand: all words to the text model)", highlight=False, soft_wrap=True)
-
-
-def _print_results(results, as_json: bool, heading: str) -> None:
-    if as_json:
-        out.print_json(json.dumps({"results": [r.to_json() for r in results]}))
-        return
-    table = Table(title=heading, title_justify="left")
-    for column in ("#", "id", "score", "category", "title"):
-        table.add_column(column, overflow="fold")
-    for rank, r in enumerate(results, 1):
-        table.add_row(str(rank), r.id, f"{r.score:.3f}", r.category or "", r.title or "")
-    out.print(table)
 
 
 @app.command()
@@ -406,11 +338,12 @@ def serve(
     run_server(settings, config_file=config, log_level=log_level)
 
 
-# Commands kept in their own modules register themselves on ``app`` when imported.
-import lookalike.commands.beyond  # noqa: E402,F401
-import lookalike.commands.personal  # noqa: E402,F401
-import lookalike.commands.train  # noqa: E402,F401
-import lookalike.commands.report  # noqa: E402,F401
+# The commands kept in their own modules, each on its own Typer of the module (``commands``),
+# join the core ones here, after them, in this order.
+app.add_typer(beyond_commands.commands)
+app.add_typer(personal_commands.commands)
+app.add_typer(train_commands.commands)
+app.add_typer(report_commands.commands)
 
 
 def main() -> None:  # pragma: no cover - console entry point
@@ -418,8 +351,4 @@ def main() -> None:  # pragma: no cover - console entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    # `python -m lookalike.cli`: the commands registered themselves on the imported module's
-    # app (lookalike.cli), not on this __main__ copy's, so run that one.
-    from lookalike.cli import main as registered_main
-
-    sys.exit(registered_main())
+    main()

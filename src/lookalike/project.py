@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lookalike.caches import ProjectCaches
 from lookalike.errors import (
     ImageRejected,
     LookalikeError,
@@ -105,6 +106,7 @@ class Project:
         self._lock = threading.RLock()
         self._lock_depth = 0
         self._vocabulary = None  # the words the catalogue's values are known by (see vocabulary)
+        self.caches = ProjectCaches()  # in-memory caches of this project's queries
 
     # ---- catalogue ---------------------------------------------------------------------------
     @property
@@ -736,13 +738,9 @@ class _LoadedIndex:
 
 
 def _as_image(image: str | Path | bytes | Image.Image) -> Image.Image:
-    from lookalike.catalogue.images import decode_image
+    from lookalike.catalogue.images import as_image  # lazily: keeps `import lookalike` light
 
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(image), source="uploaded image")
-    return decode_image(Path(image), source=str(image))
+    return as_image(image)
 
 
 def remove_project(path: str | Path) -> None:

@@ -32,14 +32,15 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from lookalike.errors import LookalikeError, StoreError
 
-if TYPE_CHECKING:
-    from lookalike.project import Project
+#: A :class:`lookalike.project.Project` (not imported: project.py calls this module, so the
+#: dependency points one way).
+Project = Any
 
 MODELS_DIR = "models"
 CHECKPOINTS_DIR = "checkpoints"

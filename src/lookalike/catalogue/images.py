@@ -136,6 +136,15 @@ def decode_image(data: bytes | str | Path, *, source: str | None = None,
     return decode(data, source=source, max_pixels=max_pixels).image
 
 
+def as_image(image: str | Path | bytes | Image.Image) -> Image.Image:
+    """A query photo as RGB: a Pillow image is converted, a path or bytes decoded safely."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image), source="uploaded image")
+    return decode_image(Path(image), source=str(image))
+
+
 def decode(data: bytes | str | Path, *, source: str | None = None,
            max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """:func:`decode_image` plus facts about the original (format, mode, rotation)."""

@@ -1,1 +1,2 @@
-"""CLI commands that live outside ``lookalike.cli`` (imported at the end of it to register)."""
+"""CLI commands that live outside ``lookalike.cli``: each module has its own ``commands`` Typer,
+which ``lookalike.cli`` adds to the ``lookalike`` app; what they share is in ``common.py``."""

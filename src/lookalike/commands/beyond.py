@@ -3,9 +3,9 @@
 Words queries themselves are options of the main commands (``lookalike search --text``,
 ``lookalike similar ID --text``); ``text-index`` builds or updates the fused index they use.
 
-Registered on the main Typer app when ``lookalike.cli`` imports this module. Each command is a
-thin layer over a plain function taking a :class:`~lookalike.project.Project` first (the same
-functions the REST routes and the tests call).
+``lookalike.cli`` adds ``commands`` to the main Typer app (this module never imports it). Each
+command is a thin layer over a plain function taking a :class:`~lookalike.project.Project` first
+(the same functions the REST routes and the tests call).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lookalike.cli import (
+from lookalike.commands.common import (
     CategoryOption,
     ColourOption,
     GenderOption,
@@ -27,19 +27,21 @@ from lookalike.cli import (
     PriceMinOption,
     ProjectOption,
     WhereOption,
-    _filters,
-    _print_results,
-    app,
+    filters_of,
+    print_results,
     out,
     user_errors,
 )
 from lookalike.errors import LookalikeError
 from lookalike.project import DEFAULT_PROJECT_DIR, Project
 
+#: This module's commands; :mod:`lookalike.cli` adds them to the ``lookalike`` app.
+commands = typer.Typer()
+
 ItemOption = Annotated[Optional[str], typer.Option("--item", help="Start from this catalogue item (more like this).")]
 
 
-@app.command("text-index")
+@commands.command("text-index")
 @user_errors
 def text_index_command(
         column: Annotated[Optional[list[str]], typer.Option("--column", help="Text column(s) to embed (repeatable; default: title).")] = None,
@@ -58,7 +60,7 @@ def text_index_command(
               f"{summary.removed} removed, {summary.texts_embedded} texts embedded")
 
 
-@app.command("category-probe")
+@commands.command("category-probe")
 @user_errors
 def category_probe_command(
         column: Annotated[str, typer.Option("--column", help="Attribute to classify.")] = "category",
@@ -79,7 +81,7 @@ def category_probe_command(
               f"items, train accuracy {info['train_accuracy']:.3f} ({info['fit_seconds']} s)")
 
 
-@app.command("category-search")
+@commands.command("category-search")
 @user_errors
 def category_search_command(
         photo: Annotated[Optional[Path], typer.Argument(help="A photo (or use --item).")] = None,
@@ -92,7 +94,7 @@ def category_search_command(
     """Classify the query's category first, then search inside it (paper 001)."""
     from lookalike.recommend.category_first import category_first_search
 
-    filters = _filters(category, gender, colour, price_min, price_max, where)
+    filters = filters_of(category, gender, colour, price_min, price_max, where)
     result = category_first_search(Project(project, create=False, read_only=True), photo,
                                    item_id=item, k=k, filters=filters, index=index,
                                    column=column)
@@ -103,10 +105,10 @@ def category_search_command(
     scope = ", ".join(decision.categories) or "the whole catalogue"
     out.print(f"searched {scope} ({decision.scope}, confidence {decision.confidence:.2f})",
               highlight=False)
-    _print_results(result.results, False, f"most like {photo or item}")
+    print_results(result.results, False, f"most like {photo or item}")
 
 
-@app.command("clusters")
+@commands.command("clusters")
 @user_errors
 def clusters_command(
         k: Annotated[int, typer.Option("-k", "--k", min=2, max=100_000, help="Number of clusters.")] = 50,
@@ -130,7 +132,7 @@ def clusters_command(
         out.print(f"saved: {report.folder}  picture grid: {report.folder / 'clusters.html'}")
 
 
-@app.command("duplicates")
+@commands.command("duplicates")
 @user_errors
 def duplicates_command(
         method: Annotated[str, typer.Option("--method", help="copies (default: robust to combined edits), phash+colour, phash or embedding.")] = "copies",

@@ -1,7 +1,6 @@
 """CLI commands for personalised picks and shop-the-look.
 
-Registered on ``lookalike.cli.app`` when this module is imported (``lookalike.cli`` imports it
-at its end)::
+``lookalike.cli`` adds ``commands`` to the main Typer app (this module never imports it)::
 
     lookalike recommend --history 15970,39386 -k 10 --method latent-svm --json
     lookalike recommend --shopper u42              # history from the ingested event log
@@ -20,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lookalike.cli import (
+from lookalike.commands.common import (
     CategoryOption,
     ColourOption,
     GenderOption,
@@ -31,14 +30,16 @@ from lookalike.cli import (
     PriceMinOption,
     ProjectOption,
     WhereOption,
-    _filters,
-    _print_results,
-    app,
+    filters_of,
+    print_results,
     out,
     user_errors,
 )
 from lookalike.errors import LookalikeError
 from lookalike.project import DEFAULT_PROJECT_DIR, Project
+
+#: This module's commands; :mod:`lookalike.cli` adds them to the ``lookalike`` app.
+commands = typer.Typer()
 
 def _id_list(values: list[str]) -> list[str]:
     """Ids given as repeated options and/or comma-separated (``--history 1,2 --history 3``)."""
@@ -60,7 +61,7 @@ MethodOption = Annotated[str, typer.Option(
     "--method", "-m", help="centroid, knn-vote or latent-svm (paper 000's latent SVM).")]
 
 
-@app.command()
+@commands.command()
 @user_errors
 def recommend(
         items: Annotated[Optional[list[str]], typer.Argument(help="Item ids the shopper viewed, oldest first.", show_default=False)] = None,
@@ -83,13 +84,13 @@ def recommend(
         if given:
             raise LookalikeError("give item ids or --shopper, not both")
         given = shopper_history(proj, shopper, last)
-    filters = _filters(category, gender, colour, price_min, price_max, where)
+    filters = filters_of(category, gender, colour, price_min, price_max, where)
     results = run(proj, given, k=k, method=method, filters=filters,
                   diversity=diversity, index=index)
-    _print_results(results, as_json, f"picked for {shopper or 'this history'} ({method})")
+    print_results(results, as_json, f"picked for {shopper or 'this history'} ({method})")
 
 
-@app.command()
+@commands.command()
 @user_errors
 def look(
         photo: Annotated[Path, typer.Argument(help="A scene photo.")],
@@ -130,7 +131,7 @@ def look(
     out.print(table)
 
 
-@app.command("train-boxes")
+@commands.command("train-boxes")
 @user_errors
 def train_boxes(
         scenes: Annotated[int, typer.Option("--scenes", min=10, help="Generated training scenes (5 products each).")] = 600,
@@ -154,7 +155,7 @@ def train_boxes(
               f"{summary['folder']}")
 
 
-@app.command("ingest-events")
+@commands.command("ingest-events")
 @user_errors
 def ingest_events_command(
         log: Annotated[Path, typer.Argument(help="CSV or Parquet with shopper, item, timestamp[, event].")],
@@ -172,7 +173,7 @@ def ingest_events_command(
               f"{report.total_events} events from {report.shoppers} shoppers in total")
 
 
-@app.command("eval-recs")
+@commands.command("eval-recs")
 @user_errors
 def eval_recs_command(
         method: MethodOption = "centroid",

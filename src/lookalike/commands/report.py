@@ -1,7 +1,7 @@
 """``lookalike report``: embedders side by side (quality, speed, size), precision against
 catalogue size and the activation study, written as Markdown + JSON + PNG + HTML into a folder.
 
-Registered on the main Typer app when ``lookalike.cli`` imports this module; a thin layer over
+Added to the main Typer app by ``lookalike.cli`` (this module never imports it); a thin layer over
 :func:`lookalike.evaluate.comparison.compare` and
 :func:`lookalike.evaluate.comparison_pages.write_report`.
 """
@@ -14,11 +14,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from lookalike.cli import JsonOption, app, err, out, user_errors
+from lookalike.commands.common import JsonOption, err, out, user_errors
 from lookalike.errors import LookalikeError
 
+#: This module's commands; :mod:`lookalike.cli` adds them to the ``lookalike`` app.
+commands = typer.Typer()
 
-@app.command("report")
+
+@commands.command("report")
 @user_errors
 def report_command(
         catalogue: Annotated[str, typer.Option("--catalogue", help="products, fashion-mnist, demo, or all (= products + fashion-mnist).")] = "all",

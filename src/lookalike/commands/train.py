@@ -1,7 +1,7 @@
 """``lookalike train METHOD``: learn an embedder on the project's own catalogue.
 
-A thin layer over :meth:`lookalike.project.Project.train`; registered on the main Typer app when
-``lookalike.cli`` imports this module.
+A thin layer over :meth:`lookalike.project.Project.train`; ``lookalike.cli`` adds ``commands``
+to the main Typer app (this module never imports it).
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ import typer
 from rich.table import Table
 from typer.core import TyperCommand
 
-from lookalike.cli import JsonOption, ProjectOption, app, out, parse_option, user_errors
+from lookalike.commands.common import JsonOption, ProjectOption, out, parse_option, user_errors
 from lookalike.errors import LookalikeError
 from lookalike.project import DEFAULT_PROJECT_DIR, Project
+
+#: This module's commands; :mod:`lookalike.cli` adds them to the ``lookalike`` app.
+commands = typer.Typer()
 
 
 def parse_size(text: str) -> list[int]:
@@ -62,7 +65,7 @@ def methods_epilog() -> str:
             "--list, --list --json).")
 
 
-@app.command("train", cls=_TrainHelp)
+@commands.command("train", cls=_TrainHelp)
 @user_errors
 def train_command(
         method: Annotated[Optional[str], typer.Argument(help="What to train: a method of the list below (lookalike train --list).", show_default=False)] = None,

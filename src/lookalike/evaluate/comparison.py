@@ -45,6 +45,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, UnknownNameError
 from lookalike.models.base import CONFIG_FILE, WEIGHTS_FILE, Embedder, available, embedder_class
+from lookalike.threads import compute_threads
 
 #: Catalogues :func:`load_catalogue` knows; ``all`` on the command line means the first two.
 CATALOGUES = ("products", "fashion-mnist", "demo")
@@ -434,22 +435,6 @@ def measure_speed(embedder: Embedder, images: Sequence[Any], batch: int = 64,
             "timed_batch1": done, "timed_batched": timed}
 
 
-@contextmanager
-def compute_threads(threads: int) -> Iterator[None]:
-    """torch and FAISS use ``threads`` threads inside the block; the old settings come back."""
-    import faiss
-    import torch
-
-    old_torch, old_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_torch)
-        faiss.omp_set_num_threads(old_faiss)
-
-
 # ---- quality ------------------------------------------------------------------------------------
 def float_metrics(queries: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
                   gallery_labels: np.ndarray, class_column: str) -> dict[str, float]:
@@ -468,7 +453,7 @@ def code_metrics(coder: Any, queries: np.ndarray, query_labels: np.ndarray, gall
                  block: int = 1024) -> dict[str, float]:
     """The same metrics through the ``binary`` index: Hamming search over ``coder``'s codes of
     the float rows, optionally re-ranking the top ``candidates`` by Euclidean distance."""
-    from lookalike.evaluate import metrics as m
+    import lookalike.evaluate.metrics as m
     from lookalike.index.base import create_index
 
     gallery = np.asarray(gallery)

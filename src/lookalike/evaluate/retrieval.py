@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lookalike.errors import ModelMismatchError
-from lookalike.evaluate import metrics as m
+import lookalike.evaluate.metrics as m
 from lookalike.evaluate.metrics import EvaluationError
 
 if TYPE_CHECKING:

@@ -210,6 +210,8 @@ _BUILTIN: dict[str, str] = {
     "infogan": "lookalike.models.infogan:InfoGANEmbedder",
     "all-minilm-l6-v2": "lookalike.models.text:MiniLMTextEmbedder",
 }
+#: The plugin registry: embedder kinds registered by :func:`register` (built-ins load lazily
+#: from ``_BUILTIN``). Process-wide on purpose, like an entry-point table: classes, not data.
 _REGISTRY: dict[str, type[Embedder]] = {}
 
 

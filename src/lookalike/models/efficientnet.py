@@ -42,6 +42,7 @@ from lookalike.errors import LookalikeError, ModelMismatchError
 from lookalike.models import int8
 from lookalike.models.base import Embedder, embedder_id_of
 from lookalike.models.preprocess import check_policy, fit_square, whole_number
+from lookalike.threads import torch_threads
 
 VARIANTS = tuple(f"efficientnet-lite{i}" for i in range(5))
 BACKENDS = ("onnx", "torch")
@@ -465,9 +466,7 @@ class EfficientNetLite0Embedder(Embedder):
 
         net = self.network()
         pixels = torch.from_numpy(np.stack([self.prepare(image) for image in images]))
-        threads = (_torch_threads(self.num_threads) if self.num_threads is not None
-                   else contextlib.nullcontext())
-        with threads, torch.inference_mode():
+        with torch_threads(self.num_threads), torch.inference_mode():
             probs = net(scale_pixels(pixels)).softmax(dim=1)
             values, indices = probs.topk(top, dim=1)
         return [[(int(i), float(p)) for i, p in zip(row_i, row_p)]
@@ -593,20 +592,6 @@ class _TorchRunner:
         import torch
 
         with contextlib.ExitStack() as stack:
-            if self.num_threads is not None:
-                stack.enter_context(_torch_threads(self.num_threads))
+            stack.enter_context(torch_threads(self.num_threads))
             stack.enter_context(torch.inference_mode())
             return self.module(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int):
-    """Use ``count`` intra-op threads inside the block only (torch's setting is process-wide)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

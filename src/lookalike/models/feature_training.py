@@ -20,6 +20,7 @@ from torch import nn
 
 from lookalike.models.datasets import stratified_split
 from lookalike.models.training import TrainingError, module_tensors
+from lookalike.threads import torch_threads
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -63,46 +64,40 @@ def train_on_vectors(module: nn.Module, vectors: torch.Tensor, labels: torch.Ten
     train_x, train_y = vectors[train_rows], labels[train_rows]
     val_x, val_y = vectors[val_rows], labels[val_rows]
     result = VectorTrainResult(train_size=len(train_rows), validation_size=len(val_rows))
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad],
-                                         lr=learning_rate, weight_decay=weight_decay)
-            best_weights, bad_epochs = None, 0
-            for epoch in range(epochs):
-                module.train()
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-                order = torch.randperm(len(train_x), generator=generator)
-                loss_sum = 0.0
-                for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
-                    loss = loss_function(module(train_x[rows]), train_y[rows])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    loss_sum += float(loss.detach()) * len(rows)
-                if not math.isfinite(loss_sum):
-                    raise TrainingError(f"the training loss became {loss_sum} in epoch "
-                                        f"{epoch + 1}; lower the learning rate")
-                row = {"epoch": epoch + 1, "train_loss": loss_sum / len(train_x),
-                       **_validate(module, val_x, val_y)}
-                result.history.append(row)
-                if on_epoch is not None:
-                    on_epoch(dict(row))
-                if math.isnan(result.best_value) or row["val_accuracy"] > result.best_value:
-                    result.best_value, result.best_epoch = row["val_accuracy"], epoch + 1
-                    best_weights, bad_epochs = module_tensors(module), 0
-                else:
-                    bad_epochs += 1
-                    if patience and bad_epochs >= patience:
-                        break
-            if best_weights is not None:
-                module.load_state_dict(best_weights)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad],
+                                     lr=learning_rate, weight_decay=weight_decay)
+        best_weights, bad_epochs = None, 0
+        for epoch in range(epochs):
+            module.train()
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order = torch.randperm(len(train_x), generator=generator)
+            loss_sum = 0.0
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                loss = loss_function(module(train_x[rows]), train_y[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(rows)
+            if not math.isfinite(loss_sum):
+                raise TrainingError(f"the training loss became {loss_sum} in epoch "
+                                    f"{epoch + 1}; lower the learning rate")
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / len(train_x),
+                   **_validate(module, val_x, val_y)}
+            result.history.append(row)
+            if on_epoch is not None:
+                on_epoch(dict(row))
+            if math.isnan(result.best_value) or row["val_accuracy"] > result.best_value:
+                result.best_value, result.best_epoch = row["val_accuracy"], epoch + 1
+                best_weights, bad_epochs = module_tensors(module), 0
+            else:
+                bad_epochs += 1
+                if patience and bad_epochs >= patience:
+                    break
+        if best_weights is not None:
+            module.load_state_dict(best_weights)
     module.eval()
     return result
 

@@ -78,6 +78,7 @@ from lookalike.models.training import (
     TrainingError,
     train,
 )
+from lookalike.threads import torch_threads
 
 VARIANT = "efficientnet-lite0"
 BACKBONE_DIM = 1280
@@ -544,7 +545,7 @@ class FinetuneEmbedder(Embedder):
     def _pool(self, network: FinetuneNetwork, activations: torch.Tensor, low: list[float],
               step: list[float], config: TrainConfig) -> torch.Tensor:
         task = FinetuneTask(_BackModel(network), low, step, 0.0, 0.0, 1.0)
-        with _threads(config.threads):
+        with torch_threads(config.threads):
             return torch.cat([network.back(task.prepare(activations[s:s + 256]))
                               for s in range(0, len(activations), 256)])
 
@@ -614,7 +615,7 @@ class FinetuneEmbedder(Embedder):
         network = self.network.eval()
         pixels = torch.as_tensor(np.asarray(images))
         size = batch_size or self.batch_size
-        with _threads(self.num_threads), torch.inference_mode():
+        with torch_threads(self.num_threads), torch.inference_mode():
             out = [network(pixels[s:s + size]).numpy() for s in range(0, len(pixels), size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
@@ -779,19 +780,5 @@ class _TorchLayerRunner:
         self.num_threads = embedder.num_threads
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        with _threads(self.num_threads), torch.inference_mode():
+        with torch_threads(self.num_threads), torch.inference_mode():
             return self.module(torch.from_numpy(pixels)).numpy()
-
-
-@contextlib.contextmanager
-def _threads(count: int | None):
-    """Use ``count`` torch threads inside the block only (None: leave the setting alone)."""
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(count)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -36,6 +36,7 @@ from torch import nn
 from lookalike.errors import LookalikeError
 from lookalike.models.datasets import ImageTensors, stratified_split, to_float
 from lookalike.models.heads import margin_loss
+from lookalike.threads import torch_threads
 
 HISTORY_FILE = "history.json"
 BEST_WEIGHTS = "best.safetensors"
@@ -389,15 +390,9 @@ def train(task: Task, data: ImageTensors, config: TrainConfig | None = None,
         raise TrainingError(f"need at least 2 training items, got {len(data)}")
     if resume and checkpoint_dir is None:
         raise TrainingError("resume=True needs a checkpoint_dir")
-    previous_threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(max(1, int(config.threads)))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            return _train(task, data, config, checkpoint_dir, resume, keep_checkpoints, on_epoch)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(config.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _train(task, data, config, checkpoint_dir, resume, keep_checkpoints, on_epoch)
 
 
 def _train(task: Task, data: ImageTensors, config: TrainConfig,

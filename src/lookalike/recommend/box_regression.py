@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
 from lookalike.models.datasets import ImageTensors
 from lookalike.models.training import Task, TrainConfig, TrainResult, module_tensors, train
@@ -271,15 +272,13 @@ class BoxRegressor:
         return regressor
 
 
-_PACKAGED_CACHE: list[BoxRegressor | None] = []
+def packaged_box_regressor(caches: ProjectCaches | None = None) -> BoxRegressor | None:
+    """The regressor shipped in the package, or None when it is not installed; loaded once per
+    ``caches`` (a project's), else on every call."""
+    def load() -> BoxRegressor | None:
+        return BoxRegressor.load(PACKAGED) if (PACKAGED / WEIGHTS_FILE).is_file() else None
 
-
-def packaged_box_regressor() -> BoxRegressor | None:
-    """The regressor shipped in the package (loaded once), or None when it is not installed."""
-    if not _PACKAGED_CACHE:
-        found = (PACKAGED / WEIGHTS_FILE).is_file()
-        _PACKAGED_CACHE.append(BoxRegressor.load(PACKAGED) if found else None)
-    return _PACKAGED_CACHE[0]
+    return load() if caches is None else caches.box_regressors.get_or_make(PACKAGED, load)
 
 
 # ---- training data ------------------------------------------------------------------------------
@@ -289,7 +288,7 @@ def jitter_boxes(truth: np.ndarray, n: int, rng: np.random.Generator,
     up to about a third of the size, size x0.6-1.7, and (half of them) the window shape
     ``aspect`` (height / width) rather than the truth's; each overlapping ``truth`` by at least
     ``min_iou``."""
-    from lookalike.recommend.regions import box_iou
+    from lookalike.recommend.windows import box_iou
 
     x0, y0, x1, y1 = (float(v) for v in truth)
     w, h = x1 - x0, y1 - y0
@@ -358,11 +357,12 @@ PROJECT_FOLDER = "box-regressor"
 
 
 def box_regressor_for(project: Any) -> BoxRegressor | None:
-    """The regressor ``look`` uses for ``project``: its own when trained, else the packaged one."""
+    """The regressor ``look`` uses for ``project``: its own when trained, else the packaged one
+    (loaded once per project, kept in ``project.caches``)."""
     own = Path(project.path) / PROJECT_FOLDER
     if (own / WEIGHTS_FILE).is_file():
         return BoxRegressor.load(own)
-    return packaged_box_regressor()
+    return packaged_box_regressor(project.caches)
 
 
 def train_project_box_regressor(project: Any, scenes: int = 600, per_product: int = 6,

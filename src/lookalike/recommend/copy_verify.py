@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from lookalike.threads import torch_threads
+
 #: Thumbnail size (width, height): half the catalogue's 60 x 80 photos.
 THUMB_SIZE = (30, 40)
 #: Defaults chosen on validation copies of train products with benchmarks/dedup_bench.py.
@@ -82,16 +84,11 @@ def score_pairs(first: np.ndarray, second: np.ndarray, *, batch: int = 128) -> P
 
     if len(first) != len(second):
         raise ValueError("score_pairs needs as many first as second thumbnails")
-    threads = torch.get_num_threads()
     few = len(first) <= _FEW_PAIRS
-    if few:  # a handful of pairs is hundreds of tiny ops: threads only wait for each other
-        torch.set_num_threads(1)
-    try:
+    # a handful of pairs is hundreds of tiny ops: threads only wait for each other
+    with torch_threads(1 if few else None):
         parts = [_score_batch(first[s:s + batch], second[s:s + batch])
                  for s in range(0, len(first), batch)]
-    finally:
-        if few:
-            torch.set_num_threads(threads)
     if not parts:
         empty = np.zeros(0, dtype=np.float32)
         return PairScores(empty, empty, np.zeros((0, 2), dtype=np.float32))

@@ -279,10 +279,10 @@ class DuplicateFinder:
     def find(self, image: Any, method: str = DEFAULT_METHOD, threshold: float | None = None, *,
              max_colour_difference: float = MAX_COLOUR_DIFFERENCE) -> list[tuple[str, float]]:
         """See :func:`find_duplicate_of`."""
-        from lookalike.project import _as_image
+        from lookalike.catalogue.images import as_image
 
         method = _check_method(method)
-        picture = _as_image(image)
+        picture = as_image(image)
         threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
         if method == "embedding":
             loaded = self.project._index(self.index)

@@ -31,17 +31,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError, UnknownItemError, UnknownNameError
 from lookalike.index.base import Filters
 from lookalike.models.base import l2_normalise
 from lookalike.recommend.results import Recommendation
 
-if TYPE_CHECKING:
-    from lookalike.project import Project
+#: A :class:`lookalike.project.Project` (not imported: project.py calls this module, so the
+#: dependency points one way).
+Project = Any
 
 METHODS = ("centroid", "knn-vote", "latent-svm")
 #: Latent windows of a history/negative photo: square sides as fractions of its shorter side,
@@ -134,14 +136,16 @@ def latent_window_boxes(width: int, height: int,
     return groups
 
 
-def image_instances(embedder: Any, image: Any, whole: np.ndarray | None = None) -> np.ndarray:
-    """The bag of one photo: its whole-image vector first, then its latent windows' vectors."""
-    from lookalike.recommend.regions import prepare_scene, windowed_features
+def image_instances(embedder: Any, image: Any, whole: np.ndarray | None = None, *,
+                    caches: ProjectCaches | None = None) -> np.ndarray:
+    """The bag of one photo: its whole-image vector first, then its latent windows' vectors
+    (``caches``: a project's, for what window features share between photos)."""
+    from lookalike.recommend.windows import prepare_scene, windowed_features
 
     scene = prepare_scene(image, max_side=LATENT_MAX_SIDE)
     if whole is None:
         whole = embedder.embed([image])[0]
-    features = windowed_features(embedder, scene.pixels, block=1)
+    features = windowed_features(embedder, scene.pixels, block=1, caches=caches)
     parts = [np.asarray(whole, dtype=np.float32)[None, :]]
     for boxes in latent_window_boxes(scene.width, scene.height):
         parts.append(features.for_boxes(boxes))
@@ -151,7 +155,7 @@ def image_instances(embedder: Any, image: Any, whole: np.ndarray | None = None) 
 class InstanceCache:
     """Bags of instances by item id, so repeated fits (evaluations, the service) reuse them.
 
-    One cache per index version is kept in memory (:func:`instance_cache`), bounded to
+    The project keeps one per index version (:func:`instance_cache`), bounded to
     ``max_items`` bags (~15 x dim floats each), oldest dropped first.
     """
 
@@ -168,7 +172,7 @@ class InstanceCache:
         if missing:
             wholes = loaded.vectors_of(missing, project.store)
             fresh = {item_id: image_instances(loaded.embedder, project.store.open_image(item_id),
-                                              whole)
+                                              whole, caches=project.caches)
                      for item_id, whole in zip(missing, wholes)}
             with self._lock:
                 self._bags.update(fresh)
@@ -179,17 +183,11 @@ class InstanceCache:
         return bags
 
 
-_INSTANCE_CACHES: dict[str, InstanceCache] = {}
-
-
 def instance_cache(project: "Project", index: str | None = None) -> InstanceCache:
-    """The in-memory :class:`InstanceCache` of an index version (a new version starts empty)."""
+    """The in-memory :class:`InstanceCache` of an index version (a new version starts empty),
+    kept in ``project.caches`` (the last 4 versions)."""
     key = str(project._index(index).folder)
-    if key not in _INSTANCE_CACHES:
-        if len(_INSTANCE_CACHES) >= 4:
-            _INSTANCE_CACHES.pop(next(iter(_INSTANCE_CACHES)))
-        _INSTANCE_CACHES[key] = InstanceCache()
-    return _INSTANCE_CACHES[key]
+    return project.caches.instance_caches.get_or_make(key, InstanceCache)
 
 
 def fit_latent_svm(positive_bags: Sequence[np.ndarray], negatives: np.ndarray, *,

@@ -1,9 +1,11 @@
 """The REST API (``/v1``) and the web page (``/``) of lookalike, as a FastAPI app.
 
 Build it with :func:`create_app` (settings in code) or let uvicorn call
-:func:`create_app_from_env` (settings from ``LOOKALIKE_*`` env vars / a config file)::
+:func:`create_app_from_env` (settings from ``LOOKALIKE_*`` env vars / a config file). Building an
+app never changes process-wide state: the torch threads of a worker (``torch_threads``) are set
+by the process's owner, :mod:`lookalike.serve.run`, whose factory does both::
 
-    uvicorn --factory lookalike.serve.app:create_app_from_env --workers 2
+    uvicorn --factory lookalike.serve.run:create_worker_app --workers 2
 
 Every error is ``{"error": {"code": ..., "message": ...}}``; unexpected failures are logged with
 their traceback and answered with a plain JSON 500.
@@ -38,6 +40,8 @@ from lookalike.errors import (
 )
 from lookalike.recommend.results import Recommendation
 from lookalike.recommend.understood import Answer
+from lookalike.serve import routes_beyond, routes_personal
+from lookalike.serve.deps import image_url, item_details
 from lookalike.serve.schemas import (
     ITEM_ID_PATTERN,
     KEEP_TYPE_HELP,
@@ -99,11 +103,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
-            # Set here, at start-up of a serving process, never on import.
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
         ready = await run_in_threadpool(service.warm_up)
         log.info("serving %s (%s, %s)", service.project_dir,
                  "read-only" if settings.read_only else "writable",
@@ -134,9 +133,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(SecurityHeaders)
     _add_routes(app, service, settings)
-    # Feature routers live in their own modules; they reach the service via app.state.
-    from lookalike.serve import routes_beyond, routes_personal
-
+    # Feature routers live in their own modules (they never import this one); they reach the
+    # service via app.state (lookalike.serve.deps).
     app.include_router(routes_personal.router)
     app.include_router(routes_beyond.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -144,7 +142,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (and ``--workers N``): settings from the environment."""
+    """The app with settings from the environment (leaves torch's threads alone; a worker
+    process's factory is :func:`lookalike.serve.run.create_worker_app`)."""
     return create_app(load_settings())
 
 
@@ -387,15 +386,6 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
         """Remove an item from the catalogue and the index (API key needed)."""
         service.delete_item(item_id)
         return WriteResult(id=item_id, status="deleted", index_version=service.index_version())
-
-
-def image_url(item_id: str) -> str:
-    return f"/v1/items/{quote(item_id, safe='')}/image"
-
-
-def item_details(item: dict[str, Any]) -> ItemDetails:
-    fields = {key: value for key, value in item.items() if key != "image"}
-    return ItemDetails(**fields, image_url=image_url(item["id"]))
 
 
 # ---- errors ----------------------------------------------------------------------------------

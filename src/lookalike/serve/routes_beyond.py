@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from lookalike.errors import UnknownItemError, UnknownNameError
+from lookalike.serve.deps import image_url, project_of
 from lookalike.serve.security import ApiError
 
 router = APIRouter(tags=["beyond the photo"])
@@ -76,19 +76,10 @@ class DuplicateMatches(BaseModel):
     duplicates: list[DuplicateMatch]
 
 
-def _project(request: Request):
-    service = request.app.state.service
-    return getattr(service, "project", None) or service._reader
-
-
-def _image_url(item_id: str) -> str:
-    return f"/v1/items/{quote(item_id, safe='')}/image"
-
-
 def _cells(project, ids: list[str]) -> list[ClusterItem]:
     found = project.store.find(ids)
     return [ClusterItem(id=i, title=found[i].title, category=found[i].category,
-                        image_url=_image_url(i)) for i in ids if i in found]
+                        image_url=image_url(i)) for i in ids if i in found]
 
 
 @router.get("/v1/clusters", response_model=ClusterList, summary="Browse catalogue clusters")
@@ -102,7 +93,7 @@ def list_clusters(
     (``k`` = 0), not an error, so the page can ask without logging a failed request."""
     from lookalike.recommend.clusters import load_clusters
 
-    project = _project(request)
+    project = project_of(request)
     try:
         report = load_clusters(project).report
     except UnknownNameError:
@@ -125,7 +116,7 @@ def get_cluster(request: Request,
     report = _saved_clusters(request).report
     if cluster >= report["k"]:
         raise ApiError(404, "not_found", f"no cluster {cluster}; there are {report['k']}")
-    cells = _cells(_project(request), report["central"][cluster][:per_cluster])
+    cells = _cells(project_of(request), report["central"][cluster][:per_cluster])
     return Cluster(cluster=cluster, size=report["sizes"][cluster], label=_label(cells),
                    items=cells)
 
@@ -134,7 +125,7 @@ def _saved_clusters(request: Request):
     from lookalike.recommend.clusters import load_clusters
 
     try:
-        return load_clusters(_project(request))
+        return load_clusters(project_of(request))
     except UnknownNameError:
         raise ApiError(404, "not_found", "no clusters yet; run `lookalike clusters`") from None
 
@@ -150,7 +141,7 @@ def list_duplicates(
         method: Annotated[str, Query(pattern="^(copies|phash\\+colour|phash|embedding)$")] = "copies",
         limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> DuplicateList:
     """The near-duplicate groups last found by ``lookalike duplicates --method METHOD``."""
-    project = _project(request)
+    project = project_of(request)
     path = project.path / "reports" / f"duplicates-{method.replace('+', '-')}" / "groups.json"
     if not path.is_file():
         raise ApiError(404, "not_found", f"no duplicate report for {method}; run "
@@ -172,7 +163,7 @@ async def item_duplicates(
     """Catalogue items that are near-duplicates of this item's photo (itself left out)."""
     from lookalike.recommend.duplicates import DuplicateFinder
 
-    project = _project(request)
+    project = project_of(request)
     finder = getattr(request.app.state, "duplicate_finder", None)
     if finder is None or finder.project is not project:
         finder = request.app.state.duplicate_finder = DuplicateFinder(project)

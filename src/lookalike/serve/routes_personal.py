@@ -19,7 +19,6 @@ an image above the caps a 413.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -29,6 +28,7 @@ from pydantic import BaseModel, Field
 from lookalike.errors import LookalikeError
 from lookalike.recommend.personal import parse_history
 from lookalike.recommend.regions import DEFAULT_WINDOWS
+from lookalike.serve.deps import image_url, service_of
 from lookalike.serve.schemas import MAX_K, ErrorResponse, Result, Results
 
 router = APIRouter(tags=["personal"])
@@ -70,23 +70,7 @@ class LookResponse(BaseModel):
     seconds: float
 
 
-def _service(request: Request) -> Any:
-    return request.app.state.service
-
-
-def _project(service: Any) -> Any:
-    # The service's read-only Project (public name if the service offers one).
-    return getattr(service, "project", None) or service._reader
-
-
-def _slots(service: Any) -> Any:
-    # CPU-heavy work (window features, SVM fits) shares the service's embedding slots.
-    return getattr(service, "_embed_slots", None) or contextlib.nullcontext()
-
-
 def _result(recommendation: Any) -> Result:
-    from lookalike.serve.app import image_url
-
     data = recommendation if isinstance(recommendation, dict) else recommendation.to_json()
     return Result(id=data["id"], title=data.get("title"), category=data.get("category"),
                   score=data["score"], image_url=image_url(data["id"]),
@@ -107,11 +91,11 @@ def recommend_endpoint(body: RecommendRequest, request: Request) -> Results:
     """Picks for a shopper from the items they viewed (never one of those items)."""
     from lookalike.recommend.personal import recommend
 
-    service = _service(request)
+    service = service_of(request)
     filters = service.filters(category=body.category, gender=body.gender, colour=body.colour,
                               price_min=body.price_min, price_max=body.price_max)
-    with _slots(service):
-        found = recommend(_project(service), body.history, k=body.k, method=body.method,
+    with service.embed_slots:  # CPU-heavy: shares the embedding slots
+        found = recommend(service.project, body.history, k=body.k, method=body.method,
                           filters=filters, diversity=body.diversity)
     return Results(k=body.k, results=[_result(r) for r in found],
                    query={"history": list(dict.fromkeys(body.history)), "method": body.method,
@@ -157,7 +141,7 @@ async def look_endpoint(
     from lookalike.recommend.regions import look
     from lookalike.serve.uploads import decode_upload, read_upload
 
-    service = _service(request)
+    service = service_of(request)
     settings = request.app.state.settings
     data = await read_upload(image, settings.max_upload_bytes)
     ids = parse_history(history) if history and history.strip() else None
@@ -167,8 +151,8 @@ async def look_endpoint(
 
     def run() -> dict[str, Any]:
         scene = decode_upload(data, settings.max_pixels, name="scene photo")
-        with _slots(service):
-            return look(_project(service), scene, history=ids,
+        with service.embed_slots:  # CPU-heavy: shares the embedding slots
+            return look(service.project, scene, history=ids,
                         like=like.strip() if like and like.strip() else None, k=k,
                         windows=sizes, stride=stride, top_regions=top_regions, method=method,
                         aspect=aspect, max_side=LOOK_MAX_SIDE, refine=refine)

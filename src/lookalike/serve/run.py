@@ -3,7 +3,10 @@
 One worker runs the app object in this process. Several workers need an import string, so the
 settings travel to the worker processes as ``LOOKALIKE_*`` environment variables (the API key
 only ever through the environment or a file, never on a command line) and each worker builds
-its app with :func:`lookalike.serve.app.create_app_from_env`.
+its app with :func:`create_worker_app`.
+
+This module owns the serving processes, so it is where a worker's torch threads are set
+(``torch_threads``, once per worker at start-up); the app itself never changes them.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import copy
 import os
 from typing import Any
 
-from lookalike.serve.settings import CONFIG_ENV, ENV_PREFIX, ServeSettings
+from lookalike.serve.settings import CONFIG_ENV, ENV_PREFIX, ServeSettings, load_settings
+from lookalike.threads import set_process_threads
 
-APP_FACTORY = "lookalike.serve.app:create_app_from_env"
+APP_FACTORY = "lookalike.serve.run:create_worker_app"
 
 
 def log_config(level: str = "info") -> dict[str, Any]:
@@ -62,6 +66,7 @@ def serve(settings: ServeSettings, *, config_file: str | os.PathLike[str] | None
     if settings.workers == 1:
         from lookalike.serve.app import create_app
 
+        set_process_threads(settings.torch_threads)  # this process is the one worker
         uvicorn.run(create_app(settings), **common)
         return
     os.environ.update(settings_env(settings))
@@ -79,6 +84,16 @@ def serve(settings: ServeSettings, *, config_file: str | os.PathLike[str] | None
     finally:
         if watcher is not None:
             watcher.stop()
+
+
+def create_worker_app() -> Any:
+    """Factory each uvicorn worker process calls (``uvicorn --factory``): settings from the
+    environment; sets this worker's torch threads, then builds the app."""
+    from lookalike.serve.app import create_app
+
+    settings = load_settings()
+    set_process_threads(settings.torch_threads)
+    return create_app(settings)
 
 
 class BackgroundServer:
