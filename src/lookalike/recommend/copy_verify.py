@@ -80,8 +80,6 @@ def is_copy(scores: PairScores, min_texture: float = MIN_TEXTURE,
 def score_pairs(first: np.ndarray, second: np.ndarray, *, batch: int = 128) -> PairScores:
     """:class:`PairScores` of thumbnail pairs ``first[k]`` / ``second[k]`` (``[n, 3, H, W]``
     uint8 each, from :func:`thumbnails`)."""
-    import torch
-
     if len(first) != len(second):
         raise ValueError("score_pairs needs as many first as second thumbnails")
     few = len(first) <= _FEW_PAIRS
