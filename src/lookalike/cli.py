@@ -34,7 +34,6 @@ from lookalike.commands.common import (
 )
 from lookalike.commands.common import filters_of as _filters
 from lookalike.commands.common import print_answer as _print_answer
-from lookalike.commands.common import print_results as _print_results
 from lookalike.errors import LookalikeError
 from lookalike.project import DEFAULT_EMBEDDER, DEFAULT_PROJECT_DIR, Project
 

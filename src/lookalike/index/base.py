@@ -145,6 +145,29 @@ class VectorIndex(ABC):
         """Approximate resident bytes of the searchable structure (for reports)."""
         return 0
 
+    def unit_rows(self, vectors: np.ndarray, where: str) -> np.ndarray:
+        """Checked ``[n, dim]`` rows scaled to unit length; NaN, infinity or an all-zero row is a
+        one-line error naming ``where``."""
+        array = self.check_vectors(vectors, f"{self.kind} index {where}")
+        if not np.isfinite(array).all():
+            raise LookalikeError(f"{self.kind} index {where}: vectors contain NaN or infinity")
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise LookalikeError(f"{self.kind} index {where}: a vector is all zeros (no direction)")
+        return np.ascontiguousarray(array / norms, dtype=np.float32)
+
+    def checked_add(self, ids: Sequence[str], vectors: np.ndarray,
+                    attributes: Sequence[Mapping[str, Any]] | None) -> tuple[list[str], np.ndarray]:
+        """``add``'s arguments checked: as many ids as vectors (and attribute rows, if given),
+        vectors as unit rows."""
+        ids = list(ids)
+        vectors = self.unit_rows(vectors, "add")
+        if len(ids) != len(vectors):
+            raise LookalikeError(f"add: {len(ids)} ids but {len(vectors)} vectors")
+        if attributes is not None and len(attributes) != len(ids):
+            raise LookalikeError(f"add: {len(ids)} ids but {len(attributes)} attribute rows")
+        return ids, vectors
+
     def check_vectors(self, vectors: np.ndarray, where: str = "") -> np.ndarray:
         """Validate a ``[n, dim]`` array and return it as contiguous float32."""
         array = np.ascontiguousarray(vectors, dtype=np.float32)

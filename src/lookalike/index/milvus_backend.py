@@ -151,12 +151,7 @@ class MilvusIndex(VectorIndex):
     def add(self, ids: Sequence[str], vectors: np.ndarray,
             attributes: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Insert or replace items (an upsert on the primary key)."""
-        ids = list(ids)
-        vectors = self._unit_rows(vectors, "add")
-        if len(ids) != len(vectors):
-            raise LookalikeError(f"add: {len(ids)} ids but {len(vectors)} vectors")
-        if attributes is not None and len(attributes) != len(ids):
-            raise LookalikeError(f"add: {len(ids)} ids but {len(attributes)} attribute rows")
+        ids, vectors = self.checked_add(ids, vectors, attributes)
         if not ids:
             return
         unique_ids, rows = unique_last(ids)  # a repeated id: its last row wins
@@ -195,7 +190,7 @@ class MilvusIndex(VectorIndex):
                exclude: Sequence[Iterable[str]] | None = None) -> list[Hits]:
         """The ``k`` nearest items to each query row, best first, among those passing
         ``filters``; ``exclude[i]`` lists ids query ``i`` must not return."""
-        queries = self._unit_rows(vectors, "search")
+        queries = self.unit_rows(vectors, "search")
         if k < 0:
             raise LookalikeError(f"search: k must be >= 0, got {k}")
         if exclude is not None and len(exclude) != len(queries):
@@ -283,15 +278,6 @@ class MilvusIndex(VectorIndex):
             raise UnknownItemError(f"{missing[0]!r} is not in the index"
                                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         return rows
-
-    def _unit_rows(self, vectors: np.ndarray, where: str) -> np.ndarray:
-        array = self.check_vectors(vectors, f"milvus index {where}")
-        if not np.isfinite(array).all():
-            raise LookalikeError(f"milvus index {where}: vectors contain NaN or infinity")
-        norms = np.linalg.norm(array, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise LookalikeError(f"milvus index {where}: a vector is all zeros (no direction)")
-        return np.ascontiguousarray(array / norms, dtype=np.float32)
 
     # ---- saving --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:

@@ -18,7 +18,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
