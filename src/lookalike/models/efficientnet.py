@@ -405,6 +405,7 @@ class EfficientNetLite0Embedder(Embedder):
         check_state(state, self.variant, f"{self.name} saved weights")
         with self._lock:
             self._state, self._fingerprint, self._runner = state, None, None
+            self._verdict = None  # other weights: their own self-check
 
     def network(self):
         """A fresh eval-mode PyTorch network (with classifier) holding this embedder's weights."""

@@ -63,6 +63,8 @@ CHECK_IMAGES = 64
 #: CPU flags that decide which int8 kernels ONNX Runtime picks; part of the verdict's key.
 KERNEL_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
                 "asimd", "asimddp", "i8mm", "sve")
+#: Photos per calibration run: MinMax ranges do not depend on it, memory does (the calibration
+#: graph runs unoptimised, so a few photos per run keep an int8 build's peak memory low).
 _CALIBRATION_BATCH = 4
 
 
