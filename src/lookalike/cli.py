@@ -181,7 +181,7 @@ def _query_project(project: Path, text: str | None, index: str | None,
             from lookalike.recommend.text_search import TEXT_DIR, build_text_index
             from lookalike.storage import current_version
 
-            name = proj._index(index).name
+            name = proj.index_name(index)
             if current_version(proj.path / TEXT_DIR / name) is None:
                 err.print(f"no words index for index {name!r} yet: embedding the titles once "
                           "(`lookalike text-index`)", highlight=False)

@@ -630,17 +630,25 @@ class Project:
                 "filters": filters}
 
     # ---- internals -----------------------------------------------------------------------------
-    def _index(self, name: str | None) -> "_LoadedIndex":
+    def index_name(self, name: str | None = None) -> str:
+        """The index a query naming ``name`` uses (None: the project's default), checked to
+        exist; a one-line UnknownNameError otherwise."""
         if not (name or self.default_index_name()):
             self._reload_settings()  # a writer process may have built the first index since
         name = name or self.default_index_name()
         if not name:
             raise UnknownNameError(f"{self.path}: no index yet; run `lookalike index` first")
+        if current_version(self.path / "indexes" / name) is None:
+            raise UnknownNameError(f"index {name!r} does not exist in {self.path}; "
+                                   f"known: {', '.join(self.indexes()) or 'none'}")
+        return name
+
+    def _index(self, name: str | None) -> "_LoadedIndex":
+        name = self.index_name(name)
         with self._lock:
             folder = current_version(self.path / "indexes" / name)
-            if folder is None:
-                raise UnknownNameError(f"index {name!r} does not exist in {self.path}; "
-                                       f"known: {', '.join(self.indexes()) or 'none'}")
+            if folder is None:  # removed since index_name looked
+                raise UnknownNameError(f"index {name!r} does not exist in {self.path}")
             loaded = self._loaded.get(name)
             if loaded is not None and loaded.folder == folder:
                 try:
