@@ -23,10 +23,7 @@ REGISTRIES = frozenset({
 })
 #: Issue 15: module-level caches in modules other work is rewriting (copies: duplicates.py,
 #: words: text_search.py); drop each from this list when it moves onto an instance.
-PENDING = frozenset({
-    "lookalike/recommend/text_search.py:_LOADED",
-    "lookalike/recommend/text_search.py:_MODELS",
-})
+PENDING: frozenset[str] = frozenset()  # module caches not yet moved onto an owner: none
 
 
 @functools.cache

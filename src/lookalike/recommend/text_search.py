@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,11 +290,6 @@ class LoadedTextIndex:
         return vectors
 
 
-_LOADED: dict[str, LoadedTextIndex] = {}
-_MODELS: dict[str, Any] = {}
-_LOCK = threading.RLock()
-
-
 def load_text_index(project, index: str | None = None, *, refresh: bool = True) -> LoadedTextIndex:
     """The fused index of image index ``index``; on a writable project it is first brought up to
     date when the image index changed since it was built (``refresh``)."""
@@ -303,9 +297,10 @@ def load_text_index(project, index: str | None = None, *, refresh: bool = True) 
 
     loaded = project._index(index)
     root = _text_root(project, loaded.name)
-    with _LOCK:
+    caches = project.caches  # held by the project, never by this module
+    with caches.text_lock:
         folder = current_version(root)
-        cached = _LOADED.get(str(root))
+        cached = caches.text_indexes.get(str(root))
         if (cached is not None and folder is not None and cached.folder == folder
                 and cached.meta.get("image_index_version") == loaded.folder.name):
             return cached  # the common case: nothing read from disk
@@ -329,11 +324,10 @@ def load_text_index(project, index: str | None = None, *, refresh: bool = True) 
         if cached is not None and cached.folder == folder:
             return cached  # stale but read-only: serve what there is
         model = load_text_embedder(folder / "text_model")
-        model = _MODELS.setdefault(model.embedder_id, model)  # one loaded transformer per process
+        model = caches.text_models.get_or_make(model.embedder_id, lambda: model)
         result = LoadedTextIndex(folder=folder, index=load_index(folder / "index"),
                                  text_model=model, meta=meta)
-        _LOADED[str(root)] = result
-        return result
+        return caches.text_indexes.put(str(root), result)
 
 
 # ---- queries ----------------------------------------------------------------------------------
