@@ -190,7 +190,14 @@ def _watch_process(folder: Path, project: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "lookalike", "watch", str(folder), "--project",
                str(project), "--embedder", "pixels", "--settle", "0.3", "--batch-size", "4",
                "--json"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C must reach it as KeyboardInterrupt even when pytest itself was started in the
+    # background (where the shell sets SIGINT to "ignore" and children inherit that).
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_kill_9_mid_batch_then_restart_loses_and_duplicates_nothing(tmp_path: Path,
