@@ -168,6 +168,17 @@ class VectorIndex(ABC):
             raise LookalikeError(f"add: {len(ids)} ids but {len(attributes)} attribute rows")
         return ids, vectors
 
+    def checked_search(self, vectors: np.ndarray, k: int,
+                       exclude: Sequence[Iterable[str]] | None) -> np.ndarray:
+        """``search``'s arguments checked: ``k >= 0`` and one exclude list per query; returns
+        the queries as unit rows."""
+        queries = self.unit_rows(vectors, "search")
+        if k < 0:
+            raise LookalikeError(f"search: k must be >= 0, got {k}")
+        if exclude is not None and len(exclude) != len(queries):
+            raise LookalikeError(f"search: {len(queries)} queries but {len(exclude)} exclude lists")
+        return queries
+
     def check_vectors(self, vectors: np.ndarray, where: str = "") -> np.ndarray:
         """Validate a ``[n, dim]`` array and return it as contiguous float32."""
         array = np.ascontiguousarray(vectors, dtype=np.float32)

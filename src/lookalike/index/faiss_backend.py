@@ -206,11 +206,7 @@ class FaissIndex(VectorIndex):
                exclude: Sequence[Iterable[str]] | None = None) -> list[Hits]:
         """The ``k`` nearest live items to each query row, best first, among those passing
         ``filters``; ``exclude[i]`` lists ids query ``i`` must not return."""
-        queries = self.unit_rows(vectors, "search")
-        if k < 0:
-            raise LookalikeError(f"search: k must be >= 0, got {k}")
-        if exclude is not None and len(exclude) != len(queries):
-            raise LookalikeError(f"search: {len(queries)} queries but {len(exclude)} exclude lists")
+        queries = self.checked_search(vectors, k, exclude)
         results = [Hits([], []) for _ in range(len(queries))]
         with self._lock.read():
             if k == 0 or not len(self.table) or not len(queries):

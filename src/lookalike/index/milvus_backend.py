@@ -190,11 +190,7 @@ class MilvusIndex(VectorIndex):
                exclude: Sequence[Iterable[str]] | None = None) -> list[Hits]:
         """The ``k`` nearest items to each query row, best first, among those passing
         ``filters``; ``exclude[i]`` lists ids query ``i`` must not return."""
-        queries = self.unit_rows(vectors, "search")
-        if k < 0:
-            raise LookalikeError(f"search: k must be >= 0, got {k}")
-        if exclude is not None and len(exclude) != len(queries):
-            raise LookalikeError(f"search: {len(queries)} queries but {len(exclude)} exclude lists")
+        queries = self.checked_search(vectors, k, exclude)
         results = [Hits([], []) for _ in range(len(queries))]
         where = expression(filters)
         if k == 0 or not len(queries) or where is None:
