@@ -244,6 +244,71 @@ def test_clear_errors(milvus, tmp_path, monkeypatch) -> None:
 
 
 
+def test_a_handle_reads_its_own_writes_at_once(milvus) -> None:
+    """Session consistency (the default): the next search by the handle that wrote sees the
+    write, every time, without Strong's wait on reads."""
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((200, 32)).astype(np.float32)
+    remote = create_index("milvus", 32, "e", uri=milvus.uri, collection="session")
+    assert remote.params["consistency"] == "Session"
+    remote.add([f"b{n}" for n in range(200)], base)
+    for n in range(8):
+        fresh = rng.standard_normal((1, 32)).astype(np.float32)
+        remote.add([f"new{n}"], fresh)
+        assert remote.search(fresh, k=1)[0].ids == [f"new{n}"]
+        assert f"new{n}" in remote
+        assert remote.remove([f"new{n}"]) == 1
+        assert f"new{n}" not in remote.search(fresh, k=5)[0].ids
+    moved = rng.standard_normal((1, 32)).astype(np.float32)  # an upsert moves an old item
+    remote.add(["b0"], moved)
+    assert remote.search(moved, k=1)[0].ids == ["b0"]
+    remote.close()
+
+
+# ---- hash codes in Milvus ----------------------------------------------------------------------
+
+def test_binary_codes_match_the_faiss_binary_index(milvus, products, tmp_path) -> None:
+    """``milvus-binary``: Hamming candidates inside Milvus (filters too), the float re-rank here;
+    the same coder gives the same answers as the in-process ``binary`` kind."""
+    from lookalike.models.hashing import HyperplaneCoder
+
+    ids, vectors, attributes = products
+    coder = HyperplaneCoder.random(vectors.shape[1], 64, seed=3)
+    local = create_index("binary", vectors.shape[1], "e", coder=coder, candidates=200)
+    remote = create_index("milvus-binary", vectors.shape[1], "e", coder=coder, candidates=200,
+                          uri=milvus.uri, collection="codes")
+    local.add(ids, vectors, attributes)
+    remote.add(ids, vectors, attributes)
+    queries = vectors[::50]
+    _assert_same(remote, local, queries, min_recall=0.97)
+    shoes = Filters.of(category=["Casual Shoes", "Sports Shoes"], price_max=50.0)
+    got = _assert_same(remote, local, queries, filters=shoes, min_recall=0.97)
+    by_id = dict(zip(ids, attributes))
+    assert all(shoes.matches(by_id[i]) for hits in got for i in hits.ids)
+    _assert_same(remote, local, queries, exclude=[[ids[n * 50]] for n in range(len(queries))],
+                 min_recall=0.97)
+    exact = create_index("exact", vectors.shape[1], "e")
+    exact.add(ids, vectors, attributes)
+    assert _recall(remote.search(queries, k=10), exact.search(queries, k=10)) >= 0.5
+    np.testing.assert_allclose(remote.get_vectors(ids[:3]), exact.get_vectors(ids[:3]), atol=1e-5)
+
+    folder = remote.save(tmp_path / "codes")
+    assert sorted(p.name for p in folder.iterdir()) == ["coder.safetensors", "index.json"]
+    remote.close()
+    loaded = load_index(folder, expected_embedder_id="e")
+    np.testing.assert_array_equal(loaded.coder.planes, coder.planes)
+    _assert_same(loaded, local, queries, min_recall=0.97)
+    hamming = create_index("milvus-binary", vectors.shape[1], "e", coder=coder, rerank=False,
+                           index_type="BIN_IVF_FLAT", nlist=16, nprobe=16, uri=milvus.uri,
+                           collection="codes_ivf")
+    hamming.add(ids[:500], vectors[:500])
+    hits = hamming.search(vectors[:5], k=3)
+    assert [h.ids[0] for h in hits] == ids[:5]  # distance 0 to its own code
+    assert all(h.scores[0] == 1.0 and h.scores == sorted(h.scores, reverse=True) for h in hits)
+    with pytest.raises(LookalikeError, match="index_type must be one of"):
+        create_index("milvus-binary", 8, "e", uri=milvus.uri, index_type="HNSW")
+
+
 def test_milvus_lite_file_target(products, tmp_path) -> None:
     """milvus-lite (an embedded Milvus in a local file, no server) behind the same interface."""
     ids, vectors, attributes = products

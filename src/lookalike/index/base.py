@@ -199,6 +199,7 @@ _BUILTIN: dict[str, str] = {
     "hnsw": "lookalike.index.faiss_backend:HNSWIndex",
     "binary": "lookalike.index.binary_backend:BinaryIndex",
     "milvus": "lookalike.index.milvus_backend:MilvusIndex",
+    "milvus-binary": "lookalike.index.milvus_binary:MilvusBinaryIndex",
 }
 _REGISTRY: dict[str, type[VectorIndex]] = {}
 

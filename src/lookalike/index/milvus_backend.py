@@ -7,13 +7,17 @@ inside Milvus' search (:mod:`lookalike.index.milvus_filters`). The URI defaults 
 ``LOOKALIKE_MILVUS_URI`` environment variable. A collection that exists already is dropped first
 only if lookalike made it (its description says so); otherwise creating fails.
 
-**Writes.** ``add`` is an upsert and ``remove`` a delete, both applied to the server at once
-(nothing is rebuilt). Every read and write uses ``consistency_level="Strong"``: a search waits
-until the server has applied every write acknowledged before it, so a caller (or another
-worker) reads its own writes. (The default Bounded level measurably missed a row right after its
-insert.) Strong costs a wait for the server's next time tick on every search (measured in
-benchmarks/results/milvus_bench.json); ``consistency="Bounded"`` or ``"Session"`` skips it for
-searches only, at the price of results up to a few seconds stale.
+**Writes and consistency.** ``add`` is an upsert and ``remove`` a delete, both applied to the
+server at once (nothing is rebuilt). Reads (``search``, ``get_vectors``, ``attributes``, ``in``)
+use ``consistency="Session"`` by default: pymilvus remembers the timestamp of this process's last
+write to the collection and the server answers once it has applied that write, so a handle
+reads its own upserts (tested), while a process that has not written reads without waiting.
+Milvus 2.3 returns no timestamp for a delete, so the first read after a ``remove`` by this handle
+is Strong (tested). Writes by *another* process become visible within the server's time tick (200 ms by
+default). ``Strong`` makes every read wait for the next time tick (~200 ms per search, measured
+in benchmarks/results/milvus_bench.json) and is used where correctness needs it: deletes check
+which ids exist, the item count and ``load``'s live checks. ``Bounded`` (the server's default)
+may miss a row for seconds after its insert (measured), so it is not the default.
 
 **Excludes** up to ``_EXCLUDE_INLINE`` ids are over-fetched and dropped; longer lists get their
 own search with ``id not in [...]`` added to the expression.
@@ -53,9 +57,10 @@ URI_ENV = "LOOKALIKE_MILVUS_URI"
 DEFAULT_COLLECTION = "lookalike"
 FORMAT_VERSION = 1
 _EXCLUDE_INLINE = 64
-_MAX_LIMIT = 16_384  # Milvus' largest top-k
+MAX_LIMIT = 16_384  # Milvus' largest top-k
 _ID_CHUNK = 1_000  # ids per `id in [...]` expression
 STRONG = "Strong"
+SESSION = "Session"
 _LOAD_WAIT = 120.0  # seconds load() waits for a collection to be loaded and caught up
 
 
@@ -66,12 +71,12 @@ class MilvusIndex(VectorIndex):
     Parameters: ``uri`` (default ``$LOOKALIKE_MILVUS_URI``), ``collection`` (default
     ``lookalike``), ``M`` and ``ef_construction`` (HNSW graph), ``ef_search`` (beam width, raised
     to ``k`` when smaller), ``timeout`` (seconds per call, also the connect timeout) and
-    ``batch_size`` (rows per upsert) and ``consistency`` of searches (``Strong``; see the
-    module docstring before choosing ``Session`` or ``Bounded``).
+    ``batch_size`` (rows per upsert) and ``consistency`` of reads (``Session``; see the module
+    docstring before choosing ``Strong`` or ``Bounded``).
     """
 
     DEFAULTS: dict[str, Any] = {"M": 16, "ef_construction": 200, "ef_search": 64,
-                                "timeout": 10.0, "batch_size": 1000, "consistency": STRONG}
+                                "timeout": 10.0, "batch_size": 1000, "consistency": SESSION}
     LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 
     def __init__(self, dim: int, embedder_id: str = "", *, uri: str | None = None,
@@ -93,6 +98,7 @@ class MilvusIndex(VectorIndex):
         self.collection = check_collection_name(collection or DEFAULT_COLLECTION)
         self.token = token or uuid.uuid4().hex
         self._manifest: ManifestHandle | None = None
+        self._strong_next = False  # the next read waits for everything (set by remove)
         self._client = self._connect()
         if create:
             self._create_collection()
@@ -130,14 +136,36 @@ class MilvusIndex(VectorIndex):
                     "by lookalike; choose another --collection")
             self._call("drop", "drop_collection", self.collection)
         index_params = self._client.prepare_index_params()
-        index_params.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE",
-                               params={"M": int(self.params["M"]),
-                                       "efConstruction": int(self.params["ef_construction"])})
+        self._add_vector_index(index_params)
         meta = describe(self.embedder_id, self.dim, self.token)
-        self._call("create", "create_collection", self.collection, schema=make_schema(self.dim, meta),
+        self._call("create", "create_collection", self.collection, schema=self._schema(meta),
                    index_params=index_params, consistency_level=STRONG)
         self._call("describe", "alter_collection_properties", self.collection,
                    properties={META_PROPERTY: meta})
+
+    # Hooks a variant of this index (milvus_binary) overrides.
+    _FLOATS_FIELD = VECTOR_FIELD  # the field holding the float vectors
+
+    def _schema(self, meta: str) -> Any:
+        return make_schema(self.dim, meta)
+
+    def _add_vector_index(self, index_params: Any) -> None:
+        index_params.add_index(field_name=VECTOR_FIELD, index_type="HNSW", metric_type="COSINE",
+                               params={"M": int(self.params["M"]),
+                                       "efConstruction": int(self.params["ef_construction"])})
+
+    def _make_rows(self, ids: Sequence[str], vectors: np.ndarray,
+                   attributes: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+        return make_rows(ids, vectors, attributes)
+
+    def _vector_dim(self) -> int:
+        """The ``dim`` of the collection's vector field."""
+        return self.dim
+
+    @classmethod
+    def _load_extras(cls, folder: Path) -> dict[str, Any]:
+        """Constructor arguments a variant saves beside ``index.json``."""
+        return {}
 
     def close(self) -> None:
         """Close the connection (the collection stays on the server)."""
@@ -157,7 +185,7 @@ class MilvusIndex(VectorIndex):
         unique_ids, rows = unique_last(ids)  # a repeated id: its last row wins
         chosen = None if attributes is None else [
             _normalised(attributes[r], unique_ids[n]) for n, r in enumerate(rows.tolist())]
-        data = make_rows(unique_ids, vectors[rows], chosen)  # validates everything first
+        data = self._make_rows(unique_ids, vectors[rows], chosen)  # validates everything first
         step = int(self.params["batch_size"])
         for start in range(0, len(data), step):
             self._call("upsert", "upsert", self.collection, data[start:start + step])
@@ -173,17 +201,25 @@ class MilvusIndex(VectorIndex):
                 self._call("delete", "delete", self.collection, ids=present)
                 removed += len(present)
         if removed:
+            self._strong_next = True
             self._after_write()
         return removed
 
-    def _present(self, ids: Sequence[str]) -> list[str]:
+    def _present(self, ids: Sequence[str], level: str = STRONG) -> list[str]:
         rows = self._call("query", "query", self.collection, filter=ids_in(ids),
-                          output_fields=[ID_FIELD], limit=len(ids), consistency_level=STRONG)
+                          output_fields=[ID_FIELD], limit=len(ids), consistency_level=level)
         return [row[ID_FIELD] for row in rows]
 
     def _after_write(self) -> None:
         if self._manifest is not None:
             self._manifest.update_count(len(self))
+
+    def _read_level(self) -> str:
+        """The consistency of the next read: Strong once after a remove, else the parameter."""
+        if self._strong_next:
+            self._strong_next = False
+            return STRONG
+        return str(self.params["consistency"])
 
     # ---- reading -------------------------------------------------------------------------
     def search(self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None,
@@ -209,14 +245,14 @@ class MilvusIndex(VectorIndex):
         return results
 
     def _search(self, queries: np.ndarray, limit: int, where: str) -> list[Hits]:
-        if limit > _MAX_LIMIT:
-            raise LookalikeError(f"milvus index: at most {_MAX_LIMIT} results per query "
+        if limit > MAX_LIMIT:
+            raise LookalikeError(f"milvus index: at most {MAX_LIMIT} results per query "
                                  f"(k plus excluded ids), asked for {limit}")
         ef = max(int(self.params["ef_search"]), limit)
         found = self._call("search", "search", self.collection, data=list(queries), limit=limit,
                            filter=where, anns_field=VECTOR_FIELD, output_fields=[],
                            search_params={"metric_type": "COSINE", "params": {"ef": ef}},
-                           consistency_level=self.params["consistency"])
+                           consistency_level=self._read_level())
         return [Hits([str(hit["id"]) for hit in hits], [float(hit["distance"]) for hit in hits])
                 for hits in found]
 
@@ -246,7 +282,8 @@ class MilvusIndex(VectorIndex):
         return int(rows[0]["count(*)"])
 
     def __contains__(self, item_id: object) -> bool:
-        return isinstance(item_id, str) and bool(item_id) and bool(self._present([item_id]))
+        return isinstance(item_id, str) and bool(item_id) and bool(
+            self._present([item_id], self._read_level()))
 
     def attributes(self, item_id: str) -> dict[str, Any]:
         """The attributes an item was added with (missing ones left out)."""
@@ -255,10 +292,10 @@ class MilvusIndex(VectorIndex):
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """The stored unit vectors of ``ids``, one row each."""
-        rows = self._rows(list(ids), [VECTOR_FIELD])
+        rows = self._rows(list(ids), [self._FLOATS_FIELD])
         if not ids:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray([rows[i][VECTOR_FIELD] for i in ids], dtype=np.float32)
+        return np.asarray([rows[i][self._FLOATS_FIELD] for i in ids], dtype=np.float32)
 
     def _rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, Mapping[str, Any]]:
         rows: dict[str, Mapping[str, Any]] = {}
@@ -267,7 +304,7 @@ class MilvusIndex(VectorIndex):
             chunk = unique[start:start + _ID_CHUNK]
             for row in self._call("get", "query", self.collection, filter=ids_in(chunk),
                                   output_fields=[ID_FIELD, *fields], limit=len(chunk),
-                                  consistency_level=STRONG):
+                                  consistency_level=self._read_level()):
                 rows[row[ID_FIELD]] = row
         missing = [i for i in ids if i not in rows]
         if missing:
@@ -306,12 +343,12 @@ class MilvusIndex(VectorIndex):
         """
         folder = Path(folder)
         manifest = json.loads((folder / INDEX_MANIFEST).read_text())
-        if manifest.get("kind") != "milvus" or manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("kind") != cls.kind or manifest.get("format_version") != FORMAT_VERSION:
             raise LookalikeError(f"{folder}: not a milvus index of format {FORMAT_VERSION}")
         index = cls(manifest["dim"], manifest.get("embedder_id", ""),
                     uri=uri or os.environ.get(URI_ENV) or manifest["uri"],
                     collection=manifest["collection"], token=manifest["token"], create=False,
-                    **manifest.get("params", {}))
+                    **cls._load_extras(folder), **manifest.get("params", {}))
         index._check_live(int(manifest["count"]), folder)
         index._follow(folder)
         return index
@@ -329,8 +366,9 @@ class MilvusIndex(VectorIndex):
                                      f"{described.get('embedder_id')!r}, not {self.embedder_id!r}")
         live_dim = next((int(f["params"]["dim"]) for f in info.get("fields", [])
                          if f.get("name") == VECTOR_FIELD), None)
-        if live_dim != self.dim:
-            raise ModelMismatchError(f"{where} has dimension {live_dim}, the index {self.dim}")
+        if live_dim != self._vector_dim():
+            raise ModelMismatchError(f"{where} has dimension {live_dim}, the index "
+                                     f"{self._vector_dim()}")
         if described.get("token") != self.token:
             raise ModelMismatchError(f"{where} is not the one this index was saved with (it was "
                                      f"dropped and created again){rebuild}")

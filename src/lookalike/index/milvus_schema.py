@@ -4,7 +4,9 @@ One collection per index. Fields:
 
 ==========  ==================  ==========================================================
 id          VARCHAR (primary)   the lookalike item id
-vector      FLOAT_VECTOR(dim)   the L2-normalised embedding (HNSW, COSINE)
+vector      FLOAT_VECTOR(dim)   the L2-normalised embedding (HNSW, COSINE); in a
+                                ``milvus-binary`` collection BINARY_VECTOR(bits), the hash code
+floats      ARRAY(FLOAT, dim)   ``milvus-binary`` only: the unit vector, for the re-rank
 category,   VARCHAR             ``str(value)``; missing = ``"\\x00"`` (Milvus 2.3 has no
 gender,                         nullable fields)
 colour
@@ -35,6 +37,8 @@ from lookalike.index.milvus_filters import (ATTRS_FIELD, ID_FIELD, MISSING_TEXT,
                                             TEXT_FIELDS)
 
 VECTOR_FIELD = "vector"
+FLOATS_FIELD = "floats"  # the float vectors of a binary-code collection
+MAX_ARRAY = 4096  # Milvus' largest ARRAY capacity
 MAX_ID_LENGTH = 1024
 MAX_TEXT_LENGTH = {"category": 1024, "gender": 1024, "colour": 1024, "title": 8192,
                    "image": 8192}
@@ -50,14 +54,24 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-def make_schema(dim: int, description: str) -> Any:
-    """The collection schema (see the module docstring)."""
+def make_schema(dim: int, description: str, binary_bits: int | None = None) -> Any:
+    """The collection schema (see the module docstring). With ``binary_bits`` the vector field
+    is a BINARY_VECTOR of that many bits and the float vectors go to ``floats``, an ARRAY of
+    ``dim`` FLOATs (Milvus 2.3 allows one vector field per collection)."""
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                         description=description)
     schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
-    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=int(dim))
+    if binary_bits is None:
+        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=int(dim))
+    else:
+        if int(dim) > MAX_ARRAY:
+            raise LookalikeError(f"milvus binary index: float vectors of at most {MAX_ARRAY} "
+                                 f"dimensions (a Milvus ARRAY's capacity), got {dim}")
+        schema.add_field(VECTOR_FIELD, DataType.BINARY_VECTOR, dim=int(binary_bits))
+        schema.add_field(FLOATS_FIELD, DataType.ARRAY, element_type=DataType.FLOAT,
+                         max_capacity=int(dim))
     for name in TEXT_FIELDS:
         schema.add_field(name, DataType.VARCHAR, max_length=MAX_TEXT_LENGTH[name])
     for name in NUMBER_FIELDS:
