@@ -1,23 +1,33 @@
-"""FAISS HNSW in-process vs Milvus HNSW over gRPC (the ``milvus`` index kind).
+"""FAISS HNSW in-process vs Milvus HNSW over gRPC, side by side in one run, plus photo -> top-10.
 
-Quick mode (default): products shape: the 40,072 real product vectors of
-``index_data.real_set`` (PCA-256 of the product photos) lifted to 1,280 dimensions (the size of
-EfficientNet-Lite0 features) by a random map with orthonormal columns, which keeps every cosine,
-so neighbours are real while memory and distance costs are those of 1,280-d; 300 of its held-out
-queries. (Random unit vectors were tried first: at 1,280-d they have no neighbour structure and
-HNSW recall@10 stayed below 0.3 at ef=256, so they say nothing; embedding 44k photos with
-Lite0 takes longer than this run may.) ``--full``: 1M x 256 vectors from
-``index_data.jittered_set`` (sampled around real product vectors) and 1,000 of its queries.
+Two data sets, each measured on both sides (one local Milvus 2.3 standalone server for the run):
+
+* ``products``: the real catalogue's EfficientNet-Lite0 vectors (1,280-d), from the shared
+  products project (benchmarks/_beyond_common.py: the whole catalogue ingested and embedded once,
+  cached in benchmarks/.cache). Index = the train split, queries = ``--queries`` test-split
+  products (never in the index).
+* ``synthetic``: ``--synthetic-n`` x 256 vectors of ``index_data.jittered_set`` (sampled around
+  real product / Fashion-MNIST vectors) and ``--queries`` of its held-out queries. 1M is the
+  target; a shared 2-core machine runs what it can in the time (default 200k) -- the JSON says.
 
 Both sides use HNSW with M=16 and efConstruction=100 over unit vectors (inner product = cosine).
-For each side: build time (Milvus: upsert, flush and wait for the index), load time (FAISS:
-read the index file; Milvus: ``MilvusIndex.load`` = reconnect + live checks), and for a sweep of
-ef: recall@10 against exact search, single-query q/s and p50/p99 latency, one query at a time
-from one client thread. The reported point per side is the smallest ef reaching recall@10 >=
-0.95. Milvus' resident memory is the server process tree's RSS (psutil) after the searches.
+Per side: build time (Milvus: upserts, flush, index finished), load time (FAISS: read the file;
+Milvus: ``load_index`` = reconnect + live checks), resident memory (FAISS: this process's RSS
+growth when reading the index; Milvus: the server process tree's RSS before the upserts and with
+the collection loaded), and an ef sweep (recall@10 against exact search, q/s, p50/p99, one query
+at a time from one thread); the reported point is the smallest ef reaching recall@10 >= 0.95.
+Milvus reads use Session consistency (the default); Strong at the same ef is measured beside it.
 
-    python benchmarks/milvus_bench.py            # quick, starts a local server in a temp folder
-    python benchmarks/milvus_bench.py --full     # 1M x 256
+``end_to_end``: what a user waits for. ``Project.search(photo bytes, k=10)`` -- decode, embed
+with Lite0, search, item details from the catalogue store -- over a FAISS HNSW index and over a
+Milvus index of the same whole catalogue, each at its own ef for recall 0.95, alternating per
+photo so load drifts hit both; plus ``embed_query`` alone.
+
+Preparation (embedding, builds, uploads) runs at nice 19; timed phases at nice 0.
+
+    python benchmarks/milvus_bench.py                       # products + 200k synthetic
+    python benchmarks/milvus_bench.py --synthetic-n 1000000
+    python benchmarks/milvus_bench.py --quick               # 100 queries, 50k synthetic
 """
 
 from __future__ import annotations
@@ -33,212 +43,130 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
+from _milvus_parts import bench_faiss, bench_milvus, release, renice, truth  # noqa: E402
 
-EFS = (16, 32, 64, 128, 256)
-K = 10
 SEED = 0
+EMBEDDER = "efficientnet-lite0"
 
 
-def _data(full: bool) -> tuple[np.ndarray, np.ndarray]:
+def products(n_queries: int):
+    """(project, base ids, base vectors, query vectors, query photo bytes)."""
+    from _beyond_common import products_project
+
+    project, name = products_project(EMBEDDER, progress=False)
+    loaded = project._index(name)  # benchmark-only: the vectors behind the shared index
+    frame = project.store.frame()
+    train = list(frame.index[frame["split"] == "train"])
+    test = list(frame.index[frame["split"] == "test"])
+    picked = sorted(np.random.default_rng(SEED).choice(len(test), n_queries, replace=False))
+    query_ids = [test[i] for i in picked]
+    base = np.ascontiguousarray(loaded.vectors_of(train, project.store), np.float32)
+    queries = np.ascontiguousarray(loaded.vectors_of(query_ids, project.store), np.float32)
+    photos = [Path(frame.loc[i, "image_path"]).read_bytes() for i in query_ids]
+    return project, base, queries, photos
+
+
+def synthetic(n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
     import index_data
 
-    if full:
-        base, queries, _ = index_data.jittered_set(1_000_000, 1_000)
-        return np.ascontiguousarray(base, np.float32), np.ascontiguousarray(queries[:1000],
-                                                                            np.float32)
-    base, queries, _ = index_data.real_set(44_072)  # 40,072 + 4,000 real product vectors
-    rng = np.random.default_rng(SEED)  # lift 256-d to 1,280-d: orthonormal columns keep cosines
-    lift, _ = np.linalg.qr(rng.standard_normal((1280, base.shape[1])))
-    lift = lift.T.astype(np.float32)
-    return np.ascontiguousarray(base @ lift), np.ascontiguousarray(queries[:300] @ lift)
+    base, queries, _ = index_data.jittered_set(n, max(n_queries, 1000))
+    return np.ascontiguousarray(base, np.float32), np.ascontiguousarray(queries[:n_queries])
 
 
-def _truth(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    import faiss
+def side_by_side(base: np.ndarray, queries: np.ndarray, server, collection: str,
+                 folder: Path) -> dict:
+    renice(19)
+    start = time.perf_counter()
+    want = truth(base, queries)
+    print(f"{collection}: {len(base)} x {base.shape[1]}, truth in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+    faiss_side = bench_faiss(base, queries, want, folder)
+    milvus_side = bench_milvus(base, queries, want, server, collection, folder)
+    release(server.uri, collection)
+    return {"n": len(base), "dim": int(base.shape[1]), "queries": len(queries),
+            "faiss_hnsw": faiss_side, "milvus_hnsw": milvus_side}
 
-    flat = faiss.IndexFlatIP(base.shape[1])
-    flat.add(base)
-    return flat.search(queries, K)[1]
 
+def end_to_end(project, photos: list[bytes], server, ef_faiss: int, ef_milvus: int) -> dict:
+    from _milvus_parts import wait_indexed
 
-def _recall(found: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[:K]) & set(t)) / K for f, t in zip(found, truth)]))
-
-
-def _sweep(search, queries: np.ndarray, truth: np.ndarray) -> list[dict]:
-    rows = []
-    for ef in EFS:
-        search(queries[:5], ef)  # warm up
-        latencies, found = [], []
-        for q in queries:
+    renice(19)
+    renice(19, [server.pid])
+    names = {"faiss": "e2e-faiss-hnsw", "milvus": "e2e-milvus"}
+    project.index(EMBEDDER, kind="hnsw", name=names["faiss"], progress=False,
+                  index_options={"M": 16, "ef_construction": 100, "ef_search": ef_faiss,
+                                 "storage": "Flat", "rotate": False})
+    project.index(EMBEDDER, kind="milvus", name=names["milvus"], progress=False,
+                  index_options={"uri": server.uri, "collection": "e2e", "timeout": 600,
+                                 "ef_construction": 100, "ef_search": ef_milvus})
+    wait_indexed(server.uri, "e2e")
+    renice(0)
+    renice(0, [server.pid])
+    times: dict[str, list[float]] = {"faiss": [], "milvus": [], "embed_only": []}
+    for side in ("faiss", "milvus"):
+        project.search(photos[0], k=10, index=names[side])  # load + warm up
+    for n, photo in enumerate(photos):
+        for side in (("faiss", "milvus") if n % 2 else ("milvus", "faiss")):
             start = time.perf_counter()
-            found.append(search(q[None], ef)[0])
-            latencies.append(time.perf_counter() - start)
-        latencies = np.array(latencies) * 1000
-        rows.append({"ef": ef, "recall@10": round(_recall(found, truth), 4),
-                     "qps": round(len(queries) / (latencies.sum() / 1000), 1),
-                     "p50_ms": round(float(np.percentile(latencies, 50)), 3),
-                     "p99_ms": round(float(np.percentile(latencies, 99)), 3)})
-        print(rows[-1], flush=True)
-        if rows[-1]["recall@10"] >= 0.99:
-            break
-    return rows
-
-
-def _chosen(rows: list[dict]) -> dict | None:
-    return next((r for r in rows if r["recall@10"] >= 0.95), None)
-
-
-def bench_faiss(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, folder: Path) -> dict:
-    import faiss
-
-    start = time.perf_counter()
-    index = faiss.IndexHNSWFlat(base.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 100
-    index.add(base)
-    build = time.perf_counter() - start
-    path = folder / "faiss.index"
-    faiss.write_index(index, str(path))
-    start = time.perf_counter()
-    index = faiss.read_index(str(path))
-    load = time.perf_counter() - start
-
-    def search(q: np.ndarray, ef: int) -> list[list[int]]:
-        params = faiss.SearchParametersHNSW(efSearch=max(ef, K))
-        return index.search(q, K, params=params)[1].tolist()
-
-    rows = _sweep(search, queries, truth)
-    return {"build_s": round(build, 2), "load_s": round(load, 3), "sweep": rows,
-            "at_recall_0.95": _chosen(rows), "index_file_mb": round(path.stat().st_size / 2**20, 1)}
-
-
-def _threaded_qps(search, queries: np.ndarray, threads: int) -> float:
-    """Queries per second with ``threads`` client threads, one query per call."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda q: search(q[None]), queries))
-    return round(len(queries) / (time.perf_counter() - start), 1)
-
-
-def _server_rss_mb(pid: int) -> float:
-    import psutil
-
-    proc = psutil.Process(pid)
-    return round(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-                 / 2**20, 1)
-
-
-def bench_milvus(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, uri: str,
-                 folder: Path, pid: int | None) -> dict:
-    from lookalike.index.base import create_index, load_index
-
-    rss_empty = _server_rss_mb(pid) if pid else None
-    ids = [str(i) for i in range(len(base))]
-    start = time.perf_counter()
-    index = create_index("milvus", base.shape[1], "bench", uri=uri, collection="bench",
-                         ef_construction=100, timeout=600)
-    for lo in range(0, len(base), 10_000):
-        index.add(ids[lo:lo + 10_000], base[lo:lo + 10_000])
-    upsert = time.perf_counter() - start
-    index.save(folder / "milvus")
-    from pymilvus import MilvusClient
-
-    raw = MilvusClient(uri=uri)
-    raw.flush("bench")  # seal the segments so the HNSW index is built over all of them
-    while True:  # wait until the HNSW index covers every sealed row
-        info = raw.describe_index("bench", "vector")
-        if int(info.get("pending_index_rows", 0)) == 0 and info.get("state") == "Finished":
-            break
-        time.sleep(1)
-    build = time.perf_counter() - start
-    raw.close()
-    index.close()
-    start = time.perf_counter()
-    index = load_index(folder / "milvus")
-    load = time.perf_counter() - start
-
-    def search(q: np.ndarray, ef: int) -> list[list[int]]:
-        index.params["ef_search"] = ef
-        return [[int(i) for i in hits.ids] for hits in index.search(q, K)]
-
-    rows = _sweep(search, queries, truth)
-    chosen = _chosen(rows) or rows[-1]
-    index.params["consistency"] = "Bounded"  # the same ef without Strong's wait
-    bounded = _sweep(lambda q, ef: search(q, chosen["ef"]), queries[:100], truth[:100])[0]
-    index.params["consistency"] = "Strong"
-    threaded = _threaded_qps(lambda q: search(q, chosen["ef"]), queries, threads=8)
-    return {"upsert_s": round(upsert, 2), "build_s": round(build, 2), "load_s": round(load, 3),
-            "sweep": rows, "at_recall_0.95": _chosen(rows),
-            "bounded_at_that_ef_100_queries": bounded,
-            "strong_at_that_ef_8_client_threads_qps": threaded,
-            "server_rss_mb_empty": rss_empty,
-            "server_rss_mb_loaded": _server_rss_mb(pid) if pid else None}
-
-
-def consistency_and_restart(server, folder: Path, dim: int) -> dict:
-    """Read-your-writes under Bounded vs Strong consistency, and what a restart costs: server
-    start, then ``load_index`` (reconnect, wait for the collection to load, first Strong read)."""
-    from pymilvus import MilvusClient
-
-    from lookalike.index.base import load_index
-
-    index = load_index(folder / "milvus")
-    raw = MilvusClient(uri=server.uri)
-    seen = {}
-    rng = np.random.default_rng(SEED)
-    for level in ("Bounded", "Strong"):
-        item = f"fresh-{level}"
-        index.add([item], rng.standard_normal((1, dim)).astype(np.float32))
-        rows = raw.query("bench", filter=f'id == "{item}"', output_fields=["id"],
-                         consistency_level=level)
-        seen[level] = len(rows)
-    raw.close()
-    index.save(folder / "milvus")
-    index.close()
-    server.stop()
-    server.start()
-    start = time.perf_counter()
-    load_index(folder / "milvus").close()
-    return {"found_right_after_insert": seen, "server_start_s": round(server.start_seconds, 1),
-            "load_after_restart_s": round(time.perf_counter() - start, 1)}
+            project.search(photo, k=10, index=names[side])
+            times[side].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        project.embed_query(photo, index=names["faiss"])
+        times["embed_only"].append(time.perf_counter() - start)
+    out = {}
+    for side, values in times.items():
+        ms = np.array(values) * 1000
+        out[side] = {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+                     "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                     "mean_ms": round(float(ms.mean()), 2)}
+    for stat in ("p50_ms", "mean_ms"):
+        out[f"milvus_overhead_{stat[:-3]}_pct"] = round(
+            100 * (out["milvus"][stat] / out["faiss"][stat] - 1), 1)
+    return {"photos": len(photos), "k": 10, "ef": {"faiss": ef_faiss, "milvus": ef_milvus},
+            "consistency": "Session", **out}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="1M x 256 instead of 44k x 1280")
-    parser.add_argument("--uri", help="an existing Milvus server (default: start a local one)")
+    parser.add_argument("--synthetic-n", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="100 queries, 50k synthetic")
     args = parser.parse_args()
+    if args.quick:
+        args.queries, args.synthetic_n = 100, 50_000
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the local server on a kill
-    base, queries = _data(args.full)
-    print(f"{len(base)} x {base.shape[1]} vectors, {len(queries)} queries", flush=True)
-    truth = _truth(base, queries)
+    from lookalike.index.milvus_server import LocalMilvus
+
+    renice(19)
+    project, base, queries, photos = products(args.queries)
+    result: dict = {}
     with tempfile.TemporaryDirectory(prefix="milvus-bench-") as tmp:
         folder = Path(tmp)
-        faiss_result = bench_faiss(base, queries, truth, folder)
-        server = None
-        if args.uri is None:
-            from lookalike.index.milvus_server import LocalMilvus
-
-            server = LocalMilvus(folder / "server").start()
+        server = LocalMilvus(folder / "server").start()
         try:
-            milvus_result = bench_milvus(base, queries, truth, args.uri or server.uri, folder,
-                                         server.pid if server else None)
-            if server is not None:
-                milvus_result["first_start_s"] = round(server.start_seconds, 1)
-                milvus_result.update(consistency_and_restart(server, folder, base.shape[1]))
+            result["server_start_s"] = round(server.start_seconds, 1)
+            result["products"] = side_by_side(base, queries, server, "products", folder)
+            chosen = {side: (result["products"][f"{side}_hnsw"]["at_recall_0.95"] or {})
+                      .get("ef", 128) for side in ("faiss", "milvus")}
+            result["end_to_end"] = end_to_end(project, photos, server, chosen["faiss"],
+                                              chosen["milvus"])
+            release(server.uri, "e2e")
+            del base, queries
+            renice(19)
+            base, queries = synthetic(args.synthetic_n, args.queries)
+            result["synthetic"] = side_by_side(base, queries, server, "synthetic", folder)
         finally:
-            if server is not None:
-                server.stop()
-    payload = {"data": {"n": len(base), "dim": int(base.shape[1]), "queries": len(queries),
-                        "vectors": "jittered real (index_data)" if args.full
-                        else "real product PCA-256 lifted to 1,280-d (cosines kept)"},
-               "hnsw": {"M": 16, "efConstruction": 100, "k": K},
-               "client": "one thread, one query per call",
-               "faiss_hnsw": faiss_result, "milvus_hnsw": milvus_result}
-    name = "milvus_bench-1m" if args.full else "milvus_bench"
-    print(write_results(name, payload, quick=not args.full, seeds=[SEED]))
+            server.stop()
+            project.close()
+    payload = {"hnsw": {"M": 16, "efConstruction": 100, "k": 10},
+               "client": "one thread, one query per call (plus an 8-thread q/s for Milvus)",
+               "priorities": "preparation at nice 19, timed phases at nice 0",
+               "data": {"products": f"{EMBEDDER} vectors of the real catalogue: train split "
+                                    "indexed, test-split queries",
+                        "synthetic": "index_data.jittered_set (256-d)"},
+               **result}
+    name = "milvus_side_by_side-quick" if args.quick else "milvus_side_by_side"
+    print(write_results(name, payload, quick=args.quick, seeds=[SEED]))
 
 
 if __name__ == "__main__":

@@ -198,11 +198,13 @@ def main() -> None:
         manifest = Path(tmp) / "products.parquet"
         frame.to_parquet(manifest)
         projects = {}
+        os.setpriority(os.PRIO_PROCESS, 0, 19)  # ingest (not timed) at nice 19, runs at 0
         for count in (len(frame) // 10, len(frame)):  # a tenth too: the fixed cost drops out
             frame.head(count).to_parquet(manifest)
             projects[count] = Path(tmp) / f"project-{count}"
             Project(projects[count]).ingest(manifest, progress=False)
         del frame
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
         rows = []
         for _ in range(args.repeats):
             for count, project in projects.items():

@@ -1,6 +1,6 @@
 """Embedding with Ray Data: the cache's reader -> mapper -> writer as a distributed pipeline.
 
-The single-process path (:func:`lookalike.models.cache.embed_with_cache`) decodes in a thread
+The single-process path (:func:`lookalike.models.embed_pipeline.embed_with_cache`) decodes in a thread
 pool and runs one model. This engine runs the same pieces on a Ray cluster -- a local one it
 starts itself, or an existing one (``address``)::
 
@@ -42,8 +42,8 @@ import numpy as np
 
 from lookalike.catalogue.images import decode, decode_image, sha256_hex, storable_bytes
 from lookalike.errors import LookalikeError
-from lookalike.models.cache import (ChunkWriter, EmbeddingCache, ItemFailed, _progress_bar,
-                                   read_items)
+from lookalike.models.embed_pipeline import ChunkWriter, ItemFailed, ProgressBar, read_items
+from lookalike.models.embedding_cache import EmbeddingCache
 
 #: Environment a local Ray needs to stay quiet and offline (set before ``ray.init``).
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
@@ -259,7 +259,7 @@ def embed_missing(cache: EmbeddingCache, model_dir: str | Path, images: Mapping[
         results = _run(ray, ray.data.from_arrow(blocks), Path(model_dir), options, size,
                        max_actors=len(blocks))  # no more actors than blocks of work
         writer = ChunkWriter(cache, options.chunk_size)
-        with _progress_bar(progress, len(missing), "ray") as advance:
+        with ProgressBar(progress, len(missing), "ray") as advance:
             try:
                 for batch in _drain(results, writer, advance):
                     for key, state, error in zip(batch["key"], batch["status"], batch["error"]):
@@ -304,7 +304,7 @@ def embed_manifest(sources: str | Path | Sequence[str | Path], model_dir: str | 
         results = _run(ray, dataset, Path(model_dir), options, size, Path(cache_dir),
                        max_actors=None if options.num_actors else spare)
         writer = ChunkWriter(cache, options.chunk_size)
-        with _progress_bar(progress, 0, "ray manifest") as advance:
+        with ProgressBar(progress, 0, "ray manifest") as advance:
             try:
                 for batch in _drain(results, writer, advance):
                     for item_id, key, state, error in zip(batch["id"], batch["key"],
