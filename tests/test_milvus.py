@@ -392,37 +392,75 @@ def test_project_and_cli_over_milvus(milvus, demo, shop) -> None:
     assert json.loads(result.output)["size"] == 241
 
 
-@pytest.mark.slow  # two worker processes start (~30 s on 2 busy cores)
+API_KEY = "milvus-test-key-0123456789"
+
+
+def _until(check, timeout: float = 15.0) -> bool:
+    """True once ``check()`` holds for 4 calls in a row (requests land on either worker)."""
+    deadline, streak = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline and streak < 4:
+        streak = streak + 1 if check() else 0
+        if streak < 4:
+            time.sleep(0.05)
+    return streak >= 4
+
+
 def test_serve_with_two_workers_over_one_milvus(demo, shop) -> None:
-    """`lookalike serve --workers 2` over the one Milvus answers concurrent requests."""
+    """`lookalike serve --workers 2` over the one Milvus: concurrent searches by photo, similar
+    items with filters and item details all answer right; an item PUT through one worker is found
+    through both, and gone from both after its DELETE."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    env = {**os.environ, "LOOKALIKE_API_KEY": API_KEY, "PYTHONPATH": os.pathsep.join(
         [str(DEMO.parents[2]), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen(
         [sys.executable, "-m", "lookalike", "serve", "--project", str(shop), "--workers", "2",
-         "--port", str(port), "--read-only", "--log-level", "warning"],
+         "--port", str(port), "--log-level", "warning"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     errors: list[str] = []
-    try:
-        _wait_ready(url, server)
-        category = str(demo.iloc[0]["article_type"])
+    category = str(demo.iloc[0]["article_type"])
 
-        def ask(row: int) -> None:
-            item = str(demo.iloc[row]["id"])
+    def top(photo: bytes) -> list[str]:
+        response = httpx.post(f"{url}/v1/search", files={"image": ("q.jpg", photo, "image/jpeg")},
+                              data={"k": 3}, timeout=60)
+        return [r["id"] for r in response.json()["results"]] if response.is_success else []
+
+    def ask(row: int) -> None:
+        item = str(demo.iloc[row]["id"])
+        if row % 3 == 0:
             response = httpx.get(f"{url}/v1/items/{item}/similar",
                                  params={"k": 3, "category": category}, timeout=60)
-            results = response.json().get("results", []) if response.status_code == 200 else []
-            if response.status_code != 200 or item in [r["id"] for r in results] or any(
-                    r["category"] != category for r in results):
-                errors.append(f"{item}: {response.status_code}")
+            results = response.json().get("results", []) if response.is_success else []
+            ok = response.is_success and item not in [r["id"] for r in results] and all(
+                r["category"] == category for r in results)
+        elif row % 3 == 1:
+            ok = top(bytes(demo.iloc[row]["image_jpeg"]))[:1] == [item]
+        else:
+            response = httpx.get(f"{url}/v1/items/{item}", timeout=60)
+            ok = response.is_success and response.json()["title"] == demo.iloc[row]["title"]
+        if not ok:
+            errors.append(f"row {row}")
 
+    try:
+        _wait_ready(url, server)
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(ask, range(0, 80)))
+            list(pool.map(ask, range(0, 60)))
+        assert not errors
+        photo = bytes(demo.iloc[500]["image_jpeg"])  # not in the shop's catalogue
+        assert "served-new" not in top(photo)
+        put = httpx.put(f"{url}/v1/items/served-new", files={"image": ("n.jpg", photo,
+                                                                       "image/jpeg")},
+                        data={"attributes": json.dumps({"title": "new", "category": "New"})},
+                        headers={"X-API-Key": API_KEY}, timeout=60)
+        assert put.status_code == 201, put.text
+        assert _until(lambda: top(photo)[:1] == ["served-new"])
+        gone = httpx.delete(f"{url}/v1/items/served-new", headers={"X-API-Key": API_KEY},
+                            timeout=60)
+        assert gone.status_code == 200, gone.text
+        assert _until(lambda: "served-new" not in top(photo))
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # its own session: uvicorn and its two workers
         server.wait(timeout=60)
-    assert not errors
 
 
 # ---- last: restarts the server (its first Strong reads afterwards wait ~20 s) --------------------
