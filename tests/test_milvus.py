@@ -299,12 +299,14 @@ def test_binary_codes_match_the_faiss_binary_index(milvus, products, tmp_path) -
     np.testing.assert_array_equal(loaded.coder.planes, coder.planes)
     _assert_same(loaded, local, queries, min_recall=0.97)
     hamming = create_index("milvus-binary", vectors.shape[1], "e", coder=coder, rerank=False,
-                           index_type="BIN_IVF_FLAT", nlist=16, nprobe=16, uri=milvus.uri,
+                           store_vectors=False, index_type="BIN_IVF_FLAT", nlist=16, nprobe=16, uri=milvus.uri,
                            collection="codes_ivf")
     hamming.add(ids[:500], vectors[:500])
     hits = hamming.search(vectors[:5], k=3)
     assert [h.ids[0] for h in hits] == ids[:5]  # distance 0 to its own code
     assert all(h.scores[0] == 1.0 and h.scores == sorted(h.scores, reverse=True) for h in hits)
+    with pytest.raises(LookalikeError, match="keeps no vectors"):
+        hamming.get_vectors(ids[:1])
     with pytest.raises(LookalikeError, match="index_type must be one of"):
         create_index("milvus-binary", 8, "e", uri=milvus.uri, index_type="HNSW")
 

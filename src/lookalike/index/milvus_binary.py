@@ -15,7 +15,10 @@ paper 000), with the codes and the floats in a Milvus collection:
    search call returns their floats.
 3. With ``rerank=True`` (default) the candidates are re-ordered by cosine with the query (the
    Euclidean order of unit vectors, as the ``binary`` kind) and the score is that cosine; without
-   it the order is Hamming's and the score ``1 - 2 * hamming / bits``.
+   it the order is Hamming's and the score ``1 - 2 * hamming / bits``. ``store_vectors=False``
+   keeps only the codes in Milvus (no ``floats`` field; Milvus loads every field of a loaded
+   collection, so this is what makes the codes small in memory): no re-ranking, no
+   ``get_vectors``.
 
 The coder is saved beside ``index.json`` as ``coder.safetensors`` (planes and offsets); the
 vectors and codes stay in Milvus. Everything else (consistency, excludes, save/load checks) is
@@ -48,10 +51,12 @@ class MilvusBinaryIndex(MilvusIndex):
     Parameters: those of the ``milvus`` kind that concern the connection and reads (``uri``,
     ``collection``, ``timeout``, ``batch_size``, ``consistency``), plus ``bits`` (taken from
     ``coder`` when given), ``seed`` (of the random LSH planes), ``candidates``, ``rerank``,
-    ``index_type`` (``BIN_FLAT`` or ``BIN_IVF_FLAT``), ``nlist`` and ``nprobe`` (IVF only).
+    ``index_type`` (``BIN_FLAT`` or ``BIN_IVF_FLAT``), ``nlist`` and ``nprobe`` (IVF only),
+    ``store_vectors`` (keep the floats; needed by ``rerank``).
     """
 
     DEFAULTS: dict[str, Any] = {"bits": 64, "seed": 0, "candidates": 100, "rerank": True,
+                                "store_vectors": True,
                                 "index_type": "BIN_FLAT", "nlist": 128, "nprobe": 16,
                                 "timeout": 10.0, "batch_size": 1000,
                                 "consistency": MilvusIndex.DEFAULTS["consistency"]}
@@ -66,6 +71,9 @@ class MilvusBinaryIndex(MilvusIndex):
                                  f"{', '.join(INDEX_TYPES)}, got {params['index_type']!r}")
         if int(params.get("candidates", self.DEFAULTS["candidates"])) < 1:
             raise LookalikeError("milvus-binary index: candidates must be >= 1")
+        if params.get("rerank", True) and not params.get("store_vectors", True):
+            raise LookalikeError("milvus-binary index: rerank=True needs store_vectors=True "
+                                 "(re-ranking reads the float vectors)")
         seed = int(params.get("seed", self.DEFAULTS["seed"]))
         self.coder = coder or HyperplaneCoder.random(int(dim), params["bits"], seed)
         if self.coder.dim != int(dim):
@@ -79,7 +87,8 @@ class MilvusBinaryIndex(MilvusIndex):
 
     # ---- the hooks of MilvusIndex ---------------------------------------------------------
     def _schema(self, meta: str) -> Any:
-        return make_schema(self.dim, meta, binary_bits=self.bits)
+        return make_schema(self.dim, meta, binary_bits=self.bits,
+                           floats=bool(self.params["store_vectors"]))
 
     def _add_vector_index(self, index_params: Any) -> None:
         kind = str(self.params["index_type"])
@@ -93,8 +102,16 @@ class MilvusBinaryIndex(MilvusIndex):
         codes = self.coder.codes(vectors)
         for row, code, vector in zip(rows, codes, vectors):
             row[VECTOR_FIELD] = code.tobytes()
-            row[FLOATS_FIELD] = vector.tolist()
+            if self.params["store_vectors"]:
+                row[FLOATS_FIELD] = vector.tolist()
         return rows
+
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored unit vectors of ``ids`` (needs ``store_vectors=True``)."""
+        if not self.params["store_vectors"]:
+            raise LookalikeError("milvus-binary index built with store_vectors=False keeps no "
+                                 "vectors")
+        return super().get_vectors(ids)
 
     def _vector_dim(self) -> int:
         return self.bits

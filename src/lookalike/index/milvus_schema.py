@@ -54,10 +54,12 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-def make_schema(dim: int, description: str, binary_bits: int | None = None) -> Any:
+def make_schema(dim: int, description: str, binary_bits: int | None = None,
+                floats: bool = True) -> Any:
     """The collection schema (see the module docstring). With ``binary_bits`` the vector field
     is a BINARY_VECTOR of that many bits and the float vectors go to ``floats``, an ARRAY of
-    ``dim`` FLOATs (Milvus 2.3 allows one vector field per collection)."""
+    ``dim`` FLOATs (Milvus 2.3 allows one vector field per collection), unless ``floats`` is
+    False."""
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
@@ -66,12 +68,13 @@ def make_schema(dim: int, description: str, binary_bits: int | None = None) -> A
     if binary_bits is None:
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=int(dim))
     else:
-        if int(dim) > MAX_ARRAY:
+        if floats and int(dim) > MAX_ARRAY:
             raise LookalikeError(f"milvus binary index: float vectors of at most {MAX_ARRAY} "
                                  f"dimensions (a Milvus ARRAY's capacity), got {dim}")
         schema.add_field(VECTOR_FIELD, DataType.BINARY_VECTOR, dim=int(binary_bits))
-        schema.add_field(FLOATS_FIELD, DataType.ARRAY, element_type=DataType.FLOAT,
-                         max_capacity=int(dim))
+        if floats:
+            schema.add_field(FLOATS_FIELD, DataType.ARRAY, element_type=DataType.FLOAT,
+                             max_capacity=int(dim))
     for name in TEXT_FIELDS:
         schema.add_field(name, DataType.VARCHAR, max_length=MAX_TEXT_LENGTH[name])
     for name in NUMBER_FIELDS:
