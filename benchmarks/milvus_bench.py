@@ -138,34 +138,41 @@ def main() -> None:
 
     renice(19)
     project, base, queries, photos = products(args.queries)
-    result: dict = {}
-    with tempfile.TemporaryDirectory(prefix="milvus-bench-") as tmp:
-        folder = Path(tmp)
-        server = LocalMilvus(folder / "server").start()
-        try:
-            result["server_start_s"] = round(server.start_seconds, 1)
-            result["products"] = side_by_side(base, queries, server, "products", folder)
-            chosen = {side: (result["products"][f"{side}_hnsw"]["at_recall_0.95"] or {})
-                      .get("ef", 128) for side in ("faiss", "milvus")}
-            result["end_to_end"] = end_to_end(project, photos, server, chosen["faiss"],
-                                              chosen["milvus"])
-            release(server.uri, "e2e")
-            del base, queries
-            renice(19)
-            base, queries = synthetic(args.synthetic_n, args.queries)
-            result["synthetic"] = side_by_side(base, queries, server, "synthetic", folder)
-        finally:
-            server.stop()
-            project.close()
-    payload = {"hnsw": {"M": 16, "efConstruction": 100, "k": 10},
+    name = "milvus_side_by_side-quick" if args.quick else "milvus_side_by_side"
+    payload = {"command": " ".join(["python", "benchmarks/milvus_bench.py", *sys.argv[1:]]),
+               "hnsw": {"M": 16, "efConstruction": 100, "k": 10},
                "client": "one thread, one query per call (plus an 8-thread q/s for Milvus)",
                "priorities": "preparation at nice 19, builds and timed phases at nice 0",
                "data": {"products": f"{EMBEDDER} vectors of the real catalogue: train split "
                                     "indexed, test-split queries",
                         "synthetic": "index_data.jittered_set (256-d)"},
-               **result}
-    name = "milvus_side_by_side-quick" if args.quick else "milvus_side_by_side"
-    print(write_results(name, payload, quick=args.quick, seeds=[SEED]))
+               "phases_done": []}
+
+    def save(phase: str) -> None:  # after every phase: a late phase cut short keeps the rest
+        payload["phases_done"].append(phase)
+        print(write_results(name, payload, quick=args.quick, seeds=[SEED]), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="milvus-bench-") as tmp:
+        folder = Path(tmp)
+        server = LocalMilvus(folder / "server").start()
+        try:
+            payload["server_start_s"] = round(server.start_seconds, 1)
+            payload["products"] = side_by_side(base, queries, server, "products", folder)
+            save("products")
+            chosen = {side: (payload["products"][f"{side}_hnsw"]["at_recall_0.95"] or {})
+                      .get("ef", 128) for side in ("faiss", "milvus")}
+            payload["end_to_end"] = end_to_end(project, photos, server, chosen["faiss"],
+                                               chosen["milvus"])
+            save("end_to_end")
+            release(server.uri, "e2e")
+            del base, queries
+            renice(19)
+            base, queries = synthetic(args.synthetic_n, args.queries)
+            payload["synthetic"] = side_by_side(base, queries, server, "synthetic", folder)
+            save("synthetic")
+        finally:
+            server.stop()
+            project.close()
 
 
 if __name__ == "__main__":
