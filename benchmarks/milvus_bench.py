@@ -21,7 +21,9 @@ Milvus reads use Session consistency (the default); Strong at the same ef is mea
 ``end_to_end``: what a user waits for. ``Project.search(photo bytes, k=10)`` -- decode, embed
 with Lite0, search, item details from the catalogue store -- over a FAISS HNSW index and over a
 Milvus index of the same whole catalogue, each at its own ef for recall 0.95, alternating per
-photo so load drifts hit both; plus ``embed_query`` alone.
+photo so load drifts hit both; plus ``embed_query`` alone. Also the CPU time per query of this
+process (decode, embed, search or gRPC, details) and of the Milvus server tree (over the whole
+alternating loop, so it includes the idle server's own background ticks).
 
 Preparation (embedding the catalogue, vectors, ground truth) runs at nice 19; timed phases
 (builds, loads, queries) and the end-to-end indexes' builds at nice 0.
@@ -102,27 +104,42 @@ def end_to_end(project, photos: list[bytes], server, ef_faiss: int, ef_milvus: i
                                  "ef_construction": 100, "ef_search": ef_milvus})
     wait_indexed(server.uri, "e2e")
     times: dict[str, list[float]] = {"faiss": [], "milvus": [], "embed_only": []}
+    cpu = dict.fromkeys(times, 0.0)  # this process's CPU seconds (all threads) per phase
     for side in ("faiss", "milvus"):
         project.search(photos[0], k=10, index=names[side])  # load + warm up
+    server_cpu = _tree_cpu_s(server.pid)
     for n, photo in enumerate(photos):
         for side in (("faiss", "milvus") if n % 2 else ("milvus", "faiss")):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             project.search(photo, k=10, index=names[side])
             times[side].append(time.perf_counter() - start)
-        start = time.perf_counter()
+            cpu[side] += time.process_time() - cpu_start
+        start, cpu_start = time.perf_counter(), time.process_time()
         project.embed_query(photo, index=names["faiss"])
         times["embed_only"].append(time.perf_counter() - start)
-    out = {}
+        cpu["embed_only"] += time.process_time() - cpu_start
+    server_cpu = _tree_cpu_s(server.pid) - server_cpu
+    out: dict = {}
     for side, values in times.items():
         ms = np.array(values) * 1000
         out[side] = {"p50_ms": round(float(np.percentile(ms, 50)), 2),
                      "p99_ms": round(float(np.percentile(ms, 99)), 2),
-                     "mean_ms": round(float(ms.mean()), 2)}
+                     "mean_ms": round(float(ms.mean()), 2),
+                     "client_cpu_ms_per_query": round(1000 * cpu[side] / len(photos), 2)}
+    out["milvus"]["server_cpu_ms_per_query"] = round(1000 * server_cpu / len(photos), 2)
     for stat in ("p50_ms", "mean_ms"):
         out[f"milvus_overhead_{stat[:-3]}_pct"] = round(
             100 * (out["milvus"][stat] / out["faiss"][stat] - 1), 1)
     return {"photos": len(photos), "k": 10, "ef": {"faiss": ef_faiss, "milvus": ef_milvus},
             "consistency": "Session", **out}
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children so far."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
 
 
 def main() -> None:
