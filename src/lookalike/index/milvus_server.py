@@ -4,6 +4,8 @@
 2.3, with embedded etcd and RocksMQ) with its data in ``folder``, and serves gRPC on a free port
 on 127.0.0.1 (``.uri``); its embedded etcd also gets free ports, so several servers can run on
 one machine. ``stop()`` ends it; ``start()`` again serves the same data on the same ports.
+``time_tick_ms`` shortens the proxy's time tick (default 200 ms), which bounds a Strong read's
+wait (benchmarks/milvus_tick.py).
 Offline: nothing is downloaded. Not for production (see docs/deploy.md).
 """
 
@@ -24,11 +26,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(folder: Path, etcd_client: int, etcd_peer: int) -> Any:
+def _config(folder: Path, etcd_client: int, etcd_peer: int, time_tick_ms: int | None) -> Any:
     """The ``milvus`` package's config with two changes: ports are checked with SO_REUSEADDR as
     the server binds them (its own check fails for a port in TIME_WAIT right after a stop), and
     the embedded etcd listens on ``etcd_client``/``etcd_peer`` instead of its fixed 2379/2380
-    (so several local servers, or another etcd, can run on one machine)."""
+    (so several local servers, or another etcd, can run on one machine); ``time_tick_ms`` sets
+    the proxy's time-tick interval (default 200 ms: the wait of a Strong read)."""
     from milvus import MilvusServerConfig
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,9 +45,14 @@ def _config(folder: Path, etcd_client: int, etcd_peer: int) -> Any:
     marker = "  endpoints: localhost:{{ etcd_port(int): 2379 }}\n"
     if marker not in template:
         raise LookalikeError("unexpected milvus package config template: etcd endpoints missing")
+    template = template.replace(marker, marker + f"  config:\n    path: {etcd}\n")
+    if time_tick_ms is not None:
+        tick = "  timeTickInterval: 200 # ms, the interval that proxy synchronize the time tick\n"
+        if tick not in template:
+            raise LookalikeError("unexpected milvus package config template: no proxy time tick")
+        template = template.replace(tick, f"  timeTickInterval: {int(time_tick_ms)}\n")
     template_file = folder / "milvus.yaml.template"
-    template_file.write_text(template.replace(
-        marker, marker + f"  config:\n    path: {etcd}\n"))
+    template_file.write_text(template)
 
     class Config(MilvusServerConfig):
         def try_bind_port(self, port: int) -> socket.socket | None:
@@ -66,14 +74,15 @@ def _config(folder: Path, etcd_client: int, etcd_peer: int) -> Any:
 class LocalMilvus:
     """One local Milvus server process with its data in ``folder``."""
 
-    def __init__(self, folder: str | Path, port: int | None = None) -> None:
+    def __init__(self, folder: str | Path, port: int | None = None,
+                 time_tick_ms: int | None = None) -> None:
         from milvus import MilvusServer
 
         self.folder = Path(folder)
         self.port = port or free_port()
         etcd_client, etcd_peer = free_port(), free_port()
         self._server = MilvusServer(config=_config(self.folder / "lookalike", etcd_client,
-                                                   etcd_peer),
+                                                   etcd_peer, time_tick_ms),
                                     proxy_port=self.port, etcd_port=etcd_client)
         self._server.set_base_dir(str(self.folder))
 
