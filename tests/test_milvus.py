@@ -487,3 +487,13 @@ def test_save_load_and_restart_keep_the_data(milvus, products, tmp_path) -> None
     assert len(loaded) == 520 and json.loads((folder / "index.json").read_text())["count"] == 520
     after = loaded.search(vectors[:20], k=10)
     assert [set(h.ids) for h in after] == [set(h.ids) for h in before]
+
+
+def test_local_server_config_sets_the_time_tick(tmp_path) -> None:
+    """``time_tick_ms`` reaches the server's config (the packaged template has the line)."""
+    from lookalike.index.milvus_server import _config
+
+    _config(tmp_path / "fast", free_port(), free_port(), 50)
+    assert "  timeTickInterval: 50\n" in (tmp_path / "fast" / "milvus.yaml.template").read_text()
+    _config(tmp_path / "default", free_port(), free_port(), None)
+    assert "timeTickInterval: 200 " in (tmp_path / "default" / "milvus.yaml.template").read_text()
