@@ -245,7 +245,7 @@ def train_category_probe(project, *, column: str = "category", index: str | None
     """
     from sklearn.linear_model import LogisticRegression
 
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     frame = project.store.frame()
     if column not in frame.columns:
         raise LookalikeError(f"column {column!r} is not in the catalogue; columns: "
@@ -273,7 +273,7 @@ def train_category_probe(project, *, column: str = "category", index: str | None
               "train_accuracy": float(model.score(vectors, labels)),
               "fit_seconds": round(seconds, 2)})
     if save:
-        project._require_writable("train a category probe")
+        project.require_writable("train a category probe")
         with versioned_folder(probe_folder(project, column, loaded.name)) as staging:
             probe.save(staging)
     return probe
@@ -282,7 +282,7 @@ def train_category_probe(project, *, column: str = "category", index: str | None
 def load_category_probe(project, column: str = "category",
                         index: str | None = None) -> CategoryProbe:
     """The saved probe for ``column`` on index ``index``, checked against the index's embedder."""
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     folder = current_version(probe_folder(project, column, loaded.name))
     if folder is None:
         raise UnknownNameError(f"no category probe for {column!r} on index {loaded.name!r}; "
@@ -306,7 +306,7 @@ def category_first_search(project, image: Any = None, *, item_id: str | None = N
     """
     if (image is None) == (item_id is None):
         raise LookalikeError("category-first search needs exactly one of a photo or an item id")
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     if item_id is not None:
         vector = loaded.vector_of(str(item_id), project.store)
         exclude = [[str(item_id)]]
@@ -318,7 +318,7 @@ def category_first_search(project, image: Any = None, *, item_id: str | None = N
                                      top1_confidence=top1_confidence,
                                      top2_confidence=top2_confidence,
                                      max_categories=max_categories)
-    return CategoryFirstResult(project._recommendations(hits[0].ids, hits[0].scores),
+    return CategoryFirstResult(project.recommendations(hits[0].ids, hits[0].scores),
                                decisions[0])
 
 

@@ -137,7 +137,7 @@ def clusters(project, k: int = 50, seed: int = 0, *, index: str | None = None,
     ``grid_clusters`` limits the clusters drawn in ``clusters.html`` (largest first; all when
     None). Saving needs a writable project.
     """
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     indexed = set(loaded.hashes)
     frame = project.store.frame()
     frame = frame[frame.index.isin(indexed)]  # catalogue order, so runs are reproducible
@@ -160,7 +160,7 @@ def clusters(project, k: int = 50, seed: int = 0, *, index: str | None = None,
     central = central_members(vectors, labels, centroids, grid_per_cluster)
     report.central = [[ids[r] for r in rows] for rows in central]
     if save:
-        project._require_writable("save clusters")
+        project.require_writable("save clusters")
         with versioned_folder(project.path / CLUSTERS_DIR / loaded.name) as staging:
             _save(staging, report)
             write_cluster_grid(staging / "clusters.html", report, frame, grid_clusters)
@@ -282,7 +282,7 @@ def diverse_similar(project, item_id: str, k: int = 10, per_cluster: int = 2,
                     clusters_: SavedClusters | None = None) -> list[Recommendation]:
     """More like ``item_id``, at most ``per_cluster`` results from any one cluster."""
     saved = clusters_ or load_clusters(project, index)
-    size = len(project._index(index).index)
+    size = len(project.searcher(index).index)
     return _diverse(lambda n: project.similar(item_id, n, filters, index=index),
                     saved.cluster_of, k, per_cluster, size)
 
@@ -292,12 +292,12 @@ def diverse_search(project, image: Any, k: int = 10, per_cluster: int = 2,
                    clusters_: SavedClusters | None = None) -> list[Recommendation]:
     """Search by photo, at most ``per_cluster`` results from any one cluster."""
     saved = clusters_ or load_clusters(project, index)
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     vector = project.embed_query(image, index=index)
 
     def fetch(n: int) -> list[Recommendation]:
         hits = loaded.index.search(vector[None, :], k=n, filters=filters)[0]
-        return project._recommendations(hits.ids, hits.scores)
+        return project.recommendations(hits.ids, hits.scores)
 
     return _diverse(fetch, saved.cluster_of, k, per_cluster, len(loaded.index))
 

@@ -210,7 +210,7 @@ def pair_cosines(vectors: np.ndarray, pairs: np.ndarray, batch: int = 65536) -> 
 def embedding_pairs(project, threshold: float, *, index: str | None = None,
                     neighbours: int = 10) -> tuple[list[str], np.ndarray]:
     """``(ids, pairs)`` over the indexed items of ``index`` (see :func:`vector_pairs`)."""
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     ids = [i for i in project.store.ids() if i in loaded.hashes]
     return ids, vector_pairs(loaded.index, ids,
                              lambda chunk: loaded.vectors_of(chunk, project.store),
@@ -285,7 +285,7 @@ class DuplicateFinder:
         picture = as_image(image)
         threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
         if method == "embedding":
-            loaded = self.project._index(self.index)
+            loaded = self.project.searcher(self.index)
             vector = loaded.embedder.embed_one(picture)
             hits = loaded.index.search(vector[None, :], k=10)[0]
             return [(i, 1.0 - s) for i, s in zip(hits.ids, hits.scores) if s >= float(threshold)]
@@ -332,7 +332,7 @@ def index_neighbours(project, index: str | None = None,
         return None
 
     def neighbours_of(image: Image.Image) -> list[str]:
-        loaded = project._index(index)
+        loaded = project.searcher(index)
         hits = loaded.index.search(loaded.embedder.embed_one(image)[None, :],
                                    k=settings.neighbours)[0]
         return [i for i, s in zip(hits.ids, hits.scores) if s >= settings.min_cosine]
