@@ -120,7 +120,7 @@ def circles(edges: dict[str, set[str]]) -> list[frozenset[str]]:
 def test_the_graph_sees_imports_inside_functions_and_type_checking() -> None:
     edges = import_graph()
     assert "lookalike.serve.routes_personal" in edges["lookalike.serve.app"]  # top level
-    assert "lookalike.recommend.query" in edges["lookalike.cli"]  # inside a command
+    assert "lookalike.watch" in edges["lookalike.cli"]  # inside a command
     assert "lookalike.serve.service" in edges["lookalike.serve.deps"]  # under TYPE_CHECKING
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [
         frozenset({"a", "b", "c"})]
@@ -209,3 +209,60 @@ def test_no_module_level_mutable_state() -> None:
     """Caches live on instances (``Project.caches``); only the plugin registries, and the
     caches still being moved elsewhere (issue 15), are process-wide."""
     assert mutable_state() - REGISTRIES - PENDING == set()
+
+
+# ---- one public API (issue 15) ------------------------------------------------------------------
+#: What the CLI and the service may import from lookalike besides their own rooms: the public
+#: API module, the package itself (``__version__``), the errors, and three public modules that
+#: are callers of the API themselves (the folder watcher, the demo, the process's thread setting).
+PUBLIC_API = frozenset({"lookalike", "lookalike.api", "lookalike.errors", "lookalike.watch",
+                        "lookalike.demo", "lookalike.threads"})
+FRONT_ROOMS = ("lookalike.cli", "lookalike.commands", "lookalike.serve")
+
+
+def _front(module: str) -> bool:
+    return any(module == room or module.startswith(room + ".") for room in FRONT_ROOMS)
+
+
+def test_the_cli_and_the_service_import_only_the_public_api() -> None:
+    """``lookalike.cli``, ``lookalike.commands.*`` and ``lookalike.serve.*`` reach the engine only
+    through :mod:`lookalike.api` (Project and plain functions), never ``recommend.*``,
+    ``evaluate.*``, ``models.*`` or ``index.*`` directly."""
+    edges = import_graph()
+    wrong = {f"{module} -> {target}" for module, targets in edges.items() if _front(module)
+             for target in targets if not _front(target) and target not in PUBLIC_API}
+    assert wrong == set()
+    assert "lookalike.api" in edges["lookalike.cli"] | edges["lookalike.commands.common"]
+
+
+def _private_uses(source: str, name: str) -> list[str]:
+    """``x._name`` where ``x`` is not ``self`` / ``cls`` (dunders aside)."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                and not node.attr.startswith("__"):
+            owner = node.value
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_cli_and_the_service_use_no_private_member() -> None:
+    """No ``project._index``, ``project._recommendations``, ``service._read``, ... from the CLI
+    or the service: what they need is public."""
+    known = modules()
+    found = [use for module, path in known.items() if _front(module)
+             for use in _private_uses(path.read_text(encoding="utf-8"), path.name)]
+    assert found == []
+    sample = "project._index(None)\nself._lock\nx.__class__\nservice._read(f)\n"
+    assert _private_uses(sample, "x.py") == ["x.py:1: project._index", "x.py:4: service._read"]
+
+
+def test_every_verb_is_a_project_method() -> None:
+    """The verbs of docs/architecture.md's table are methods of ``Project`` (the one facade)."""
+    from lookalike.api import Project
+
+    verbs = ("ingest", "index", "similar", "search", "answer", "recommend", "look", "clusters",
+             "duplicates", "find_duplicates", "train", "evaluate", "text_index",
+             "category_search", "evaluate_recs", "searcher", "recommendations")
+    assert [v for v in verbs if not callable(getattr(Project, v, None))] == []

@@ -29,16 +29,17 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import lookalike
-from lookalike.errors import (
+from lookalike.api import (
+    Answer,
     ImageRejected,
     LookalikeError,
     ModelMismatchError,
+    Recommendation,
     StoreError,
+    TextModelMissing,
     UnknownItemError,
     UnknownNameError,
 )
-from lookalike.recommend.results import Recommendation
-from lookalike.recommend.understood import Answer
 from lookalike.serve import routes_beyond, routes_personal
 from lookalike.serve.deps import image_url, item_details
 from lookalike.serve.schemas import (
@@ -205,11 +206,9 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
     def guided(query: Callable[[], T]) -> T:
         """Run a words / diversified query (CPU-bound: holds an embedding slot), turning 'not
         prepared for this catalogue' into a clear 409 instead of 'no index yet'."""
-        from lookalike.models.text import TextModelMissing
-
         try:
             with service.embed_slots:
-                return service._read(query)
+                return service.read(query)
         except TextModelMissing as error:
             raise ApiError(503, "not_ready", f"text search is not available: {error}") from None
         except UnknownNameError as error:
@@ -268,12 +267,10 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
         if words is None and per_cluster is None and data is not None:
             found = await run_in_threadpool(service.search, data, k, filters)
         else:
-            from lookalike.recommend.query import answer
-
             picture = (await run_in_threadpool(decode_upload, data, settings.max_pixels)
                        if data is not None else None)
-            found = await run_in_threadpool(guided, lambda: answer(
-                service.project, image=picture, text=text, k=k, filters=filters,
+            found = await run_in_threadpool(guided, lambda: service.project.answer(
+                image=picture, text=text, k=k, filters=filters,
                 text_weight=text_weight, fusion=fusion, per_cluster=per_cluster,
                 index=service.index_name(), understand=understand, literal=literal or [],
                 keep_type=keep_type))
@@ -307,12 +304,10 @@ def _add_routes(app: FastAPI, service: LookalikeService, settings: ServeSettings
         if words is None and not with_title and per_cluster is None:
             found = service.similar(item_id, k, filters)
         else:
-            from lookalike.recommend.query import answer
-
             if item_id not in service.project.store:
                 raise UnknownItemError(f"unknown item {item_id!r}")
-            found = guided(lambda: answer(
-                service.project, item_id=item_id, text=text, k=k, filters=filters,
+            found = guided(lambda: service.project.answer(
+                item_id=item_id, text=text, k=k, filters=filters,
                 text_weight=text_weight, fusion=fusion, with_title=with_title,
                 per_cluster=per_cluster, index=service.index_name(), understand=understand,
                 literal=literal or [], keep_type=keep_type))

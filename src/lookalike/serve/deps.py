@@ -16,7 +16,7 @@ from fastapi import Request
 from lookalike.serve.schemas import ItemDetails
 
 if TYPE_CHECKING:
-    from lookalike.project import Project
+    from lookalike.api import Project
     from lookalike.serve.service import LookalikeService
 
 

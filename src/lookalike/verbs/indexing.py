@@ -87,6 +87,19 @@ class IndexVerbs:
                 self._refresh_text_index(name, progress=progress)
             return summary
 
+    def text_index(self, index: str | None = None, *, columns: Sequence[str] | None = None,
+                   progress: bool = True):  # -> lookalike.recommend.text_search.TextIndexSummary
+        """Embed the items' text ``columns`` (default: the title) with the MiniLM text model and
+        build or update the words (fused image + text) index over image index ``index``."""
+        from lookalike.recommend.text_search import DEFAULT_COLUMNS, build_text_index
+
+        return build_text_index(self, index=index, columns=list(columns or DEFAULT_COLUMNS),
+                                progress=progress)
+
+    def has_text_index(self, index: str | None = None) -> bool:
+        """Whether image index ``index`` (default: the project's) has a words index yet."""
+        return current_version(self.layout.text_index(self.index_name(index))) is not None
+
     def _refresh_text_index(self, name: str, progress: bool = False) -> None:
         """Keep the words index of image index ``name`` (if one was built) up to date, with the
         columns it was built with: only new or changed titles are embedded."""
