@@ -20,6 +20,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, UnknownNameError
 from lookalike.models.base import CONFIG_FILE, WEIGHTS_FILE, Embedder, available, embedder_class
+from lookalike.models.text import TEXT_ENCODERS
 
 
 #: Catalogues :func:`load_catalogue` knows; ``all`` on the command line means the first two.
@@ -163,13 +164,14 @@ def resolve_embedder(spec: str, threads: int | None = None) -> Entry:
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise ReportError(f"{spec}: folder has no {CONFIG_FILE}; not a saved lookalike model")
+        _refuse_text(json.loads((path / CONFIG_FILE).read_text()).get("kind"), spec)
         embedder = load(path, **_parse_options(pairs, spec))
-        _check_images(embedder, spec)
         _set_threads(embedder, threads)
         label = _folder_label(embedder, path) + "".join(f" {pair}" for pair in pairs)
         return Entry(label, spec, embedder, path)
     name, *pairs = spec.split(":")
     name, _, size = name.partition("@")
+    _refuse_text(name, spec)
     if name not in available():
         raise UnknownNameError(f"unknown embedder {spec!r}: neither a registered name "
                                f"({', '.join(available())}) nor a folder with {CONFIG_FILE}")
@@ -187,7 +189,6 @@ def resolve_embedder(spec: str, threads: int | None = None) -> Entry:
         embedder = cls(**options)
     except TypeError as error:
         raise ReportError(f"embedder {spec!r}: {error}") from None
-    _check_images(embedder, spec)
     if embedder.needs_fit:
         raise ReportError(f"embedder {spec!r} must be trained first: train it and give the "
                           "saved folder instead (or --models-dir)")
@@ -208,10 +209,10 @@ def _parse_options(pairs: Sequence[str], spec: str) -> dict[str, Any]:
     return options
 
 
-def _check_images(embedder: Embedder, spec: str) -> None:
-    if getattr(embedder, "modality", "image") != "image":
-        raise ReportError(f"embedder {spec!r} is a {embedder.modality} model, not an image "
-                          "embedder")
+def _refuse_text(kind: str | None, spec: str) -> None:
+    """A text encoder's name or folder is a clear error here: the report compares images."""
+    if kind in TEXT_ENCODERS:
+        raise ReportError(f"embedder {spec!r} is a text model, not an image embedder")
 
 
 def _set_threads(embedder: Embedder, threads: int | None) -> None:
@@ -242,11 +243,11 @@ def find_saved_models(folder: str | Path) -> tuple[list[Path], list[str]]:
         except (OSError, ValueError, AttributeError):
             skipped.append(f"{config.parent}: unreadable {CONFIG_FILE}")
             continue
-        if kind not in available():
-            continue  # not a lookalike model (an index manifest, a training config...)
-        if getattr(embedder_class(kind), "modality", "image") != "image":
+        if kind in TEXT_ENCODERS:
             skipped.append(f"{config.parent}: {kind} is not an image embedder")
             continue
+        if kind not in available():
+            continue  # not a lookalike model (an index manifest, a training config...)
         if not (config.parent / WEIGHTS_FILE).is_file() and embedder_class(kind).needs_fit:
             skipped.append(f"{config.parent}: {kind} without weights (untrained)")
             continue

@@ -161,14 +161,9 @@ class Embedder(ABC):
         folder.mkdir(parents=True, exist_ok=True)
         tensors = self.state_tensors()
         if tensors:
-            from safetensors.numpy import save_file
+            from lookalike.models.weights import write_tensors
 
-            tmp = folder / (WEIGHTS_FILE + ".tmp")
-            # np.ascontiguousarray turns 0-d arrays (BatchNorm's num_batches_tracked) into
-            # shape (1,); keep every tensor's own shape so load() gets back what was saved.
-            save_file({k: np.ascontiguousarray(v).reshape(np.shape(v))
-                       for k, v in tensors.items()}, str(tmp))
-            tmp.replace(folder / WEIGHTS_FILE)
+            write_tensors(folder / WEIGHTS_FILE, tensors)
         meta = {"kind": self.kind, "dim": self.dim, "config": self.config(),
                 "embedder_id": self.embedder_id}
         atomic_write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
@@ -208,7 +203,6 @@ _BUILTIN: dict[str, str] = {
     "autoencoder": "lookalike.models.autoencoder:AutoencoderEmbedder",
     "conv-autoencoder": "lookalike.models.autoencoder:ConvAutoencoderEmbedder",
     "infogan": "lookalike.models.infogan:InfoGANEmbedder",
-    "all-minilm-l6-v2": "lookalike.models.text:MiniLMTextEmbedder",
 }
 #: The plugin registry: embedder kinds registered by :func:`register` (built-ins load lazily
 #: from ``_BUILTIN``). Process-wide on purpose, like an entry-point table: classes, not data.
@@ -276,9 +270,9 @@ def load(folder: str | Path, **overrides: Any) -> Embedder:
                              f"({error})") from None
     weights = folder / WEIGHTS_FILE
     if weights.is_file():
-        from safetensors.numpy import load_file
+        from lookalike.models.weights import read_tensors
 
-        embedder.load_state_tensors(load_file(str(weights)))
+        embedder.load_state_tensors(read_tensors(weights))
     if embedder.dim != meta.get("dim"):
         raise ModelMismatchError(f"{config_path}: dim {embedder.dim} != saved {meta.get('dim')}")
     return embedder
