@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
+from lookalike.registry import Registry
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -204,38 +205,24 @@ _BUILTIN: dict[str, str] = {
     "conv-autoencoder": "lookalike.models.autoencoder:ConvAutoencoderEmbedder",
     "infogan": "lookalike.models.infogan:InfoGANEmbedder",
 }
-#: The plugin registry: embedder kinds registered by :func:`register` (built-ins load lazily
-#: from ``_BUILTIN``). Process-wide on purpose, like an entry-point table: classes, not data.
-_REGISTRY: dict[str, type[Embedder]] = {}
+#: The plugin registry: embedder kinds (built-ins load lazily from ``_BUILTIN``; plugins add
+#: themselves with :func:`register`). Process-wide on purpose, like an entry-point table.
+_REGISTRY: Registry[type[Embedder]] = Registry("embedder", _BUILTIN)
 
 
 def register(kind: str) -> Callable[[type[Embedder]], type[Embedder]]:
     """Class decorator: make an embedder available by name to every caller (CLI, API, service)."""
-
-    def wrap(cls: type[Embedder]) -> type[Embedder]:
-        cls.kind = kind
-        _REGISTRY[kind] = cls
-        _BUILTIN.pop(kind, None)
-        return cls
-
-    return wrap
+    return _REGISTRY.register(kind)
 
 
 def available() -> list[str]:
     """Names of all registered embedders."""
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
+    return _REGISTRY.available()
 
 
 def embedder_class(name: str) -> type[Embedder]:
     """The class registered under ``name`` (importing its module on first use)."""
-    if name not in _REGISTRY and name in _BUILTIN:
-        import importlib
-
-        module, attr = _BUILTIN[name].split(":")
-        _REGISTRY[name] = getattr(importlib.import_module(module), attr)
-    if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown embedder {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def create(name: str, **options: Any) -> Embedder:
