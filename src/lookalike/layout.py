@@ -14,6 +14,7 @@ down exactly once. Imports nothing of lookalike: any room may use it.
     clusters/<index>/         saved K-means clusters
     duplicates/phash/         fingerprints of the catalogue's photos
     models/<name>/            models trained with `lookalike train`
+    probes/<index>-<column>/  category-first search's linear probes
     box-regressor/            shop-the-look's box regressor (`lookalike train-boxes`)
     events.sqlite             shopper event logs
     reports/                  evaluation JSON, picture grids, duplicate groups, the demo page
@@ -33,6 +34,7 @@ TEXT_DIR = "text"
 CLUSTERS_DIR = "clusters"
 PHASH_DIR = Path("duplicates") / "phash"
 MODELS_DIR = "models"
+PROBES_DIR = "probes"
 BOX_REGRESSOR_DIR = "box-regressor"
 EVENTS_FILE = "events.sqlite"
 REPORTS_DIR = "reports"
@@ -83,6 +85,10 @@ class ProjectLayout:
     def model(self, name: str) -> Path:
         return self.root / MODELS_DIR / name
 
+    def probe(self, name: str) -> Path:
+        """Category-first search's linear probe ``<index>-<column>`` (a versioned folder)."""
+        return self.root / PROBES_DIR / name
+
     @property
     def box_regressor(self) -> Path:
         return self.root / BOX_REGRESSOR_DIR
@@ -103,6 +109,6 @@ class ProjectLayout:
 
 
 __all__ = ["ProjectLayout", "PROJECT_FILE", "CATALOGUE_FILE", "IMAGES_DIR", "EMBEDDINGS_DIR",
-           "INDEXES_DIR", "TEXT_DIR", "CLUSTERS_DIR", "PHASH_DIR", "MODELS_DIR",
+           "INDEXES_DIR", "TEXT_DIR", "CLUSTERS_DIR", "PHASH_DIR", "MODELS_DIR", "PROBES_DIR",
            "BOX_REGRESSOR_DIR", "EVENTS_FILE", "REPORTS_DIR", "INDEX_EMBEDDER_DIR",
            "INDEX_HASHES_FILE"]

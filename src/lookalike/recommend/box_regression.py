@@ -32,6 +32,7 @@ from torch import nn
 
 from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
+from lookalike.layout import BOX_REGRESSOR_DIR
 from lookalike.models.datasets import ImageTensors
 from lookalike.models.training import Task, TrainConfig, TrainResult, module_tensors, train
 
@@ -353,7 +354,7 @@ def box_samples(open_photo: Callable[[str], Image.Image], ids: Sequence[str], n_
 
 # ---- per project --------------------------------------------------------------------------------
 #: Where a project keeps its own regressor (``lookalike train-boxes``); it wins over the packaged.
-PROJECT_FOLDER = "box-regressor"
+PROJECT_FOLDER = BOX_REGRESSOR_DIR
 
 
 def box_regressor_for(project: Any) -> BoxRegressor | None:

@@ -28,7 +28,6 @@ from lookalike.index.base import Filters, Hits, VectorIndex
 from lookalike.recommend.results import Recommendation
 from lookalike.storage import atomic_write_text, current_version, versioned_folder
 
-PROBES_DIR = "probes"
 PROBE_CONFIG = "probe.json"
 PROBE_WEIGHTS = "weights.safetensors"
 #: Defaults chosen on the train split (see docs/category-first.md): search only the top-1
@@ -231,7 +230,7 @@ def probe_folder(project, column: str = "category", index: str | None = None) ->
     name = index or project.default_index_name()
     if not name:
         raise UnknownNameError(f"{project.path}: no index yet; run `lookalike index` first")
-    return project.path / PROBES_DIR / f"{name}-{column}"
+    return project.layout.probe(f"{name}-{column}")
 
 
 def train_category_probe(project, *, column: str = "category", index: str | None = None,

@@ -31,7 +31,6 @@ from lookalike.index.base import Filters
 from lookalike.recommend.results import Recommendation
 from lookalike.storage import atomic_write_text, current_version, versioned_folder
 
-CLUSTERS_DIR = "clusters"
 METHODS = ("faiss", "minibatch")
 #: Label columns purity and NMI are reported against (those the catalogue has).
 LABEL_COLUMNS = ("category", "sub_category")
@@ -161,10 +160,10 @@ def clusters(project, k: int = 50, seed: int = 0, *, index: str | None = None,
     report.central = [[ids[r] for r in rows] for rows in central]
     if save:
         project.require_writable("save clusters")
-        with versioned_folder(project.path / CLUSTERS_DIR / loaded.name) as staging:
+        with versioned_folder(project.layout.clusters(loaded.name)) as staging:
             _save(staging, report)
             write_cluster_grid(staging / "clusters.html", report, frame, grid_clusters)
-        report.folder = current_version(project.path / CLUSTERS_DIR / loaded.name)
+        report.folder = current_version(project.layout.clusters(loaded.name))
     return report
 
 
@@ -237,7 +236,7 @@ def load_clusters(project, index: str | None = None) -> SavedClusters:
     name = index or project.default_index_name()
     if not name:
         raise UnknownNameError(f"{project.path}: no index yet; run `lookalike index` first")
-    folder = current_version(project.path / CLUSTERS_DIR / name)
+    folder = current_version(project.layout.clusters(name))
     if folder is None:
         raise UnknownNameError(f"no clusters saved for index {name!r}; run `lookalike clusters`")
     data = json.loads((folder / "assignments.json").read_text())

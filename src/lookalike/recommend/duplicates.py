@@ -151,7 +151,7 @@ def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = 
                              n_pairs=len(pairs), groups=_groups(ids, pairs))
     report.seconds = time.perf_counter() - started
     if save and not project.read_only:
-        out = project.path / "reports" / f"duplicates-{method.replace('+', '-')}"
+        out = project.layout.duplicates(method)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "groups.json", json.dumps(report.to_json(), indent=2))
         write_duplicate_grid(out / "groups.html", project, report, grid_groups)
