@@ -207,39 +207,10 @@ def _measure_entry(entry: Entry, catalogues: Sequence[Catalogue], sizes: Sequenc
     usable = [c for c in catalogues if fits(embedder, c)]
     report.log(f"{entry.label}: {embedder.dim}-d, evaluated on "
                f"{', '.join(c.name for c in usable) or 'nothing (input does not fit)'}")
-    base = {"embedder": entry.label, "kind": embedder.kind, "embedder_id": embedder.embedder_id,
-            "source": entry.spec, "config": _config_summary(embedder.config()),
-            "dim": embedder.dim, "size_mb": model_size_mb(entry)}
-    speed: dict[str, Any] = {}
-    if usable:
-        sample = list(usable[0].queries.images(range(min(128, len(usable[0].queries)))))
-        load_before = os.getloadavg()[0]
-        speed = measure_speed(embedder, sample)
-        speed.update(load_1m=round(max(load_before, os.getloadavg()[0]), 2),
-                     timed_on=usable[0].name, threads=threads)
-    coder = embedder.coder() if callable(getattr(embedder, "coder", None)) else None
-    searches = (["exact"] if coder is None else
-                ["hamming", f"hamming top-{candidates} + re-rank"])
-    rows = []
-    for search in searches:
-        row = dict(base, search=search, **speed)
-        if coder is None:
-            row["bytes_per_item"] = 4 * embedder.dim
-        else:
-            row.update(dim=coder.bits, float_dim=embedder.dim, bytes_per_item=coder.bits // 8)
-            if search != "hamming":
-                row["disk_bytes_per_item"] = 4 * embedder.dim  # floats read for re-ranking
-        row["not_applicable"] = {}
-        rows.append(row)
+    rows, searches, coder = _entry_rows(entry, usable, threads, candidates)
     for catalogue in catalogues:
         if catalogue not in usable:
-            shape = input_shape(embedder)
-            reason = (f"model input {shape[0]}x{shape[1][0]}x{shape[1][1]}, catalogue "
-                      f"{catalogue.channels}x{catalogue.size[0]}x{catalogue.size[1]}"
-                      if shape else "input does not fit")
-            for row in rows:
-                row[f"{catalogue.name} P@10"] = row[f"{catalogue.name} mAP@100"] = None
-                row["not_applicable"][catalogue.name] = reason
+            _not_applicable(rows, catalogue, embedder)
             continue
         vectors = {}
         for side in ("queries", "gallery"):
@@ -271,6 +242,49 @@ def _measure_entry(entry: Entry, catalogues: Sequence[Catalogue], sizes: Sequenc
             size_rows += _size_study(entry, catalogue, vectors, sizes, seed, cache, key,
                                      rows[0]["metrics"][catalogue.name])
     return rows
+
+
+def _entry_rows(entry: Entry, usable: Sequence[Catalogue], threads: int, candidates: int
+                ) -> tuple[list[dict[str, Any]], list[str], Any]:
+    """One row per search of an embedder (its settings, size and speed, timed on the first
+    usable catalogue), the searches, and its binary coder (None for float vectors)."""
+    embedder = entry.embedder
+    base = {"embedder": entry.label, "kind": embedder.kind, "embedder_id": embedder.embedder_id,
+            "source": entry.spec, "config": _config_summary(embedder.config()),
+            "dim": embedder.dim, "size_mb": model_size_mb(entry)}
+    speed: dict[str, Any] = {}
+    if usable:
+        sample = list(usable[0].queries.images(range(min(128, len(usable[0].queries)))))
+        load_before = os.getloadavg()[0]
+        speed = measure_speed(embedder, sample)
+        speed.update(load_1m=round(max(load_before, os.getloadavg()[0]), 2),
+                     timed_on=usable[0].name, threads=threads)
+    coder = embedder.coder() if callable(getattr(embedder, "coder", None)) else None
+    searches = (["exact"] if coder is None else
+                ["hamming", f"hamming top-{candidates} + re-rank"])
+    rows = []
+    for search in searches:
+        row = dict(base, search=search, **speed)
+        if coder is None:
+            row["bytes_per_item"] = 4 * embedder.dim
+        else:
+            row.update(dim=coder.bits, float_dim=embedder.dim, bytes_per_item=coder.bits // 8)
+            if search != "hamming":
+                row["disk_bytes_per_item"] = 4 * embedder.dim  # floats read for re-ranking
+        row["not_applicable"] = {}
+        rows.append(row)
+    return rows, searches, coder
+
+
+def _not_applicable(rows: list[dict[str, Any]], catalogue: Catalogue, embedder: Any) -> None:
+    """Mark a catalogue the embedder's input does not fit, with the reason."""
+    shape = input_shape(embedder)
+    reason = (f"model input {shape[0]}x{shape[1][0]}x{shape[1][1]}, catalogue "
+              f"{catalogue.channels}x{catalogue.size[0]}x{catalogue.size[1]}"
+              if shape else "input does not fit")
+    for row in rows:
+        row[f"{catalogue.name} P@10"] = row[f"{catalogue.name} mAP@100"] = None
+        row["not_applicable"][catalogue.name] = reason
 
 
 def _config_summary(config: dict[str, Any]) -> dict[str, Any]:

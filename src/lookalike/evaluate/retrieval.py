@@ -178,17 +178,11 @@ def evaluate_retrieval(query_vectors: np.ndarray, query_labels: Sequence[Any],
         kept.rows[start:stop] = rows[:, :keep]
         kept.scores[start:stop] = scores[:, :keep]
 
-    per_class: dict[str, dict[str, float]] = {}
-    query_class_counts = np.bincount(query_codes, minlength=len(classes))
-    for code in np.flatnonzero(query_class_counts):
-        mask = query_codes == code
-        values = {"queries": int(query_class_counts[code]), "gallery": int(gallery_counts[code])}
-        values.update({name: m.mean(v[mask]) for name, v in per_query.items()})
-        per_class[str(classes[code])] = values
+    per_class = _per_class(per_query, query_codes, gallery_counts, classes)
     without = n_relevant == 0
     return RetrievalReport(
         metrics=m.mean_metrics(per_query),
-        per_class=dict(sorted(per_class.items())),
+        per_class=per_class,
         n_queries=len(queries), n_gallery=len(gallery), class_column=class_column,
         protocol=LEAVE_ONE_OUT if leave_one_out else SPLIT,
         queries_without_relevant=int(without.sum()),
@@ -197,6 +191,19 @@ def evaluate_retrieval(query_vectors: np.ndarray, query_labels: Sequence[Any],
                   "search": "faiss exact inner product", "block": block},
         neighbours=kept,
     )
+
+
+def _per_class(per_query: dict[str, np.ndarray], query_codes: np.ndarray,
+               gallery_counts: np.ndarray, classes: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each query class's mean metrics (with its query and gallery counts), by class name."""
+    per_class: dict[str, dict[str, float]] = {}
+    query_class_counts = np.bincount(query_codes, minlength=len(classes))
+    for code in np.flatnonzero(query_class_counts):
+        mask = query_codes == code
+        values = {"queries": int(query_class_counts[code]), "gallery": int(gallery_counts[code])}
+        values.update({name: m.mean(v[mask]) for name, v in per_query.items()})
+        per_class[str(classes[code])] = values
+    return dict(sorted(per_class.items()))
 
 
 # ---- labels ---------------------------------------------------------------------------------
