@@ -112,7 +112,7 @@ def test_fused_scores_are_the_weighted_sum_of_both_cosines(shop: Project) -> Non
     item_id = shop.store.ids()[10]
     photo = shop.store.image_path(item_id).read_bytes()
     results = search_with_text(shop, photo, "black leather", k=8, text_weight=0.4)
-    loaded = shop._index(None)
+    loaded = shop.searcher(None)
     text_index = load_text_index(shop)
     image_query = shop.embed_query(photo)
     text_query = text_index.text_model.embed_query("black leather")
