@@ -119,7 +119,8 @@ class Project(CatalogueVerbs, IndexVerbs, QueryVerbs, AnalysisVerbs):
         since the index was saved are left out)."""
         return recommendations(self.store, ids, scores)
 
-    # Older names of the two above, kept for modules not yet switched over (issue 15).
+    # Older names of the two above, still used by recommend/regions.py and text_search.py
+    # (their owners switch them over; issue 15).
     _index = searcher
     _recommendations = recommendations
 
@@ -195,14 +196,12 @@ class Project(CatalogueVerbs, IndexVerbs, QueryVerbs, AnalysisVerbs):
         """Re-read ``lookalike.json`` (another process may have built an index since)."""
         self.settings = json.loads(self.layout.settings_file.read_text())
 
-    _reload_settings = reload_settings
-
     def require_writable(self, what: str) -> None:
         """A one-line ``StoreError`` when this project was opened read-only."""
         if self.read_only:
             raise StoreError(f"{self.path}: opened read-only; cannot {what}")
 
-    _require_writable = require_writable
+    _require_writable = require_writable  # older name (recommend/text_search.py)
 
     def _write_settings(self, settings: dict[str, Any]) -> None:
         atomic_write_text(self.layout.settings_file,
