@@ -2,10 +2,10 @@
 
 Methods, none of them with an N x N matrix:
 
-* ``copies`` (the default; :mod:`.copies`): candidate pairs from perceptual-hash neighbours and,
+* ``copies`` (the default; :mod:`lookalike.catalogue.copies`): candidate pairs from perceptual-hash neighbours and,
   when the project has an image index, embedding neighbours; each candidate is verified by
   aligning the two photos (scale, shift, brightness) and comparing fine texture and colour
-  (:mod:`.copy_verify`). Robust when edits are combined (crop + resize + brightness + JPEG), and
+  (:mod:`lookalike.catalogue.copy_verify`). Robust when edits are combined (crop + resize + brightness + JPEG), and
   it tells a copy from a look-alike product. ``threshold`` is the smallest texture correlation.
 * ``phash``: the 64-bit perceptual hash of every image in a FAISS binary index; pairs within a
   Hamming radius come from a range search (multi-hash, exact by the pigeonhole rule up to 11
@@ -16,7 +16,7 @@ Methods, none of them with an N x N matrix:
   whose cosine is at least the threshold.
 
 Pairs are joined into groups (connected components of the sparse pair graph). Fingerprints
-(hash, colour grid, thumbnail) are cached per content hash (:mod:`.fingerprints`).
+(hash, colour grid, thumbnail) are cached per content hash (:mod:`lookalike.catalogue.fingerprints`).
 :func:`find_duplicate_of` checks one incoming image against the catalogue;
 :class:`DuplicateFinder` does the same for many, keeping its matchers between calls.
 """
@@ -36,9 +36,9 @@ from PIL import Image
 
 from lookalike.errors import LookalikeError, UnknownNameError
 from lookalike.index.base import VectorIndex
-from lookalike.recommend.copies import CopyMatcher, CopySettings, NeighboursOf, copy_pairs
-from lookalike.recommend.copy_verify import MIN_TEXTURE
-from lookalike.recommend.fingerprints import (  # noqa: F401  (re-exported)
+from lookalike.catalogue.copies import CopyMatcher, CopySettings, NeighboursOf, copy_pairs
+from lookalike.catalogue.copy_verify import MIN_TEXTURE
+from lookalike.catalogue.fingerprints import (  # noqa: F401  (re-exported)
     COLOUR_GRID, HASH_BITS, MAX_COLOUR_DIFFERENCE, PHASH_DIR, PHASH_THRESHOLD, Fingerprints,
     PHashMatcher, binary_index, catalogue_fingerprints, catalogue_phashes, check_radius,
     colour_difference, colour_grid, fingerprint, hamming, hamming_pairs, phash_code, phash_codes)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from lookalike.errors import LookalikeError
 from lookalike.layout import PHASH_DIR
-from lookalike.recommend.copy_verify import THUMB_SIZE, thumbnail
+from lookalike.catalogue.copy_verify import THUMB_SIZE, thumbnail
 from lookalike.storage import atomic_write_bytes, atomic_write_text, current_version, versioned_folder
 
 HASH_BITS = 64
