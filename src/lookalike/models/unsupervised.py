@@ -27,7 +27,7 @@ from torch import nn
 
 from lookalike.errors import ModelMismatchError
 from lookalike.models.base import Embedder, l2_normalise
-from lookalike.models.weights import module_tensors, restore_module
+from lookalike.models.weights import state_arrays, restore_module
 from lookalike.models.cnn import TRAINING_FILE, NotTrainedError
 from lookalike.models.datasets import (
     PRODUCT_SIZE,
@@ -191,7 +191,7 @@ class UnsupervisedEmbedder(Embedder):
 
     # ---- persistence ----------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, np.ndarray]:
-        return module_tensors(self._module)
+        return state_arrays(self._module)
 
     def load_state_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         if not tensors:

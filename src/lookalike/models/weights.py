@@ -2,7 +2,7 @@
 ``Embedder.state_tensors`` returns) and back, checked against the module the config builds, and
 the ``weights.safetensors`` file itself (written atomically, read without running any code).
 
-Every learned embedder that wraps a torch module uses :func:`module_tensors` /
+Every learned embedder that wraps a torch module uses :func:`state_arrays` /
 :func:`restore_module`; :mod:`lookalike.models.base` uses :func:`write_tensors` /
 :func:`read_tensors` for the file. Never pickle.
 """
@@ -17,8 +17,10 @@ import numpy as np
 from lookalike.errors import ModelMismatchError
 
 
-def module_tensors(module: Any) -> dict[str, np.ndarray]:
-    """A torch module's ``state_dict`` as numpy arrays (empty for no module)."""
+def state_arrays(module: Any) -> dict[str, np.ndarray]:
+    """A torch module's ``state_dict`` as numpy arrays (empty for no module). (Not
+    ``lookalike.models.training.module_tensors``, which copies torch tensors for early
+    stopping.)"""
     if module is None:
         return {}
     return {name: value.detach().cpu().numpy() for name, value in module.state_dict().items()}
@@ -69,4 +71,4 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
-__all__ = ["module_tensors", "restore_module", "write_tensors", "read_tensors"]
+__all__ = ["state_arrays", "restore_module", "write_tensors", "read_tensors"]

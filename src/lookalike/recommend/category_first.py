@@ -87,13 +87,11 @@ class CategoryProbe:
     # ---- persistence ---------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write ``weights.safetensors`` and then ``probe.json`` into ``folder``."""
-        from safetensors.numpy import save_file
+        from lookalike.models.weights import write_tensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (PROBE_WEIGHTS + ".tmp")
-        save_file({"coef": self.coef, "intercept": self.intercept}, str(tmp))
-        tmp.replace(folder / PROBE_WEIGHTS)
+        write_tensors(folder / PROBE_WEIGHTS, {"coef": self.coef, "intercept": self.intercept})
         atomic_write_text(folder / PROBE_CONFIG, json.dumps(
             {"kind": "linear-probe", "classes": self.classes, "column": self.column,
              "embedder_id": self.embedder_id, "dim": self.dim, "info": self.info},

@@ -168,11 +168,10 @@ def clusters(project, k: int = 50, seed: int = 0, *, index: str | None = None,
 
 
 def _save(folder: Path, report: ClusterReport) -> None:
-    from safetensors.numpy import save_file
+    from lookalike.models.weights import write_tensors
 
-    tmp = folder / "centroids.safetensors.tmp"
-    save_file({"centroids": np.ascontiguousarray(report.centroids)}, str(tmp))
-    tmp.replace(folder / "centroids.safetensors")
+    write_tensors(folder / "centroids.safetensors",
+                  {"centroids": np.ascontiguousarray(report.centroids)})
     atomic_write_text(folder / "assignments.json",
                       json.dumps({"ids": report.ids, "clusters": report.labels.tolist()}))
     atomic_write_text(folder / "report.json", json.dumps(report.to_json(), indent=2))
