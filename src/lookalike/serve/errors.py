@@ -2,8 +2,8 @@
 
 Every error is ``{"error": {"code": ..., "message": ...}}`` (``reason`` too for a rejected image);
 unexpected failures are logged with their traceback and answered with a plain JSON 500.
-:func:`add_error_handlers` installs the handlers on an app; :func:`errors` lists an endpoint's
-error answers for the OpenAPI schema. Routers import this module, never ``app.py``.
+:func:`add_error_handlers` installs the handlers on an app; :func:`error_responses` lists an
+endpoint's error answers for the OpenAPI schema. Routers import this module, never ``app.py``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ _ERROR_TEXT = {
 }
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the errors an endpoint can answer with."""
     return {status: {"model": ErrorResponse, "description": _ERROR_TEXT[status]}
             for status in statuses}
@@ -153,5 +153,5 @@ class SecurityHeaders:
 
 
 
-__all__ = ["errors", "error_response", "add_error_handlers", "validation_message",
+__all__ = ["error_responses", "error_response", "add_error_handlers", "validation_message",
            "SecurityHeaders", "SECURITY_HEADERS"]

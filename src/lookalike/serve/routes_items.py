@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
 from lookalike.serve.deps import ItemId, item_details, service_of, settings_of
-from lookalike.serve.errors import errors, validation_message
+from lookalike.serve.errors import error_responses, validation_message
 from lookalike.serve.schemas import (
     ITEM_ID_PATTERN,
     MAX_K,
@@ -31,7 +31,7 @@ router = APIRouter()
 
 
 @router.get("/v1/items", response_model=ItemList, tags=["catalogue"],
-            summary="Random or paged items", responses=errors(422))
+            summary="Random or paged items", responses=error_responses(422))
 def list_items(
         request: Request,
         random: Annotated[int | None, Query(ge=1, le=MAX_K,
@@ -50,7 +50,7 @@ def list_items(
 
 
 @router.get("/v1/items/{item_id}", response_model=ItemDetails, tags=["catalogue"],
-            summary="Item details", responses=errors(404, 422))
+            summary="Item details", responses=error_responses(404, 422))
 def get_item(request: Request, item_id: ItemId) -> ItemDetails:
     """Catalogue details of one item."""
     service = service_of(request)
@@ -59,7 +59,7 @@ def get_item(request: Request, item_id: ItemId) -> ItemDetails:
 
 @router.get("/v1/items/{item_id}/image", tags=["catalogue"], response_class=FileResponse,
             summary="Item photo",
-            responses={**errors(404, 422), 200: {"content": {"image/jpeg": {}, "image/png": {}},
+            responses={**error_responses(404, 422), 200: {"content": {"image/jpeg": {}, "image/png": {}},
                                                "description": "The stored product photo."}})
 def item_image(request: Request, item_id: ItemId) -> FileResponse:
     """The stored photo of an item (only ever a file of the project's image store)."""
@@ -71,7 +71,7 @@ def item_image(request: Request, item_id: ItemId) -> FileResponse:
 
 @router.put("/v1/items/{item_id}", response_model=WriteResult, tags=["writes"],
             summary="Add or replace an item", status_code=200,
-            responses={**errors(401, 403, 413, 422, 503),
+            responses={**error_responses(401, 403, 413, 422, 503),
                     201: {"model": WriteResult, "description": "Created"}},
             dependencies=[Depends(require_api_key)])
 async def put_item(
@@ -98,7 +98,7 @@ async def put_item(
 
 
 @router.delete("/v1/items/{item_id}", response_model=WriteResult, tags=["writes"],
-            summary="Delete an item", responses=errors(401, 403, 404, 422, 503),
+            summary="Delete an item", responses=error_responses(401, 403, 404, 422, 503),
             dependencies=[Depends(require_api_key)])
 def delete_item(request: Request, item_id: ItemId) -> WriteResult:
     """Remove an item from the catalogue and the index (API key needed)."""

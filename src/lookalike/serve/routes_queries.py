@@ -32,7 +32,7 @@ from lookalike.serve.deps import (
     service_of,
     settings_of,
 )
-from lookalike.serve.errors import errors
+from lookalike.serve.errors import error_responses
 from lookalike.serve.schemas import (
     KEEP_TYPE_HELP,
     LITERAL_HELP,
@@ -88,7 +88,7 @@ def query_echo(filters: Any, **asked: Any) -> dict[str, Any]:
 
 @router.post("/v1/search", response_model=Results, tags=["queries"],
           summary="Search by photo, words, or a photo refined by words",
-          responses=errors(409, 413, 422, 503))
+          responses=error_responses(409, 413, 422, 503))
 async def search(
         request: Request,
         image: Annotated[UploadFile | None, File(description="The photo (JPEG, PNG, WebP, "
@@ -146,7 +146,7 @@ async def search(
 
 @router.get("/v1/items/{item_id}/similar", response_model=Results, tags=["queries"],
             summary="More like this (optionally refined by words)",
-            responses=errors(404, 409, 422, 503))
+            responses=error_responses(404, 409, 422, 503))
 def similar(request: Request, item_id: ItemId, k: KQuery = None,            text: Annotated[str | None, Query(max_length=MAX_TEXT_CHARS, description=(
                 "Words refining the item, e.g. `in red`."))] = None,
             text_weight: Annotated[float | None, Query(ge=0.0, le=1.0, description=(
