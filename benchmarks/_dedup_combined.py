@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from lookalike.index.base import create_index
-from lookalike.recommend.copies import CopySettings, candidate_pairs
-from lookalike.recommend.copy_edits import EDIT_KINDS, edit_copy, random_edits
-from lookalike.recommend.copy_verify import score_pairs, thumbnails
+from lookalike.catalogue.copies import CopySettings, candidate_pairs
+from lookalike.catalogue.copy_edits import EDIT_KINDS, edit_copy, random_edits
+from lookalike.catalogue.copy_verify import score_pairs, thumbnails
 from lookalike.recommend.duplicates import (colour_grid, hamming_pairs, pair_colour_differences,
                                             phash_codes, vector_pairs)
 
@@ -202,8 +202,8 @@ def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalo
     """One incoming image checked against ``catalogue`` items: the set's fingerprints and
     vectors repeated up to that size (so the hash and vector searches scan as many entries as a
     catalogue that large), timed per image: embed, vector search, hash search + verification."""
-    from lookalike.recommend.copies import CopyMatcher
-    from lookalike.recommend.fingerprints import Fingerprints, fingerprint
+    from lookalike.catalogue.copies import CopyMatcher
+    from lookalike.catalogue.fingerprints import Fingerprints, fingerprint
 
     n = len(data["images"])
     reps = -(-catalogue // n)

@@ -88,7 +88,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     project, name = products_project(args.embedder)
-    loaded = project._index(name)
+    loaded = project.searcher(name)
     frame = project.store.frame()
     frame = frame[frame.index.isin(set(loaded.hashes))]
     types = frame["category"].astype(str).to_dict()

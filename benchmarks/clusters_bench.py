@@ -53,7 +53,7 @@ def main() -> None:
     grids = {}
     for embedder in args.embedders.split(","):
         project, name = products_project(embedder)
-        loaded = project._index(name)
+        loaded = project.searcher(name)
         frame = project.store.frame()
         frame = frame[frame.index.isin(set(loaded.hashes))]
         ids = list(frame.index)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from lookalike.catalogue.sources import load_products_frame  # noqa: E402
-from lookalike.recommend.copy_edits import edit_copy, random_edits  # noqa: E402
+from lookalike.catalogue.copy_edits import edit_copy, random_edits  # noqa: E402
 
 
 def features(image: Image.Image, upscale: int):

@@ -44,7 +44,7 @@ def main() -> None:
     test = load_products_frame(split="test").sample(n=args.queries, random_state=0)
     photos = list(test["image_jpeg"])
 
-    loaded = project._index(None)
+    loaded = project.searcher(None)
     gallery_ids = list(loaded.hashes)
     gallery = np.ascontiguousarray(loaded.vectors_of(gallery_ids, project.store))
 
@@ -53,7 +53,7 @@ def main() -> None:
         scores = gallery @ vector
         top = np.argpartition(-scores, 10)[:10]
         top = top[np.argsort(-scores[top])]
-        return [r.id for r in project._recommendations([gallery_ids[i] for i in top],
+        return [r.id for r in project.recommendations([gallery_ids[i] for i in top],
                                                        scores[top].tolist())]
 
     def indexed(photo: bytes) -> list[str]:

@@ -84,7 +84,7 @@ def main() -> None:
     started = time.perf_counter()
     summary = build_text_index(project, index=name, progress=True)
     build_seconds = time.perf_counter() - started
-    loaded = project._index(name)
+    loaded = project.searcher(name)
     text_index = load_text_index(project, name)
     fused, image_dim, text_dim = text_index.index, text_index.image_dim, text_index.text_dim
 

@@ -54,7 +54,7 @@ def test_probe_is_saved_and_predicts_like_scikit_learn(shop: Project, probe: Cat
 
     frame = shop.store.frame()
     train = frame[frame["split"] == "train"]
-    vectors = shop._index(None).vectors_of(list(train.index), shop.store)
+    vectors = shop.searcher(None).vectors_of(list(train.index), shop.store)
     model = LogisticRegression(max_iter=500).fit(vectors, train["category"])
     assert probe.classes == sorted(TYPES)
     assert probe.predict_proba(vectors) == pytest.approx(model.predict_proba(vectors), abs=1e-4)
@@ -67,7 +67,7 @@ def test_probe_is_saved_and_predicts_like_scikit_learn(shop: Project, probe: Cat
 def test_probe_beats_chance_on_held_out_items(shop: Project, probe: CategoryProbe) -> None:
     frame = shop.store.frame()
     test = frame[frame["split"] == "test"]
-    vectors = shop._index(None).vectors_of(list(test.index), shop.store)
+    vectors = shop.searcher(None).vectors_of(list(test.index), shop.store)
     accuracy = probe_accuracy(probe, vectors, test["category"])
     assert accuracy["top1_accuracy"] > 2.5 / len(TYPES)
     assert accuracy["top2_accuracy"] >= accuracy["top1_accuracy"]
@@ -76,7 +76,7 @@ def test_probe_beats_chance_on_held_out_items(shop: Project, probe: CategoryProb
 def test_confident_correct_classifier_equals_a_filtered_search(shop: Project,
                                                                probe: CategoryProbe) -> None:
     frame = shop.store.frame()
-    loaded = shop._index(None)
+    loaded = shop.searcher(None)
     checked = 0
     for item_id in frame.index:
         vector = loaded.vector_of(item_id, shop.store)

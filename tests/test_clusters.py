@@ -86,7 +86,7 @@ def test_clusters_are_saved_with_a_picture_grid(shop: Project) -> None:
     html = (report.folder / "clusters.html").read_text()
     assert html.count("<img") >= 6 * 2
     # the central items of a cluster are its own members, most central first
-    vectors = shop._index(None).vectors_of(report.central[0], shop.store)
+    vectors = shop.searcher(None).vectors_of(report.central[0], shop.store)
     closeness = vectors @ report.centroids[0]
     assert list(closeness) == sorted(closeness, reverse=True)
     assert {report.cluster_of()[i] for i in report.central[0]} == {0}

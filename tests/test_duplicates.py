@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import lookalike
 from lookalike import Project
 from lookalike.errors import LookalikeError, UnknownNameError
-from lookalike.recommend.copy_edits import Edit, edit_copy, random_edits
+from lookalike.catalogue.copy_edits import Edit, edit_copy, random_edits
 from lookalike.recommend.duplicates import (
     DuplicateFinder,
     PHashMatcher,

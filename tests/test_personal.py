@@ -108,7 +108,7 @@ def test_filters_apply(shop: Project, method: str) -> None:
 
 def test_centroid_is_the_mean_vector_search(shop: Project) -> None:
     history = _of(shop, "Kurtas", 3)
-    loaded = shop._index(None)
+    loaded = shop.searcher(None)
     ids = shop.store.ids()
     vectors = loaded.vectors_of(ids, shop.store)
     centre = loaded.vectors_of(history, shop.store).mean(axis=0)
@@ -121,7 +121,7 @@ def test_centroid_is_the_mean_vector_search(shop: Project) -> None:
 def test_knn_vote_sums_neighbour_similarities(shop: Project) -> None:
     history = _of(shop, "Sunglasses", 2) + _of(shop, "Handbags", 1)
     picks = recommend(shop, history, k=5, method="knn-vote")
-    loaded = shop._index(None)
+    loaded = shop.searcher(None)
     ids = [i for i in shop.store.ids() if i not in history]
     sims = loaded.vectors_of(ids, shop.store) @ loaded.vectors_of(history, shop.store).T
     # each history item votes for its 20 nearest items with their cosine similarity
@@ -139,7 +139,7 @@ def test_latent_svm_model_ranks_like_its_index_search(shop: Project) -> None:
     model = fit_shopper_model(shop, history, "latent-svm", negatives=60)
     assert model.info["positives"] == 6 and model.info["iterations"] >= 1
     assert len(model.info["windows_chosen"]) == 6
-    loaded = shop._index(None)
+    loaded = shop.searcher(None)
     ids = [i for i in shop.store.ids() if i not in history]
     scores = model.score(loaded.vectors_of(ids, shop.store))
     expected = [ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
@@ -150,7 +150,7 @@ def test_latent_svm_model_ranks_like_its_index_search(shop: Project) -> None:
 
 def test_diversity_spreads_the_picks(shop: Project) -> None:
     history = _of(shop, "Tshirts", 3)
-    loaded = shop._index(None)
+    loaded = shop.searcher(None)
 
     def spread(picks: list) -> float:
         vectors = loaded.vectors_of([p.id for p in picks], shop.store)

@@ -59,7 +59,7 @@ def test_similar_excludes_itself_and_ranks_by_score(shop: Project) -> None:
 
 
 def test_similar_matches_brute_force_over_the_cached_vectors(shop: Project) -> None:
-    loaded = shop._index(None)
+    loaded = shop.searcher(None)
     ids = shop.store.ids()
     vectors = loaded.vectors_of(ids, shop.store)
     query = 17

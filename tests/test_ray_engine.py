@@ -66,7 +66,7 @@ def _project(folder: Path, manifest: Path) -> tuple[Project, str]:
 
 
 def _vectors(project: Project) -> tuple[list[str], np.ndarray]:
-    loaded = project._index(None)
+    loaded = project.searcher(None)
     ids = sorted(loaded.hashes)
     return ids, loaded.vectors_of(ids, project.store)
 
@@ -96,7 +96,7 @@ def test_ray_gives_the_single_process_vectors(reference, ray_run):
     cosine = np.sum(ref_vectors * vectors, axis=1)
     assert cosine.min() >= 0.999
     assert (summary.added, summary.size) == (ref_summary.added, ref_summary.size)
-    cache = project._index(None).cache
+    cache = project.searcher(None).cache
     assert len(cache) == SLICE - 1  # the Ray run filled the cache: nothing embedded twice
 
 
@@ -108,14 +108,14 @@ def test_bad_image_is_rejected_as_in_the_core_path(reference, ray_run, local_ray
     with pytest.raises(ImageRejected) as rejected:
         decode_image(project.store.get(bad_id).image_path)
     assert rejected.value.reason == "truncated"
-    assert project.store.get(bad_id).content_hash not in project._index(None).cache
+    assert project.store.get(bad_id).content_hash not in project.searcher(None).cache
     assert bad_id in project.store  # still catalogued, just not indexed
 
 
 def test_a_complete_cache_needs_no_ray_run(ray_run):
     """Resume at its simplest: every key is cached, so nothing is embedded (no chunk is added)."""
     project = ray_run[0]
-    cache = project._index(None).cache
+    cache = project.searcher(None).cache
     items = {i.content_hash: i.image_path for i in project.store.items()
              if i.content_hash in cache}
     chunks = sorted(cache.folder.glob("chunk-*.npy"))
@@ -136,7 +136,7 @@ def test_manifest_shards_through_ray(tmp_path, slice_manifest, ray_run, local_ra
     frame.iloc[20:].to_parquet(shards / "part-1.parquet")
     bad = str(frame.loc[5, "id"])
     good = {i: project.store.get(i).content_hash for i in map(str, frame["id"]) if i != bad}
-    theirs = project._index(None).cache
+    theirs = project.searcher(None).cache
     cache_dir = tmp_path / "cache"
     mine = EmbeddingCache(cache_dir, theirs.embedder_id, theirs.dim)
     keys = sorted(good.values())

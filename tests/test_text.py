@@ -112,7 +112,7 @@ def test_fused_scores_are_the_weighted_sum_of_both_cosines(shop: Project) -> Non
     item_id = shop.store.ids()[10]
     photo = shop.store.image_path(item_id).read_bytes()
     results = search_with_text(shop, photo, "black leather", k=8, text_weight=0.4)
-    loaded = shop._index(None)
+    loaded = shop.searcher(None)
     text_index = load_text_index(shop)
     image_query = shop.embed_query(photo)
     text_query = text_index.text_model.embed_query("black leather")
@@ -161,16 +161,27 @@ def test_text_in_an_unknown_script_is_a_clear_error(shop: Project, text: str) ->
         search_with_text(shop, photo, text)
 
 
-def test_text_model_loads_offline_and_refuses_images(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_text_model_loads_offline_and_refuses_images(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
     def no_network(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("the text model tried to open a network connection")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    from lookalike.models.base import create
+    from lookalike.models.base import Embedder, available
+    from lookalike.models.text import TextEncoder, create_text_encoder
 
-    model = create("all-minilm-l6-v2")  # registered like every embedder
-    assert isinstance(model, MiniLMTextEmbedder)
+    model = create_text_encoder("all-minilm-l6-v2")  # the text encoders' own registry
+    assert isinstance(model, MiniLMTextEmbedder) and isinstance(model, TextEncoder)
+    # Not an image embedder that refuses images: no image registry name, no image interface.
+    assert not isinstance(model, Embedder) and "all-minilm-l6-v2" not in available()
+    assert not hasattr(model, "embed")
+    from lookalike.models.base import create
+    from lookalike.models.text import load_text_embedder
+
+    assert load_text_embedder(model.save(tmp_path / "text")).embedder_id == model.embedder_id
+    with pytest.raises(ModelMismatchError, match="not a text model"):
+        load_text_embedder(create("pixels").save(tmp_path / "pixels"))
     import sentence_transformers
 
     seen = {}
@@ -189,8 +200,6 @@ def test_text_model_loads_offline_and_refuses_images(monkeypatch: pytest.MonkeyP
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
     assert np.linalg.norm(vectors, axis=1) == pytest.approx(1.0, abs=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
-    with pytest.raises(ModelMismatchError, match="embeds text, not images"):
-        model.embed([Image.new("RGB", (8, 8))])
 
 
 def test_cli_search_and_similar_take_words(shop: Project, tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def store_ids(project: Path) -> list[str]:
 def index_ids(project: Path, name: str = "default") -> list[str]:
     """Every id the saved index (snapshot + journal) holds, duplicates included."""
     try:
-        loaded = Project(project, create=False, read_only=True)._index(name)
+        loaded = Project(project, create=False, read_only=True).searcher(name)
     except (LookalikeError, OSError, ValueError):
         return []  # not built yet, or a version pruned while it loaded: look again
     return list(loaded.index.ids())

@@ -1,7 +1,8 @@
 """lookalike: visual product recommendation from a catalogue of product photos.
 
-The public API is :class:`Project` (one directory per shop) and the two plug-in interfaces,
-:class:`lookalike.models.base.Embedder` and :class:`lookalike.index.base.VectorIndex`.
+The public API is :class:`Project` (one directory per shop; every verb is a method), gathered
+with the plain functions, types and errors in :mod:`lookalike.api`, and the two plug-in
+interfaces, :class:`lookalike.models.base.Embedder` and :class:`lookalike.index.base.VectorIndex`.
 Importing this package is light: torch, FAISS and the models load on first use.
 """
 

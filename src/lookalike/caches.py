@@ -77,6 +77,7 @@ class ProjectCaches:
     ``text_indexes``      words: the loaded fused (image + text) index per image index
     ``text_models``       words: the loaded sentence model by embedder id
     ``text_lock``         held while a words index is loaded or rebuilt
+    ``duplicate_finders`` near-duplicates of one photo: the DuplicateFinder per index name
     """
 
     def __init__(self) -> None:
@@ -91,6 +92,7 @@ class ProjectCaches:
         self.text_indexes: BoundedCache[Any] = BoundedCache(8)
         self.text_models: BoundedCache[Any] = BoundedCache(2)
         self.text_lock = threading.RLock()
+        self.duplicate_finders: BoundedCache[Any] = BoundedCache(4)
 
     def clear(self) -> None:
         """Forget everything (the next queries rebuild what they need)."""

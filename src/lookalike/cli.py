@@ -1,4 +1,5 @@
-"""The ``lookalike`` command: a thin Typer layer over :class:`lookalike.project.Project`.
+"""The ``lookalike`` command: a thin Typer layer over the public API (:mod:`lookalike.api`:
+:class:`~lookalike.project.Project` and a few plain functions); it calls nothing else.
 
 Every command takes ``--project DIR``; query and evaluation commands take ``--json``. Errors that
 a user can cause print one line and exit with status 1; nothing else is printed to stderr.
@@ -34,8 +35,7 @@ from lookalike.commands.common import (
 )
 from lookalike.commands.common import filters_of as _filters
 from lookalike.commands.common import print_answer as _print_answer
-from lookalike.errors import LookalikeError
-from lookalike.project import DEFAULT_EMBEDDER, DEFAULT_PROJECT_DIR, Project
+from lookalike.api import DEFAULT_EMBEDDER, DEFAULT_PROJECT_DIR, LookalikeError, Project
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="lookalike: visual product recommendation from a catalogue of photos.")
@@ -78,7 +78,7 @@ def ingest(source: Annotated[str, typer.Argument(help="A folder, a manifest (.cs
 @user_errors
 def rejects(project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """List every file an ingest rejected, with the reason."""
-    items = Project(project, create=False).store.rejects()
+    items = Project(project, create=False).rejects()
     if as_json:
         out.print_json(json.dumps({"rejects": [r.__dict__ for r in items]}))
         return
@@ -178,14 +178,11 @@ def _query_project(project: Path, text: str | None, index: str | None,
         except LookalikeError:
             proj = None  # e.g. a read-only directory: use the text index as it is
         if proj is not None:
-            from lookalike.recommend.text_search import TEXT_DIR, build_text_index
-            from lookalike.storage import current_version
-
             name = proj.index_name(index)
-            if current_version(proj.path / TEXT_DIR / name) is None:
+            if not proj.has_text_index(name):
                 err.print(f"no words index for index {name!r} yet: embedding the titles once "
                           "(`lookalike text-index`)", highlight=False)
-                build_text_index(proj, index=name, progress=True)
+                proj.text_index(name, progress=True)
             return proj
     return Project(project, create=False, read_only=True)
 
@@ -204,14 +201,12 @@ def similar(item_id: Annotated[str, typer.Argument(help="Catalogue item id.")], 
             project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """More like this: the products most similar to a catalogue item (optionally refined by
     words, e.g. --text "in red")."""
-    from lookalike.recommend.query import answer
-
     filters = _filters(category, gender, colour, price_min, price_max, where)
     proj = _query_project(project, text, index, with_title)
-    found = answer(proj, item_id=item_id, text=text, k=k, filters=filters,
-                   text_weight=text_weight, fusion=fusion, with_title=with_title,
-                   per_cluster=per_cluster, index=index, understand=understand,
-                   literal=literal or [], keep_type=keep_type)
+    found = proj.answer(item_id=item_id, text=text, k=k, filters=filters,
+                        text_weight=text_weight, fusion=fusion, with_title=with_title,
+                        per_cluster=per_cluster, index=index, understand=understand,
+                        literal=literal or [], keep_type=keep_type)
     words = f" + {text.strip()!r}" if text and text.strip() else ""
     _print_answer(found, as_json, f"more like {item_id}{words}")
 
@@ -229,15 +224,13 @@ def search(photo: Annotated[Optional[Path], typer.Argument(help="A photo file (o
            project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Search by photo, by words (--text "red running shoes"), or by a photo refined by words
     (PHOTO --text "in red")."""
-    from lookalike.recommend.query import answer
-
     if photo is None and text is None:
         raise LookalikeError("give a photo, --text WORDS, or both")
     filters = _filters(category, gender, colour, price_min, price_max, where)
-    found = answer(_query_project(project, text, index), image=photo, text=text, k=k,
-                   filters=filters, text_weight=text_weight, fusion=fusion,
-                   per_cluster=per_cluster, index=index, understand=understand,
-                   literal=literal or [], keep_type=keep_type)
+    found = _query_project(project, text, index).answer(
+        image=photo, text=text, k=k, filters=filters, text_weight=text_weight, fusion=fusion,
+        per_cluster=per_cluster, index=index, understand=understand, literal=literal or [],
+        keep_type=keep_type)
     heading = " + ".join(x for x in (str(photo) if photo else None,
                                      repr(text.strip()) if text and text.strip() else None) if x)
     _print_answer(found, as_json, f"most like {heading}")
@@ -262,7 +255,7 @@ def eval_command(
         out.print_json(json.dumps(report.to_json()))
         return
     out.print(report.table())
-    where = out_dir or proj.path / "reports" / f"eval-{index or proj.default_index_name()}"
+    where = out_dir or proj.layout.evaluation(index or proj.default_index_name())
     out.print(f"report: {Path(where) / 'eval.json'}  result grid: {Path(where) / 'results.html'}")
 
 

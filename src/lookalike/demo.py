@@ -68,6 +68,6 @@ def write_demo_page(project: Project, *, n_queries: int = 12, k: int = 5) -> Pat
                          "match": (r.category or "") == (query.category or "")}
                         for r in results],
         })
-    page = project.path / "reports" / "demo.html"
+    page = project.layout.report("demo.html")
     write_result_grid_html(page, rows, title="lookalike demo: more like this")
     return page

@@ -37,12 +37,12 @@ from typing import Any
 import numpy as np
 
 from lookalike.errors import LookalikeError, StoreError
+from lookalike.layout import MODELS_DIR
 
 #: A :class:`lookalike.project.Project` (not imported: project.py calls this module, so the
 #: dependency points one way).
 Project = Any
 
-MODELS_DIR = "models"
 CHECKPOINTS_DIR = "checkpoints"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MODEL_FILES = ("weights.safetensors", "training.json", "config.json")  # config.json last
@@ -101,7 +101,7 @@ def train_project(project: "Project", method: str, *, name: str | None = None,
         raise LookalikeError(f"model name {name!r}: use letters, digits, '.', '_' or '-' "
                              "(at most 64 characters)")
     options = dict(options or {})
-    folder = project.path / MODELS_DIR / name
+    folder = project.layout.model(name)
     folder.mkdir(parents=True, exist_ok=True)
     with _exclusive(folder / ".train.lock", name):
         return _train_locked(project, cls, method, name, folder, label_column, options, resume,
@@ -266,7 +266,7 @@ def _base_vectors(project: "Project", embedder, frame, progress: bool) -> np.nda
     from lookalike.catalogue.images import decode_image
     from lookalike.models.cache import EmbeddingCache, embed_with_cache, save_model_once
 
-    cache_dir = project.path / "embeddings" / embedder.embedder_id
+    cache_dir = project.layout.embeddings(embedder.embedder_id)
     cache = EmbeddingCache(cache_dir, embedder.embedder_id, embedder.dim)
     save_model_once(embedder, cache_dir / "model")
     keys = frame["content_hash"].tolist()

@@ -152,14 +152,16 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
 
 
 def _duplicate_matcher(store: CatalogueStore, method: str, threshold: float | None) -> Any:
-    from lookalike.recommend.copies import CopyMatcher, CopySettings
-    from lookalike.recommend.duplicates import (DEFAULT_THRESHOLDS, MAX_COLOUR_DIFFERENCE,
-                                                PHashMatcher)
+    from lookalike.catalogue.copies import CopyMatcher, CopySettings
+    from lookalike.catalogue.copy_verify import MIN_TEXTURE
+    from lookalike.catalogue.fingerprints import (MAX_COLOUR_DIFFERENCE, PHASH_THRESHOLD,
+                                                  PHashMatcher)
 
     if method not in ("copies", "phash+colour", "phash"):
         raise LookalikeError(f"duplicate_method={method!r} is not supported at ingest; use "
                              "copies, phash+colour or phash")
-    threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
+    if threshold is None:  # the defaults of lookalike.recommend.duplicates.DEFAULT_THRESHOLDS
+        threshold = MIN_TEXTURE if method == "copies" else PHASH_THRESHOLD
     if method == "copies":
         return CopyMatcher.for_store(store, CopySettings(min_texture=float(threshold)))
     if float(threshold) != int(threshold):
@@ -217,7 +219,7 @@ def _prepare(record: SourceRecord, existing: Item | None, store: CatalogueStore,
                 width=decoded.image.width, height=decoded.image.height,
                 source_hash=source_hash, **_fields(record))
     if with_fingerprint:
-        from lookalike.recommend.fingerprints import fingerprint
+        from lookalike.catalogue.fingerprints import fingerprint
 
         return ("added" if existing is None else "updated"), \
             (item, (fingerprint(decoded.image), decoded.image))

@@ -4,8 +4,8 @@ Words queries themselves are options of the main commands (``lookalike search --
 ``lookalike similar ID --text``); ``text-index`` builds or updates the fused index they use.
 
 ``lookalike.cli`` adds ``commands`` to the main Typer app (this module never imports it). Each
-command is a thin layer over a plain function taking a :class:`~lookalike.project.Project` first
-(the same functions the REST routes and the tests call).
+command is a thin layer over one :class:`~lookalike.project.Project` method (the same ones the
+REST routes and the tests call).
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from lookalike.commands.common import (
     out,
     user_errors,
 )
-from lookalike.errors import LookalikeError
-from lookalike.project import DEFAULT_PROJECT_DIR, Project
+from lookalike.api import DEFAULT_PROJECT_DIR, LookalikeError, Project
 
 #: This module's commands; :mod:`lookalike.cli` adds them to the ``lookalike`` app.
 commands = typer.Typer()
@@ -48,10 +47,8 @@ def text_index_command(
         index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
         as_json: JsonOption = False) -> None:
     """Embed the items' titles and build the words+photo (fused) index."""
-    from lookalike.recommend.text_search import DEFAULT_COLUMNS, build_text_index
-
-    summary = build_text_index(Project(project, create=False), index=index,
-                               columns=column or DEFAULT_COLUMNS, progress=not as_json)
+    summary = Project(project, create=False).text_index(index, columns=column,
+                                                        progress=not as_json)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return
@@ -69,10 +66,8 @@ def category_probe_command(
         index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
         as_json: JsonOption = False) -> None:
     """Train the linear probe category-first search uses (on the train split)."""
-    from lookalike.recommend.category_first import train_category_probe
-
-    probe = train_category_probe(Project(project, create=False), column=column, index=index,
-                                 C=c, max_iter=max_iter)
+    probe = Project(project, create=False).category_probe(column=column, index=index, C=c,
+                                                          max_iter=max_iter)
     info = {"column": probe.column, "classes": len(probe.classes), **probe.info}
     if as_json:
         out.print_json(json.dumps(info))
@@ -92,12 +87,9 @@ def category_search_command(
         where: WhereOption = None, index: IndexOption = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Classify the query's category first, then search inside it (paper 001)."""
-    from lookalike.recommend.category_first import category_first_search
-
     filters = filters_of(category, gender, colour, price_min, price_max, where)
-    result = category_first_search(Project(project, create=False, read_only=True), photo,
-                                   item_id=item, k=k, filters=filters, index=index,
-                                   column=column)
+    result = Project(project, create=False, read_only=True).category_search(
+        photo, item_id=item, k=k, filters=filters, index=index, column=column)
     if as_json:
         out.print_json(json.dumps(result.to_json()))
         return
@@ -117,10 +109,8 @@ def clusters_command(
         index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
         as_json: JsonOption = False) -> None:
     """K-means over the catalogue's embeddings: purity, NMI and a picture grid per cluster."""
-    from lookalike.recommend.clusters import clusters
-
-    report = clusters(Project(project, create=False), k=k, seed=seed, method=method,
-                      index=index)
+    report = Project(project, create=False).clusters(k=k, seed=seed, method=method,
+                                                     index=index)
     if as_json:
         out.print_json(json.dumps(report.to_json()))
         return
@@ -141,11 +131,9 @@ def duplicates_command(
         index: IndexOption = None, project: ProjectOption = Path(DEFAULT_PROJECT_DIR),
         as_json: JsonOption = False) -> None:
     """Groups of near-duplicate products (or the duplicates of one --photo)."""
-    from lookalike.recommend.duplicates import duplicates, find_duplicate_of
-
     proj = Project(project, create=False)
     if photo is not None:
-        matches = find_duplicate_of(proj, photo, method=method, threshold=threshold, index=index)
+        matches = proj.find_duplicates(photo, method=method, threshold=threshold, index=index)
         if as_json:
             out.print_json(json.dumps({"duplicates": [{"id": i, "distance": d}
                                                       for i, d in matches]}))
@@ -157,7 +145,7 @@ def duplicates_command(
         return
     if threshold is not None and method.startswith("phash") and not float(threshold).is_integer():
         raise LookalikeError(f"--threshold {threshold}: phash thresholds are whole bits")
-    report = duplicates(proj, method=method, threshold=threshold, index=index)
+    report = proj.duplicates(method=method, threshold=threshold, index=index)
     if as_json:
         out.print_json(json.dumps(report.to_json()))
         return

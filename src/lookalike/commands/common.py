@@ -18,8 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lookalike.errors import LookalikeError
-from lookalike.index.base import Filters
+from lookalike.api import Filters, LookalikeError
 
 out = Console()
 err = Console(stderr=True)
@@ -98,7 +97,7 @@ def print_results(results, as_json: bool, heading: str) -> None:
 
 
 def print_answer(found, as_json: bool, heading: str) -> None:
-    """Results of :func:`lookalike.recommend.query.answer`, with what the words meant."""
+    """An :class:`~lookalike.api.Answer` (``Project.answer``), with what the words meant."""
     if as_json:
         out.print_json(json.dumps(found.to_json()))
         return

@@ -35,8 +35,7 @@ from lookalike.commands.common import (
     out,
     user_errors,
 )
-from lookalike.errors import LookalikeError
-from lookalike.project import DEFAULT_PROJECT_DIR, Project
+from lookalike.api import DEFAULT_PROJECT_DIR, LookalikeError, Project
 
 #: This module's commands; :mod:`lookalike.cli` adds them to the ``lookalike`` app.
 commands = typer.Typer()
@@ -75,18 +74,15 @@ def recommend(
         where: WhereOption = None, index: IndexOption = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Personalised picks from a history of viewed items (seen items are never returned)."""
-    from lookalike.recommend.events import shopper_history
-    from lookalike.recommend.personal import recommend as run
-
     given = _id_list([*(items or []), *(history or [])])
     proj = Project(project, create=False, read_only=True)
     if shopper is not None:
         if given:
             raise LookalikeError("give item ids or --shopper, not both")
-        given = shopper_history(proj, shopper, last)
+        given = proj.shopper_history(shopper, last)
     filters = filters_of(category, gender, colour, price_min, price_max, where)
-    results = run(proj, given, k=k, method=method, filters=filters,
-                  diversity=diversity, index=index)
+    results = proj.recommend(given, k=k, method=method, filters=filters,
+                             diversity=diversity, index=index)
     print_results(results, as_json, f"picked for {shopper or 'this history'} ({method})")
 
 
@@ -107,15 +103,13 @@ def look(
         index: IndexOption = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Shop the look: regions of a scene photo with the most similar products for each."""
-    from lookalike.recommend.regions import DEFAULT_WINDOWS
-    from lookalike.recommend.regions import look as run
-
     sizes = _sizes(windows or [])
     proj = Project(project, create=False, read_only=True)
-    found = run(proj, photo, history=_id_list(history or []) or None, like=like, k=k,
-                windows=sizes or DEFAULT_WINDOWS, stride=stride,
-                top_regions=top_regions, features=None if features == "index" else features,
-                method=method, index=index, aspect=aspect, rerank=rerank, refine=refine)
+    chosen = {"windows": sizes} if sizes else {}  # else look's own default sizes
+    found = proj.look(photo, history=_id_list(history or []) or None, like=like, k=k,
+                      stride=stride, top_regions=top_regions,
+                      features=None if features == "index" else features, method=method,
+                      index=index, aspect=aspect, rerank=rerank, refine=refine, **chosen)
     if as_json:
         out.print_json(json.dumps(found))
         return
@@ -141,11 +135,8 @@ def train_boxes(
         resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Train shop-the-look's box regressor on scenes generated from this catalogue's photos."""
-    from lookalike.recommend.box_regression import train_project_box_regressor
-
-    proj = Project(project, create=False)
-    summary = train_project_box_regressor(proj, scenes=scenes, per_product=per_product,
-                                          epochs=epochs, seed=seed, resume=resume)
+    summary = Project(project, create=False).train_boxes(
+        scenes=scenes, per_product=per_product, epochs=epochs, seed=seed, resume=resume)
     if as_json:
         out.print_json(json.dumps(summary))
         return
@@ -161,9 +152,7 @@ def ingest_events_command(
         log: Annotated[Path, typer.Argument(help="CSV or Parquet with shopper, item, timestamp[, event].")],
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Add a shopper event log to the project (atomic; re-ingesting adds nothing twice)."""
-    from lookalike.recommend.events import ingest_events
-
-    report = ingest_events(Project(project, create=False), log)
+    report = Project(project, create=False).ingest_events(log)
     if as_json:
         out.print_json(json.dumps(report.to_json()))
         return
@@ -186,11 +175,9 @@ def eval_recs_command(
         index: IndexOption = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Replay the event log: hide each shopper's last events, report HR@k, NDCG@k, coverage."""
-    from lookalike.recommend.events import evaluate_recs
-
-    report = evaluate_recs(Project(project, create=False, read_only=True), method, k=k,
-                           holdout=holdout, min_history=min_history, max_shoppers=max_shoppers,
-                           event_types=event, index=index, diversity=diversity)
+    report = Project(project, create=False, read_only=True).evaluate_recs(
+        method, k=k, holdout=holdout, min_history=min_history, max_shoppers=max_shoppers,
+        event_types=event, index=index, diversity=diversity)
     if as_json:
         out.print_json(json.dumps(report.to_json()))
         return

@@ -2,8 +2,7 @@
 catalogue size and the activation study, written as Markdown + JSON + PNG + HTML into a folder.
 
 Added to the main Typer app by ``lookalike.cli`` (this module never imports it); a thin layer over
-:func:`lookalike.evaluate.comparison.compare` and
-:func:`lookalike.evaluate.comparison_pages.write_report`.
+:func:`lookalike.api.run_report` (:mod:`lookalike.evaluate.experiment`).
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from lookalike.api import comparison_table, run_report
 from lookalike.commands.common import JsonOption, err, out, user_errors
-from lookalike.errors import LookalikeError
 
 #: This module's commands; :mod:`lookalike.cli` adds them to the ``lookalike`` app.
 commands = typer.Typer()
@@ -38,38 +37,12 @@ def report_command(
         from_results: Annotated[Optional[Path], typer.Option("--from-results", help="Include the activation study from this JSON (benchmarks/results/activation_study.json).")] = None,
         as_json: JsonOption = False) -> None:
     """Compare embedders (quality, speed, size), precision against catalogue size, activations."""
-    from lookalike.evaluate.activation import load_activation_results, run_activation_study
-    from lookalike.evaluate.comparison import (
-        ALL_CATALOGUES,
-        CATALOGUES,
-        DEFAULT_EMBEDDERS,
-        compare,
-        parse_sizes,
-    )
-    from lookalike.evaluate.comparison_pages import comparison_table, write_report
-
-    if catalogue == "all":
-        catalogues: tuple[str, ...] = ALL_CATALOGUES
-    elif catalogue in CATALOGUES:
-        catalogues = (catalogue,)
-    else:
-        raise LookalikeError(f"--catalogue {catalogue!r}: choose from {', '.join(CATALOGUES)} "
-                             "or all")
-    if activation_study and from_results:
-        raise LookalikeError("give either --activation-study (re-run) or --from-results FILE, "
-                             "not both")
-    specs = [part.strip() for item in (embedder or []) for part in item.split(",")
-             if part.strip()] or list(DEFAULT_EMBEDDERS)
-    # Fail on a bad results file before the long part of the run.
-    activation = load_activation_results(from_results) if from_results else None
-    comparison = compare(catalogues, specs, models_dir or (), parse_sizes(sizes),
-                         cache_dir=cache_dir, quick=quick, threads=threads,
-                         candidates=candidates, products_path=products, progress=not as_json)
-    if activation_study:
-        progress = None if as_json else (lambda line: err.log(line, highlight=False))
-        activation = run_activation_study(quick=quick, threads=threads, log=progress)
-    comparison.activation = activation
-    files = write_report(comparison, out_dir)
+    progress = None if as_json else (lambda line: err.log(line, highlight=False))
+    comparison, files = run_report(
+        catalogue, embedder or (), models_dir or (), sizes, out_dir, quick=quick,
+        cache_dir=cache_dir, threads=threads, candidates=candidates, products_path=products,
+        activation_study=activation_study, from_results=from_results, progress=not as_json,
+        log=progress)
     if as_json:
         out.print_json(json.dumps({"files": {k: str(v) for k, v in files.items()},
                                    "rows": comparison.rows}, default=float))

@@ -16,8 +16,14 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from lookalike.commands.common import JsonOption, ProjectOption, out, parse_option, user_errors
-from lookalike.errors import LookalikeError
-from lookalike.project import DEFAULT_PROJECT_DIR, Project
+from lookalike.api import (
+    DEFAULT_PROJECT_DIR,
+    LookalikeError,
+    Project,
+    format_value,
+    ready_made_embedders,
+    trainable_methods,
+)
 
 #: This module's commands; :mod:`lookalike.cli` adds them to the ``lookalike`` app.
 commands = typer.Typer()
@@ -48,8 +54,6 @@ class _TrainHelp(TyperCommand):
 def methods_epilog() -> str:
     """The help's list: one line per method with its named choices, then the pointer to
     ``--list`` (paragraphs separated by blank lines, as Typer's help expects)."""
-    from lookalike.models.methods import trainable_methods
-
     lines = []
     for method in trainable_methods():
         by_choices: dict[tuple[str, ...], list[str]] = {}
@@ -114,16 +118,14 @@ def train_command(
 
 def show_methods(name: str | None, as_json: bool) -> None:
     """``train --list``: every trainable method (or only ``name``) and its settings."""
-    from lookalike.models import methods as catalogue
-
-    chosen = catalogue.trainable_methods()
+    chosen = trainable_methods()
     if name is not None:
         known = [m.name for m in chosen]
         if name not in known:
             raise LookalikeError(f"{name!r} is not a trainable method; methods: "
                                  f"{', '.join(known)}")
         chosen = [m for m in chosen if m.name == name]
-    ready = catalogue.ready_made_embedders()
+    ready = ready_made_embedders()
     if as_json:
         out.print_json(json.dumps({"methods": [m.to_json() for m in chosen],
                                    "ready_made_embedders": ready}))
@@ -139,7 +141,7 @@ def show_methods(name: str | None, as_json: bool) -> None:
         for column in ("setting", "default", "allowed values", "kind"):
             table.add_column(column, overflow="fold")
         for setting in method.settings:
-            table.add_row(setting.name, catalogue.format_value(setting.default),
+            table.add_row(setting.name, format_value(setting.default),
                           ", ".join(setting.choices), setting.group)
         out.print(table)
     out.print("--epochs, --seed, --image-size and --label-column set those settings too. "

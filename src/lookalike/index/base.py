@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
+from lookalike.registry import Registry
 
 #: Attribute columns every catalogue may have and filters know by name.
 STANDARD_FILTER_COLUMNS = ("category", "gender", "colour", "price")
@@ -201,34 +202,21 @@ _BUILTIN: dict[str, str] = {
     "milvus": "lookalike.index.milvus_backend:MilvusIndex",
     "milvus-binary": "lookalike.index.milvus_binary:MilvusBinaryIndex",
 }
-_REGISTRY: dict[str, type[VectorIndex]] = {}
+#: The plugin registry of index kinds (built-ins load lazily; plugins use :func:`register`).
+_REGISTRY: Registry[type[VectorIndex]] = Registry("index type", _BUILTIN)
 
 
 def register(kind: str):  # noqa: ANN201 - decorator
     """Class decorator: make an index backend available by name."""
-
-    def wrap(cls: type[VectorIndex]) -> type[VectorIndex]:
-        cls.kind = kind
-        _REGISTRY[kind] = cls
-        _BUILTIN.pop(kind, None)
-        return cls
-
-    return wrap
+    return _REGISTRY.register(kind)
 
 
 def available() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
+    return _REGISTRY.available()
 
 
 def index_class(kind: str) -> type[VectorIndex]:
-    if kind not in _REGISTRY and kind in _BUILTIN:
-        import importlib
-
-        module, attr = _BUILTIN[kind].split(":")
-        _REGISTRY[kind] = getattr(importlib.import_module(module), attr)
-    if kind not in _REGISTRY:
-        raise UnknownNameError(f"unknown index type {kind!r}; available: {', '.join(available())}")
-    return _REGISTRY[kind]
+    return _REGISTRY.get(kind)
 
 
 def create_index(kind: str, dim: int, embedder_id: str = "", **params: Any) -> VectorIndex:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
+from lookalike.registry import Registry
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -161,14 +162,9 @@ class Embedder(ABC):
         folder.mkdir(parents=True, exist_ok=True)
         tensors = self.state_tensors()
         if tensors:
-            from safetensors.numpy import save_file
+            from lookalike.models.weights import write_tensors
 
-            tmp = folder / (WEIGHTS_FILE + ".tmp")
-            # np.ascontiguousarray turns 0-d arrays (BatchNorm's num_batches_tracked) into
-            # shape (1,); keep every tensor's own shape so load() gets back what was saved.
-            save_file({k: np.ascontiguousarray(v).reshape(np.shape(v))
-                       for k, v in tensors.items()}, str(tmp))
-            tmp.replace(folder / WEIGHTS_FILE)
+            write_tensors(folder / WEIGHTS_FILE, tensors)
         meta = {"kind": self.kind, "dim": self.dim, "config": self.config(),
                 "embedder_id": self.embedder_id}
         atomic_write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
@@ -208,40 +204,25 @@ _BUILTIN: dict[str, str] = {
     "autoencoder": "lookalike.models.autoencoder:AutoencoderEmbedder",
     "conv-autoencoder": "lookalike.models.autoencoder:ConvAutoencoderEmbedder",
     "infogan": "lookalike.models.infogan:InfoGANEmbedder",
-    "all-minilm-l6-v2": "lookalike.models.text:MiniLMTextEmbedder",
 }
-#: The plugin registry: embedder kinds registered by :func:`register` (built-ins load lazily
-#: from ``_BUILTIN``). Process-wide on purpose, like an entry-point table: classes, not data.
-_REGISTRY: dict[str, type[Embedder]] = {}
+#: The plugin registry: embedder kinds (built-ins load lazily from ``_BUILTIN``; plugins add
+#: themselves with :func:`register`). Process-wide on purpose, like an entry-point table.
+_REGISTRY: Registry[type[Embedder]] = Registry("embedder", _BUILTIN)
 
 
 def register(kind: str) -> Callable[[type[Embedder]], type[Embedder]]:
     """Class decorator: make an embedder available by name to every caller (CLI, API, service)."""
-
-    def wrap(cls: type[Embedder]) -> type[Embedder]:
-        cls.kind = kind
-        _REGISTRY[kind] = cls
-        _BUILTIN.pop(kind, None)
-        return cls
-
-    return wrap
+    return _REGISTRY.register(kind)
 
 
 def available() -> list[str]:
     """Names of all registered embedders."""
-    return sorted(set(_BUILTIN) | set(_REGISTRY))
+    return _REGISTRY.available()
 
 
 def embedder_class(name: str) -> type[Embedder]:
     """The class registered under ``name`` (importing its module on first use)."""
-    if name not in _REGISTRY and name in _BUILTIN:
-        import importlib
-
-        module, attr = _BUILTIN[name].split(":")
-        _REGISTRY[name] = getattr(importlib.import_module(module), attr)
-    if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown embedder {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def create(name: str, **options: Any) -> Embedder:
@@ -276,9 +257,9 @@ def load(folder: str | Path, **overrides: Any) -> Embedder:
                              f"({error})") from None
     weights = folder / WEIGHTS_FILE
     if weights.is_file():
-        from safetensors.numpy import load_file
+        from lookalike.models.weights import read_tensors
 
-        embedder.load_state_tensors(load_file(str(weights)))
+        embedder.load_state_tensors(read_tensors(weights))
     if embedder.dim != meta.get("dim"):
         raise ModelMismatchError(f"{config_path}: dim {embedder.dim} != saved {meta.get('dim')}")
     return embedder

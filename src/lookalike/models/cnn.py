@@ -31,6 +31,7 @@ from torch import nn
 from lookalike.errors import LookalikeError, ModelMismatchError
 from lookalike.models.activations import ACTIVATIONS, DEFAULT_NEGATIVE_SLOPE, make_activation
 from lookalike.models.base import Embedder, l2_normalise
+from lookalike.models.weights import state_arrays, restore_module
 from lookalike.models.datasets import (
     PRODUCT_SIZE,
     ImageTensors,
@@ -314,30 +315,12 @@ class CNNEmbedder(Embedder):
 
     # ---- persistence --------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, np.ndarray]:
-        if self._module is None:
-            return {}
-        return {name: value.detach().cpu().numpy()
-                for name, value in self._module.state_dict().items()}
+        return state_arrays(self._module)
 
     def load_state_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         if not tensors:
             return
-        module = self.build_module()
-        expected = module.state_dict()
-        if set(expected) != set(tensors):
-            missing = sorted(set(expected) - set(tensors))[:3]
-            extra = sorted(set(tensors) - set(expected))[:3]
-            raise ModelMismatchError(f"{self.name}: saved weights do not fit the config "
-                                     f"(missing {missing}, unexpected {extra})")
-        restored = {}
-        for name, array in tensors.items():
-            shape = tuple(expected[name].shape)
-            # Embedder.save stores 0-d arrays (BatchNorm's step counter) as shape (1,).
-            if tuple(array.shape) != shape and not (shape == () and array.size == 1):
-                raise ModelMismatchError(f"{self.name}: weight {name} has shape {array.shape}, "
-                                         f"the config needs {shape}")
-            restored[name] = torch.from_numpy(np.array(array).reshape(shape))
-        module.load_state_dict(restored)
+        module = restore_module(self.build_module(), tensors, self.name)
         self._module = module.eval()
         self._fingerprint = None
 

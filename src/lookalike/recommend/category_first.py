@@ -28,7 +28,6 @@ from lookalike.index.base import Filters, Hits, VectorIndex
 from lookalike.recommend.results import Recommendation
 from lookalike.storage import atomic_write_text, current_version, versioned_folder
 
-PROBES_DIR = "probes"
 PROBE_CONFIG = "probe.json"
 PROBE_WEIGHTS = "weights.safetensors"
 #: Defaults chosen on the train split (see docs/category-first.md): search only the top-1
@@ -88,13 +87,11 @@ class CategoryProbe:
     # ---- persistence ---------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write ``weights.safetensors`` and then ``probe.json`` into ``folder``."""
-        from safetensors.numpy import save_file
+        from lookalike.models.weights import write_tensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (PROBE_WEIGHTS + ".tmp")
-        save_file({"coef": self.coef, "intercept": self.intercept}, str(tmp))
-        tmp.replace(folder / PROBE_WEIGHTS)
+        write_tensors(folder / PROBE_WEIGHTS, {"coef": self.coef, "intercept": self.intercept})
         atomic_write_text(folder / PROBE_CONFIG, json.dumps(
             {"kind": "linear-probe", "classes": self.classes, "column": self.column,
              "embedder_id": self.embedder_id, "dim": self.dim, "info": self.info},
@@ -231,7 +228,7 @@ def probe_folder(project, column: str = "category", index: str | None = None) ->
     name = index or project.default_index_name()
     if not name:
         raise UnknownNameError(f"{project.path}: no index yet; run `lookalike index` first")
-    return project.path / PROBES_DIR / f"{name}-{column}"
+    return project.layout.probe(f"{name}-{column}")
 
 
 def train_category_probe(project, *, column: str = "category", index: str | None = None,
@@ -245,7 +242,7 @@ def train_category_probe(project, *, column: str = "category", index: str | None
     """
     from sklearn.linear_model import LogisticRegression
 
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     frame = project.store.frame()
     if column not in frame.columns:
         raise LookalikeError(f"column {column!r} is not in the catalogue; columns: "
@@ -273,7 +270,7 @@ def train_category_probe(project, *, column: str = "category", index: str | None
               "train_accuracy": float(model.score(vectors, labels)),
               "fit_seconds": round(seconds, 2)})
     if save:
-        project._require_writable("train a category probe")
+        project.require_writable("train a category probe")
         with versioned_folder(probe_folder(project, column, loaded.name)) as staging:
             probe.save(staging)
     return probe
@@ -282,7 +279,7 @@ def train_category_probe(project, *, column: str = "category", index: str | None
 def load_category_probe(project, column: str = "category",
                         index: str | None = None) -> CategoryProbe:
     """The saved probe for ``column`` on index ``index``, checked against the index's embedder."""
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     folder = current_version(probe_folder(project, column, loaded.name))
     if folder is None:
         raise UnknownNameError(f"no category probe for {column!r} on index {loaded.name!r}; "
@@ -306,7 +303,7 @@ def category_first_search(project, image: Any = None, *, item_id: str | None = N
     """
     if (image is None) == (item_id is None):
         raise LookalikeError("category-first search needs exactly one of a photo or an item id")
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     if item_id is not None:
         vector = loaded.vector_of(str(item_id), project.store)
         exclude = [[str(item_id)]]
@@ -318,7 +315,7 @@ def category_first_search(project, image: Any = None, *, item_id: str | None = N
                                      top1_confidence=top1_confidence,
                                      top2_confidence=top2_confidence,
                                      max_categories=max_categories)
-    return CategoryFirstResult(project._recommendations(hits[0].ids, hits[0].scores),
+    return CategoryFirstResult(project.recommendations(hits[0].ids, hits[0].scores),
                                decisions[0])
 
 

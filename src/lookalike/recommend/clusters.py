@@ -31,7 +31,6 @@ from lookalike.index.base import Filters
 from lookalike.recommend.results import Recommendation
 from lookalike.storage import atomic_write_text, current_version, versioned_folder
 
-CLUSTERS_DIR = "clusters"
 METHODS = ("faiss", "minibatch")
 #: Label columns purity and NMI are reported against (those the catalogue has).
 LABEL_COLUMNS = ("category", "sub_category")
@@ -137,7 +136,7 @@ def clusters(project, k: int = 50, seed: int = 0, *, index: str | None = None,
     ``grid_clusters`` limits the clusters drawn in ``clusters.html`` (largest first; all when
     None). Saving needs a writable project.
     """
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     indexed = set(loaded.hashes)
     frame = project.store.frame()
     frame = frame[frame.index.isin(indexed)]  # catalogue order, so runs are reproducible
@@ -160,20 +159,19 @@ def clusters(project, k: int = 50, seed: int = 0, *, index: str | None = None,
     central = central_members(vectors, labels, centroids, grid_per_cluster)
     report.central = [[ids[r] for r in rows] for rows in central]
     if save:
-        project._require_writable("save clusters")
-        with versioned_folder(project.path / CLUSTERS_DIR / loaded.name) as staging:
+        project.require_writable("save clusters")
+        with versioned_folder(project.layout.clusters(loaded.name)) as staging:
             _save(staging, report)
             write_cluster_grid(staging / "clusters.html", report, frame, grid_clusters)
-        report.folder = current_version(project.path / CLUSTERS_DIR / loaded.name)
+        report.folder = current_version(project.layout.clusters(loaded.name))
     return report
 
 
 def _save(folder: Path, report: ClusterReport) -> None:
-    from safetensors.numpy import save_file
+    from lookalike.models.weights import write_tensors
 
-    tmp = folder / "centroids.safetensors.tmp"
-    save_file({"centroids": np.ascontiguousarray(report.centroids)}, str(tmp))
-    tmp.replace(folder / "centroids.safetensors")
+    write_tensors(folder / "centroids.safetensors",
+                  {"centroids": np.ascontiguousarray(report.centroids)})
     atomic_write_text(folder / "assignments.json",
                       json.dumps({"ids": report.ids, "clusters": report.labels.tolist()}))
     atomic_write_text(folder / "report.json", json.dumps(report.to_json(), indent=2))
@@ -237,7 +235,7 @@ def load_clusters(project, index: str | None = None) -> SavedClusters:
     name = index or project.default_index_name()
     if not name:
         raise UnknownNameError(f"{project.path}: no index yet; run `lookalike index` first")
-    folder = current_version(project.path / CLUSTERS_DIR / name)
+    folder = current_version(project.layout.clusters(name))
     if folder is None:
         raise UnknownNameError(f"no clusters saved for index {name!r}; run `lookalike clusters`")
     data = json.loads((folder / "assignments.json").read_text())
@@ -282,7 +280,7 @@ def diverse_similar(project, item_id: str, k: int = 10, per_cluster: int = 2,
                     clusters_: SavedClusters | None = None) -> list[Recommendation]:
     """More like ``item_id``, at most ``per_cluster`` results from any one cluster."""
     saved = clusters_ or load_clusters(project, index)
-    size = len(project._index(index).index)
+    size = len(project.searcher(index).index)
     return _diverse(lambda n: project.similar(item_id, n, filters, index=index),
                     saved.cluster_of, k, per_cluster, size)
 
@@ -292,12 +290,12 @@ def diverse_search(project, image: Any, k: int = 10, per_cluster: int = 2,
                    clusters_: SavedClusters | None = None) -> list[Recommendation]:
     """Search by photo, at most ``per_cluster`` results from any one cluster."""
     saved = clusters_ or load_clusters(project, index)
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     vector = project.embed_query(image, index=index)
 
     def fetch(n: int) -> list[Recommendation]:
         hits = loaded.index.search(vector[None, :], k=n, filters=filters)[0]
-        return project._recommendations(hits.ids, hits.scores)
+        return project.recommendations(hits.ids, hits.scores)
 
     return _diverse(fetch, saved.cluster_of, k, per_cluster, len(loaded.index))
 

@@ -2,10 +2,10 @@
 
 Methods, none of them with an N x N matrix:
 
-* ``copies`` (the default; :mod:`.copies`): candidate pairs from perceptual-hash neighbours and,
+* ``copies`` (the default; :mod:`lookalike.catalogue.copies`): candidate pairs from perceptual-hash neighbours and,
   when the project has an image index, embedding neighbours; each candidate is verified by
   aligning the two photos (scale, shift, brightness) and comparing fine texture and colour
-  (:mod:`.copy_verify`). Robust when edits are combined (crop + resize + brightness + JPEG), and
+  (:mod:`lookalike.catalogue.copy_verify`). Robust when edits are combined (crop + resize + brightness + JPEG), and
   it tells a copy from a look-alike product. ``threshold`` is the smallest texture correlation.
 * ``phash``: the 64-bit perceptual hash of every image in a FAISS binary index; pairs within a
   Hamming radius come from a range search (multi-hash, exact by the pigeonhole rule up to 11
@@ -16,7 +16,7 @@ Methods, none of them with an N x N matrix:
   whose cosine is at least the threshold.
 
 Pairs are joined into groups (connected components of the sparse pair graph). Fingerprints
-(hash, colour grid, thumbnail) are cached per content hash (:mod:`.fingerprints`).
+(hash, colour grid, thumbnail) are cached per content hash (:mod:`lookalike.catalogue.fingerprints`).
 :func:`find_duplicate_of` checks one incoming image against the catalogue;
 :class:`DuplicateFinder` does the same for many, keeping its matchers between calls.
 """
@@ -36,9 +36,9 @@ from PIL import Image
 
 from lookalike.errors import LookalikeError, UnknownNameError
 from lookalike.index.base import VectorIndex
-from lookalike.recommend.copies import CopyMatcher, CopySettings, NeighboursOf, copy_pairs
-from lookalike.recommend.copy_verify import MIN_TEXTURE
-from lookalike.recommend.fingerprints import (  # noqa: F401  (re-exported)
+from lookalike.catalogue.copies import CopyMatcher, CopySettings, NeighboursOf, copy_pairs
+from lookalike.catalogue.copy_verify import MIN_TEXTURE
+from lookalike.catalogue.fingerprints import (  # noqa: F401  (re-exported)
     COLOUR_GRID, HASH_BITS, MAX_COLOUR_DIFFERENCE, PHASH_DIR, PHASH_THRESHOLD, Fingerprints,
     PHashMatcher, binary_index, catalogue_fingerprints, catalogue_phashes, check_radius,
     colour_difference, colour_grid, fingerprint, hamming, hamming_pairs, phash_code, phash_codes)
@@ -151,7 +151,7 @@ def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = 
                              n_pairs=len(pairs), groups=_groups(ids, pairs))
     report.seconds = time.perf_counter() - started
     if save and not project.read_only:
-        out = project.path / "reports" / f"duplicates-{method.replace('+', '-')}"
+        out = project.layout.duplicates(method)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "groups.json", json.dumps(report.to_json(), indent=2))
         write_duplicate_grid(out / "groups.html", project, report, grid_groups)
@@ -210,7 +210,7 @@ def pair_cosines(vectors: np.ndarray, pairs: np.ndarray, batch: int = 65536) -> 
 def embedding_pairs(project, threshold: float, *, index: str | None = None,
                     neighbours: int = 10) -> tuple[list[str], np.ndarray]:
     """``(ids, pairs)`` over the indexed items of ``index`` (see :func:`vector_pairs`)."""
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     ids = [i for i in project.store.ids() if i in loaded.hashes]
     return ids, vector_pairs(loaded.index, ids,
                              lambda chunk: loaded.vectors_of(chunk, project.store),
@@ -285,7 +285,7 @@ class DuplicateFinder:
         picture = as_image(image)
         threshold = DEFAULT_THRESHOLDS[method] if threshold is None else threshold
         if method == "embedding":
-            loaded = self.project._index(self.index)
+            loaded = self.project.searcher(self.index)
             vector = loaded.embedder.embed_one(picture)
             hits = loaded.index.search(vector[None, :], k=10)[0]
             return [(i, 1.0 - s) for i, s in zip(hits.ids, hits.scores) if s >= float(threshold)]
@@ -332,7 +332,7 @@ def index_neighbours(project, index: str | None = None,
         return None
 
     def neighbours_of(image: Image.Image) -> list[str]:
-        loaded = project._index(index)
+        loaded = project.searcher(index)
         hits = loaded.index.search(loaded.embedder.embed_one(image)[None, :],
                                    k=settings.neighbours)[0]
         return [i for i, s in zip(hits.ids, hits.scores) if s >= settings.min_cosine]

@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lookalike.errors import CatalogueError, LookalikeError
+from lookalike.layout import EVENTS_FILE  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from lookalike.project import Project
+#: A :class:`lookalike.project.Project` (not imported: project.py calls this module, so the
+#: dependency points one way).
+Project = Any
 
-EVENTS_FILE = "events.sqlite"
 REQUIRED_COLUMNS = ("shopper", "item", "timestamp")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -67,7 +69,7 @@ class EventIngestReport:
 
 # ---- storage ------------------------------------------------------------------------------------
 def events_path(project: "Project") -> Path:
-    return project.path / EVENTS_FILE
+    return project.layout.events
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -138,7 +140,7 @@ def ingest_events(project: "Project", path: str | Path) -> EventIngestReport:
     Rows naming items the catalogue does not hold are skipped and counted; re-ingesting the same
     rows adds nothing.
     """
-    project._require_writable("ingest events")
+    project.require_writable("ingest events")
     frame = read_event_file(path)
     known = set(project.store.ids())
     is_known = frame["item"].isin(known).to_numpy()
@@ -252,7 +254,7 @@ def evaluate_recs(project: "Project", method: str = "centroid", *, k: int = 10,
     from lookalike.recommend.personal import recommend
 
     splits, skipped = time_split(load_events(project, event_types), holdout, min_history)
-    indexed = set(project._index(index).hashes)
+    indexed = set(project.searcher(index).hashes)
     usable = []
     for split in splits:
         split.history = [i for i in split.history if i in indexed]

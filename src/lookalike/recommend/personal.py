@@ -76,7 +76,7 @@ def parse_history(history: str | Sequence[Any] | None) -> list[str]:
 
 def check_history(project: "Project", history: Sequence[str], index: str | None = None) -> None:
     """Raise :class:`UnknownItemError` naming every history id the index does not hold."""
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     unknown = [i for i in history if i not in loaded.hashes]
     if unknown:
         in_store = [i for i in unknown if i in project.store]
@@ -167,7 +167,7 @@ class InstanceCache:
         self._lock = threading.Lock()  # the service calls from several threads
 
     def bags(self, project: "Project", ids: Sequence[str], index: str | None = None) -> list[np.ndarray]:
-        loaded = project._index(index)
+        loaded = project.searcher(index)
         missing = [i for i in ids if i not in self._bags]
         if missing:
             wholes = loaded.vectors_of(missing, project.store)
@@ -186,7 +186,7 @@ class InstanceCache:
 def instance_cache(project: "Project", index: str | None = None) -> InstanceCache:
     """The in-memory :class:`InstanceCache` of an index version (a new version starts empty),
     kept in ``project.caches`` (the last 4 versions)."""
-    key = str(project._index(index).folder)
+    key = str(project.searcher(index).folder)
     return project.caches.instance_caches.get_or_make(key, InstanceCache)
 
 
@@ -269,7 +269,7 @@ def fit_shopper_model(project: "Project", history: str | Sequence[str], method: 
     _check_method(method)
     ids = parse_history(history)
     check_history(project, ids, index)
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     vectors = loaded.vectors_of(ids, project.store)
     if method == "centroid":
         return ShopperModel("centroid", l2_normalise(vectors.mean(axis=0, keepdims=True))[0])
@@ -314,7 +314,7 @@ def recommend(project: "Project", history: str | Sequence[str], k: int = 10,
         raise LookalikeError(f"diversity must be between 0 and 1, got {diversity}")
     ids = parse_history(history)
     check_history(project, ids, index)
-    loaded = project._index(index)
+    loaded = project.searcher(index)
     depth = k if diversity <= 0 else (candidates or max(5 * k, 50))
     if method == "knn-vote":
         ranked_ids, ranked_scores = _knn_vote(loaded, project, ids, depth, filters)
@@ -331,7 +331,7 @@ def recommend(project: "Project", history: str | Sequence[str], k: int = 10,
                     k, diversity)
         ranked_ids = [ranked_ids[i] for i in order]
         ranked_scores = [ranked_scores[i] for i in order]
-    return project._recommendations(ranked_ids[:k], ranked_scores[:k])
+    return project.recommendations(ranked_ids[:k], ranked_scores[:k])
 
 
 def _knn_vote(loaded: Any, project: "Project", ids: list[str], depth: int,

@@ -65,9 +65,9 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
     understanding = _understanding(project, text, filters, literal) if understand else None
     if image is not None and not hasattr(image, "convert"):
         # Decode once, not on every (longer) fetch.
-        from lookalike.project import _as_image
+        from lookalike.catalogue.images import as_image
 
-        image = _as_image(image)
+        image = as_image(image)
 
     kept: dict[str, list[str]] = {}
 
@@ -90,7 +90,7 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
         from lookalike.recommend.clusters import _diverse, load_clusters
 
         saved = load_clusters(project, index)
-        limit = len(project._index(index).index)
+        limit = len(project.searcher(index).index)
         results = _diverse(fetch, saved.cluster_of, k, per_cluster, limit)
     if understanding is None:
         return Answer(results=results)

@@ -8,16 +8,26 @@ the routers import this module, never ``app.py``, so the dependency points one w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import Path as PathParam, Query, Request
 
-from lookalike.serve.schemas import ItemDetails
+from lookalike.serve.schemas import MAX_K, ItemDetails
 
 if TYPE_CHECKING:
-    from lookalike.project import Project
+    from lookalike.api import Project
     from lookalike.serve.service import LookalikeService
+    from lookalike.serve.settings import ServeSettings
+
+ItemId = Annotated[str, PathParam(min_length=1, max_length=256, description="Catalogue item id.")]
+KQuery = Annotated[int | None, Query(ge=1, le=MAX_K, description=(
+    "How many results (default: the service's default_k, 5)."))]
+CategoryQuery = Annotated[list[str] | None, Query(description="Keep only these categories.")]
+GenderQuery = Annotated[list[str] | None, Query(description="Keep only these genders.")]
+ColourQuery = Annotated[list[str] | None, Query(description="Keep only these colours.")]
+PriceMinQuery = Annotated[float | None, Query(allow_inf_nan=False, description="Lowest price.")]
+PriceMaxQuery = Annotated[float | None, Query(allow_inf_nan=False, description="Highest price.")]
 
 
 def image_url(item_id: str) -> str:
@@ -34,6 +44,11 @@ def item_details(item: dict[str, Any]) -> ItemDetails:
 def service_of(request: Request) -> LookalikeService:
     """The service the app was built over (``create_app`` puts it on ``app.state``)."""
     return request.app.state.service
+
+
+def settings_of(request: Request) -> ServeSettings:
+    """The settings the app was built with."""
+    return request.app.state.settings
 
 
 def project_of(request: Request) -> Project:

@@ -16,14 +16,13 @@ without an image) and ``GET /v1/items/{id}/similar`` takes ``text`` / ``with_tit
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from lookalike.errors import UnknownItemError, UnknownNameError
+from lookalike.api import UnknownItemError, UnknownNameError
 from lookalike.serve.deps import image_url, project_of
 from lookalike.serve.security import ApiError
 
@@ -91,11 +90,9 @@ def list_clusters(
     """The saved K-means clusters of the default index, largest first, each with its most
     central items (a click on one starts more-like-this). No clusters saved yet is an empty list
     (``k`` = 0), not an error, so the page can ask without logging a failed request."""
-    from lookalike.recommend.clusters import load_clusters
-
     project = project_of(request)
     try:
-        report = load_clusters(project).report
+        report = project.load_clusters().report
     except UnknownNameError:
         return ClusterList(k=0, index=project.default_index_name() or "", clusters=[])
     order = sorted(range(report["k"]), key=lambda c: -report["sizes"][c])[:limit]
@@ -122,10 +119,8 @@ def get_cluster(request: Request,
 
 
 def _saved_clusters(request: Request):
-    from lookalike.recommend.clusters import load_clusters
-
     try:
-        return load_clusters(project_of(request))
+        return project_of(request).load_clusters()
     except UnknownNameError:
         raise ApiError(404, "not_found", "no clusters yet; run `lookalike clusters`") from None
 
@@ -142,11 +137,10 @@ def list_duplicates(
         limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> DuplicateList:
     """The near-duplicate groups last found by ``lookalike duplicates --method METHOD``."""
     project = project_of(request)
-    path = project.path / "reports" / f"duplicates-{method.replace('+', '-')}" / "groups.json"
-    if not path.is_file():
-        raise ApiError(404, "not_found", f"no duplicate report for {method}; run "
-                       f"`lookalike duplicates --method {method}`")
-    report = json.loads(path.read_text())
+    try:
+        report = project.duplicate_report(method)
+    except UnknownNameError as error:
+        raise ApiError(404, "not_found", str(error)) from None
     groups = [DuplicateGroupOut(distance=g["distance"], items=_cells(project, g["ids"][:20]))
               for g in report["groups"][:limit]]
     return DuplicateList(method=report["method"], threshold=report["threshold"],
@@ -161,17 +155,12 @@ async def item_duplicates(
         method: Annotated[str, Query(pattern="^(copies|phash\\+colour|phash|embedding)$")] = "copies"
 ) -> DuplicateMatches:
     """Catalogue items that are near-duplicates of this item's photo (itself left out)."""
-    from lookalike.recommend.duplicates import DuplicateFinder
-
     project = project_of(request)
-    finder = getattr(request.app.state, "duplicate_finder", None)
-    if finder is None or finder.project is not project:
-        finder = request.app.state.duplicate_finder = DuplicateFinder(project)
 
     def find() -> list[tuple[str, float]]:
         if item_id not in project.store:
             raise UnknownItemError(f"unknown item {item_id!r}")
-        return finder.find(project.store.image_path(item_id), method=method)
+        return project.find_duplicates(project.store.image_path(item_id), method=method)
 
     matches = await run_in_threadpool(find)
     return DuplicateMatches(item=item_id, method=method, duplicates=[

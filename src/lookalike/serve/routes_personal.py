@@ -25,9 +25,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from lookalike.errors import LookalikeError
-from lookalike.recommend.personal import parse_history
-from lookalike.recommend.regions import DEFAULT_WINDOWS
+from lookalike.api import LookalikeError, parse_history
 from lookalike.serve.deps import image_url, service_of
 from lookalike.serve.schemas import MAX_K, ErrorResponse, Result, Results
 
@@ -89,23 +87,22 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
              responses=_ERRORS)
 def recommend_endpoint(body: RecommendRequest, request: Request) -> Results:
     """Picks for a shopper from the items they viewed (never one of those items)."""
-    from lookalike.recommend.personal import recommend
-
     service = service_of(request)
     filters = service.filters(category=body.category, gender=body.gender, colour=body.colour,
                               price_min=body.price_min, price_max=body.price_max)
     with service.embed_slots:  # CPU-heavy: shares the embedding slots
-        found = recommend(service.project, body.history, k=body.k, method=body.method,
-                          filters=filters, diversity=body.diversity)
+        found = service.project.recommend(body.history, k=body.k, method=body.method,
+                                          filters=filters, diversity=body.diversity)
     return Results(k=body.k, results=[_result(r) for r in found],
                    query={"history": list(dict.fromkeys(body.history)), "method": body.method,
                           "diversity": body.diversity,
                           "filters": filters.to_json() if filters else None})
 
 
-def _windows(text: str | None) -> tuple[int, ...]:
+def _windows(text: str | None) -> tuple[int, ...] | None:
+    """Window sizes from ``"20,40,60"``; None (shop-the-look's own default) when not given."""
     if not text:
-        return DEFAULT_WINDOWS
+        return None
     try:
         sizes = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError:
@@ -138,7 +135,6 @@ async def look_endpoint(
             "Move the boxes onto the products with the learned box regressor."))] = True,
 ) -> LookResponse:
     """Regions of a scene photo worth shopping, each with the most similar products."""
-    from lookalike.recommend.regions import look
     from lookalike.serve.uploads import decode_upload, read_upload
 
     service = service_of(request)
@@ -147,15 +143,15 @@ async def look_endpoint(
     ids = parse_history(history) if history and history.strip() else None
     if ids is not None and len(ids) > MAX_HISTORY:
         raise LookalikeError(f"history has {len(ids)} items; at most {MAX_HISTORY}")
-    sizes = _windows(windows)
+    chosen = {"windows": sizes} if (sizes := _windows(windows)) else {}
 
     def run() -> dict[str, Any]:
         scene = decode_upload(data, settings.max_pixels, name="scene photo")
         with service.embed_slots:  # CPU-heavy: shares the embedding slots
-            return look(service.project, scene, history=ids,
-                        like=like.strip() if like and like.strip() else None, k=k,
-                        windows=sizes, stride=stride, top_regions=top_regions, method=method,
-                        aspect=aspect, max_side=LOOK_MAX_SIDE, refine=refine)
+            return service.project.look(
+                scene, history=ids, like=like.strip() if like and like.strip() else None, k=k,
+                stride=stride, top_regions=top_regions, method=method, aspect=aspect,
+                max_side=LOOK_MAX_SIDE, refine=refine, **chosen)
 
     found = await run_in_threadpool(run)
     return LookResponse(

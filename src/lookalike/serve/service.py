@@ -11,7 +11,6 @@ worker -- switches to it on its next query."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -23,14 +22,16 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from lookalike.errors import LookalikeError, StoreError, UnknownItemError
-from lookalike.index import journal
-from lookalike.index.base import Filters
-from lookalike.project import PROJECT_FILE, Project
-from lookalike.recommend.results import Recommendation
+from lookalike.api import (
+    Filters,
+    LookalikeError,
+    Project,
+    Recommendation,
+    StoreError,
+    UnknownItemError,
+)
 from lookalike.serve.settings import ServeSettings
 from lookalike.serve.uploads import decode_upload
-from lookalike.storage import current_version
 
 log = logging.getLogger("lookalike.serve")
 T = TypeVar("T")
@@ -95,11 +96,7 @@ class LookalikeService:
                 return None
             with self._state_lock:
                 self._reader = Project(self.project_dir, create=False, read_only=True)
-        folder = current_version(self.project_dir / "indexes" / name)
-        if folder is None:
-            return None
-        updates = journal.entry_count(folder)  # small updates appended to that version
-        return f"{folder.name}+{updates}" if updates else folder.name
+        return self._reader.index_version(name)
 
     def index_name(self) -> str | None:
         """The index queries use: ``settings.index``, else the project's default index."""
@@ -107,10 +104,9 @@ class LookalikeService:
 
     def _default_index_on_disk(self) -> str | None:
         try:
-            settings = json.loads((self.project_dir / PROJECT_FILE).read_text())
-        except (OSError, ValueError):
+            return Project(self.project_dir, create=False, read_only=True).default_index_name()
+        except (LookalikeError, OSError, ValueError, AttributeError):
             return None
-        return settings.get("default_index") if isinstance(settings, dict) else None
 
     def warm_up(self) -> bool:
         """Load the index and embedder and run one tiny query; True when ready to serve."""
@@ -133,15 +129,15 @@ class LookalikeService:
         """Products most like an uploaded photo (bytes are sniffed and size-checked)."""
         image = decode_upload(data, self.settings.max_pixels)
         with self._embed_slots:
-            return self._read(lambda: self._reader.search(image, k=k, filters=filters,
+            return self.read(lambda: self._reader.search(image, k=k, filters=filters,
                                                           index=self.index_name()))
 
     def similar(self, item_id: str, k: int, filters: Filters | None) -> list[Recommendation]:
         """More like catalogue item ``item_id``."""
-        return self._read(lambda: self._reader.similar(item_id, k=k, filters=filters,
+        return self.read(lambda: self._reader.similar(item_id, k=k, filters=filters,
                                                        index=self.index_name()))
 
-    def _read(self, query: Callable[[], T]) -> T:
+    def read(self, query: Callable[[], T]) -> T:
         """Run a query; if the index version it was loading has been replaced meanwhile (a writer
         swapped ``CURRENT`` and pruned the old folder while we read it), load the new one."""
         for attempt in range(_READ_ATTEMPTS):
@@ -161,7 +157,7 @@ class LookalikeService:
     def image_file(self, item_id: str) -> tuple[Path, str]:
         """The stored image of an item and its media type, only from ``<project>/images/``."""
         path = self._reader.store.get(item_id).image_path.resolve()
-        root = (self.project_dir / "images").resolve()
+        root = self._reader.layout.images.resolve()
         if not path.is_relative_to(root) or not path.is_file():
             # A row pointing outside the image store is never followed.
             log.warning("item %r: image path outside the image store refused", item_id)

@@ -17,8 +17,7 @@ from typing import Any
 from fastapi import UploadFile
 from PIL import Image
 
-from lookalike.catalogue.images import decode_image
-from lookalike.errors import ImageRejected
+from lookalike.api import ImageRejected, decode_image
 
 # Room for the multipart framing and the small form fields that travel with the image.
 FORM_OVERHEAD_BYTES = 64 * 1024

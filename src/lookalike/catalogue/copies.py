@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from lookalike.errors import LookalikeError
-from lookalike.recommend.copy_verify import MAX_COLOUR, MIN_TEXTURE, is_copy, score_pairs
-from lookalike.recommend.fingerprints import (HASH_BITS, Fingerprint, Fingerprints, StoreView,
+from lookalike.catalogue.copy_verify import MAX_COLOUR, MIN_TEXTURE, is_copy, score_pairs
+from lookalike.catalogue.fingerprints import (HASH_BITS, Fingerprint, Fingerprints, StoreView,
                                               catalogue_fingerprints, fingerprint,
                                               phash_neighbours)
 

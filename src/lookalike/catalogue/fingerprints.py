@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image
 
 from lookalike.errors import LookalikeError
-from lookalike.recommend.copy_verify import THUMB_SIZE, thumbnail
+from lookalike.layout import PHASH_DIR
+from lookalike.catalogue.copy_verify import THUMB_SIZE, thumbnail
 from lookalike.storage import atomic_write_bytes, atomic_write_text, current_version, versioned_folder
 
-PHASH_DIR = Path("duplicates") / "phash"
 HASH_BITS = 64
 COLOUR_GRID = 8
 #: The default Hamming radius of a phash near-duplicate, and the largest colour-grid difference
