@@ -102,7 +102,7 @@ def ivf_params(n_vectors: int, dim: int, target_recall: float = 0.95) -> dict[st
                             _IVF_FOR_TARGET[-1][1:])
     return {"nlist": nlist, "nprobe": nprobe, "pq": pq, "refine": "SQ8", "k_factor": k_factor,
             "coarse": "hnsw", "rotate": True, "exact_below": 50_000,
-            "train_size": min(max(50_000, 40 * nlist), 200_000)}
+            "train_size": min(max(50_000, 40 * nlist), 200_000, max(n_vectors // 2, 40 * nlist))}
 
 
 def ivf_bytes(n_vectors: int, dim: int, params: dict[str, Any]) -> int:
