@@ -45,6 +45,8 @@ def variants(size: int, dim: int) -> dict[str, tuple[str, dict[str, Any]]]:
     out = {f"default ({choice.kind})": (choice.kind, dict(choice.params)),
            "hnsw-sq8 (old default)": ("hnsw", {**hnsw, "storage": "SQ8", "rotate": True}),
            "hnsw16-flat": ("hnsw", {**hnsw, "storage": "Flat", "rotate": False})}
+    if choice.kind == "hnsw" and choice.params.get("storage") == "SQ8":
+        del out["hnsw-sq8 (old default)"]  # the same index twice
     if choice.kind != "ivf":  # show what the IVF kind does at this size too
         out["ivf"] = ("ivf", ivf_params(size, dim))
     return out

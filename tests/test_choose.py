@@ -6,13 +6,10 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.index.base import create_index
-from lookalike.index.choose import (EXACT_MAX_FLOATS, EXACT_MAX_ITEMS, IVF_MAX_RECALL, IVF_MIN_ITEMS,
-                                    IndexChoice, choose_index, exact_bytes, hnsw_bytes, ivf_bytes,
-                                    ivf_params)
+from lookalike.index.choose import (EXACT_MAX_FLOATS, EXACT_MAX_ITEMS, IndexChoice, choose_index,
+                                    exact_bytes, hnsw_bytes, ivf_params)
 
 RAW_1M = 1_000_000 * 256 * 4
-#: Below the IVF threshold: the HNSW path.
-MID = IVF_MIN_ITEMS - 1
 
 
 def test_small_catalogues_get_exact_search():
@@ -21,35 +18,11 @@ def test_small_catalogues_get_exact_search():
         assert choice.kind == "exact" and choice.params == {} and "exact" in choice.reason
 
 
-def test_large_catalogue_gets_ivf_with_a_third_of_the_raw_size():
+def test_large_catalogue_gets_quantised_hnsw_within_half_the_raw_size():
     choice = choose_index(1_000_000, 256)
-    assert choice.kind == "ivf" and choice.params["refine"] == "SQ8"
-    assert choice.estimated_bytes <= 0.35 * RAW_1M and "nprobe" in choice.reason
-    create_index(choice.kind, 256, **choice.params)  # the parameters are ones IVFIndex accepts
-    assert choice.params == ivf_params(1_000_000, 256)
-
-
-def test_ivf_gives_way_to_hnsw_for_high_targets_and_small_budgets():
-    assert choose_index(1_000_000, 256, target_recall=min(IVF_MAX_RECALL + 0.005, 0.999)).kind == "hnsw"
-    params = ivf_params(1_000_000, 256)
-    squeezed = choose_index(1_000_000, 256, memory_budget_bytes=ivf_bytes(1_000_000, 256, params) - 1)
-    assert squeezed.kind == "hnsw" and squeezed.estimated_bytes < ivf_bytes(1_000_000, 256, params)
-    assert choose_index(IVF_MIN_ITEMS, 256).kind == "ivf"
-
-
-def test_project_keeps_the_whole_choice():
-    from lookalike.project import Project
-
-    kind, options = Project._choose_kind("auto", 1_000_000, 256, {"nprobe": 48})
-    assert kind == "ivf" and options == {**choose_index(1_000_000, 256).params, "nprobe": 48}
-    assert Project._choose_kind("hnsw", 1_000_000, 256, {"M": 8}) == ("hnsw", {"M": 8})
-
-
-def test_mid_size_catalogue_gets_quantised_hnsw_within_half_the_raw_size():
-    choice = choose_index(MID, 256)
     assert choice.kind == "hnsw"
     assert choice.params["storage"] == "SQ8" and choice.params["rotate"] is True
-    assert choice.estimated_bytes <= 0.5 * MID * 256 * 4
+    assert choice.estimated_bytes <= 0.5 * RAW_1M
     assert choice.params["ef_search"] >= 32 and choice.params["M"] == 16
     create_index(choice.kind, 256, **choice.params)  # the parameters are ones HNSWIndex accepts
 
@@ -65,12 +38,11 @@ def test_threshold_is_at_exact_max_items():
 
 
 def test_memory_budget_moves_to_smaller_codes_and_says_so():
-    sq8 = hnsw_bytes(MID, 256, "SQ8")
-    roomy = choose_index(MID, 256, memory_budget_bytes=sq8 + 1)
-    tight = choose_index(MID, 256, memory_budget_bytes=sq8 - 1)
-    tiny = choose_index(MID, 256, memory_budget_bytes=2_000_000)
+    roomy = choose_index(1_000_000, 256, memory_budget_bytes=600_000_000)
+    tight = choose_index(1_000_000, 256, memory_budget_bytes=420_000_000)
+    tiny = choose_index(1_000_000, 256, memory_budget_bytes=10_000_000)
     assert roomy.params["storage"] == "SQ8"
-    assert tight.params["storage"] == "SQ6" and tight.estimated_bytes < sq8
+    assert tight.params["storage"] == "SQ6" and tight.estimated_bytes <= 420_000_000
     assert "short of" in tight.reason
     assert tiny.params["storage"] == "SQ4" and "no index fits" in tiny.reason
 
@@ -82,17 +54,16 @@ def test_budget_too_small_for_exact_moves_small_catalogue_to_hnsw():
 
 
 def test_higher_recall_target_costs_more():
-    low = choose_index(MID, 256, target_recall=0.90)
-    mid = choose_index(MID, 256, target_recall=0.95)
-    high = choose_index(MID, 256, target_recall=0.985)
+    low = choose_index(1_000_000, 256, target_recall=0.90)
+    mid = choose_index(1_000_000, 256, target_recall=0.95)
+    high = choose_index(1_000_000, 256, target_recall=0.985)
     assert low.params["ef_search"] < mid.params["ef_search"] < high.params["ef_search"]
     assert high.params["storage"] in ("SQfp16", "Flat")  # beyond what 8-bit codes reach
     assert choose_index(1_000_000, 256, target_recall=1.0).kind == "exact"
 
 
 def test_perfect_recall_target_without_room_for_exact_uses_best_fitting_hnsw():
-    choice = choose_index(MID, 256, memory_budget_bytes=hnsw_bytes(MID, 256, "SQ8") + 1,
-                          target_recall=1.0)
+    choice = choose_index(1_000_000, 256, memory_budget_bytes=600_000_000, target_recall=1.0)
     assert choice.kind == "hnsw" and choice.params["storage"] == "SQ8"
 
 
@@ -116,6 +87,22 @@ def test_pure_and_validated():
 def test_hnsw_defaults_are_the_large_index_choice():
     from lookalike.index.faiss_hnsw import HNSWIndex
 
-    choice = choose_index(MID, 256)
+    choice = choose_index(1_000_000, 256)
     assert {k: HNSWIndex.DEFAULTS[k] for k in choice.params if k != "train_size"} == \
         {k: v for k, v in choice.params.items() if k != "train_size"}
+
+
+def test_project_keeps_the_whole_choice():
+    from lookalike.project import Project
+
+    kind, options = Project._choose_kind("auto", 1_000_000, 256, {"ef_search": 64})
+    assert kind == "hnsw" and options == {**choose_index(1_000_000, 256).params, "ef_search": 64}
+    assert Project._choose_kind("ivf", 1_000_000, 256, {"nprobe": 8}) == ("ivf", {"nprobe": 8})
+
+
+def test_ivf_is_not_chosen_by_itself_but_its_parameters_build():
+    for n in (40_000, 1_000_000, 10_000_000):
+        assert choose_index(n, 256).kind != "ivf"  # it did not reach 0.95 in the benchmark
+    params = ivf_params(1_000_000, 256)
+    assert params["nlist"] == 2048 and params["pq"] == 32 and params["train_size"] <= 500_000
+    create_index("ivf", 256, **params)  # every parameter is one IVFIndex accepts

@@ -15,7 +15,6 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.index.base import Filters, create_index, load_index
-from lookalike.index.choose import choose_index
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot"]
@@ -145,12 +144,3 @@ def test_bad_parameters_are_one_line_errors():
     for params in ({"pq": 7}, {"refine": "PQ8"}, {"coarse": "kd"}, {"nprobe": 0}, {"nlists": 8}):
         with pytest.raises(LookalikeError):
             create_index("ivf", 64, **params)
-
-
-def test_choose_index_picks_ivf_for_large_catalogues_with_its_parameters():
-    choice = choose_index(1_000_000, 256)
-    assert choice.kind == "ivf"
-    index = create_index(choice.kind, 256, **choice.params)  # every parameter is accepted
-    assert index.params["nprobe"] == choice.params["nprobe"]
-    assert choice.estimated_bytes <= 0.35 * 1_000_000 * 256 * 4
-    assert choose_index(20_000, 256).kind == "exact"

@@ -7,9 +7,10 @@ The thresholds come from ``benchmarks/index_bench.py`` (numbers in benchmarks/RE
 * above, a rotated-SQ8 HNSW graph (about half the resident memory of raw float vectors)
   reaches recall@10 0.95 at 1M x 256 with ef_search 56 (efConstruction 160); ``ef_search`` is
   picked from the recall target;
-* from ``IVF_MIN_ITEMS`` vectors on, for recall targets up to ``IVF_MAX_RECALL``, an ``ivf``
-  index (IVF + 4-bit PQ fast-scan, re-ranked on rotated SQ8 codes) is smaller and faster than the
-  HNSW graph at the same recall (measured at 1M x 256 in ``benchmarks/index_bench.py``);
+* ``ivf`` (IVF + 4-bit PQ fast-scan, re-ranked on rotated SQ8 codes) is never chosen by itself
+  (``IVF_MIN_ITEMS`` is None): in the one-protocol run of ``benchmarks/index_bench.py`` at 200k x
+  256 its best validation recall@10 was far below 0.95 (benchmarks/RESULTS.md#index). Setting
+  ``IVF_MIN_ITEMS`` turns the branch on for catalogues from that size;
 * a recall target beyond what 8-bit codes allow moves to 16-bit or float storage; a memory budget
   too small for SQ8 moves down to 6- or 4-bit codes (recall drops: the reason says so).
 """
@@ -55,11 +56,12 @@ _EF_FOR_TARGET: tuple[tuple[float, int], ...] = (
 #: graph that needs half the search beam for the same recall (benchmarks/RESULTS.md#index).
 EF_CONSTRUCTION = 160
 
-#: From this many vectors ``ivf`` is chosen (when its size fits and the target allows it).
-IVF_MIN_ITEMS = 200_000
-#: (target recall up to, nprobe, k_factor) for the ``ivf`` index, read off the validation sweep
-#: of ``benchmarks/index_bench.py --explore-ivf`` at 1M x 256; beyond the last target: ``hnsw``.
-_IVF_FOR_TARGET: tuple[tuple[float, int, int], ...] = ((0.95, 32, 8),)
+#: From this many vectors ``ivf`` would be chosen (when its size fits and the target allows it);
+#: None: never (it did not reach recall@10 0.95 on the benchmark data, see the module docstring).
+IVF_MIN_ITEMS: int | None = None
+#: (target recall up to, nprobe, k_factor) for the ``ivf`` index: its most accurate setting in the
+#: 200k validation sweep of ``benchmarks/index_bench.py`` (recall@10 0.67 there).
+_IVF_FOR_TARGET: tuple[tuple[float, int, int], ...] = ((0.95, 8, 16),)
 IVF_MAX_RECALL = _IVF_FOR_TARGET[-1][0]
 
 #: Id/attribute table bytes per item (ids, lookup, liveness, a few attribute columns).
@@ -143,7 +145,7 @@ def choose_index(n_vectors: int, dim: int, memory_budget_bytes: int | None = Non
                f"recall target {target_recall} needs exact search ({raw_mb:,.0f} MB of floats)")
         return IndexChoice("exact", {}, why, exact_size)
 
-    if n_vectors >= IVF_MIN_ITEMS and target_recall <= IVF_MAX_RECALL:
+    if IVF_MIN_ITEMS is not None and n_vectors >= IVF_MIN_ITEMS and target_recall <= IVF_MAX_RECALL:
         params = ivf_params(n_vectors, dim, target_recall)
         size = ivf_bytes(n_vectors, dim, params)
         if size <= budget:
