@@ -34,6 +34,8 @@ LATENCY_QUERIES = 1000
 EF_SWEEP = (16, 32, 48, 64, 96, 128, 192)
 NPROBE_SWEEP = (8, 16, 24, 32, 48, 64)
 K_FACTOR_SWEEP = (4, 8, 16)
+#: The IVF exploration also tries long re-rank lists.
+EXPLORE_SETTINGS = [{"nprobe": p, "k_factor": f} for p in (8, 16, 32) for f in (8, 16, 32, 64)]
 
 
 def variants(size: int, dim: int) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -92,9 +94,10 @@ def _timed_search(index: Any, queries: np.ndarray, threads: int) -> tuple[list[l
                    "bound_qps": round(threads * len(queries) / max(cpu, 1e-9), 1)}
 
 
-def _sweep(index: Any, queries: np.ndarray, truth: np.ndarray, threads: int) -> list[dict]:
+def _sweep(index: Any, queries: np.ndarray, truth: np.ndarray, threads: int,
+           settings: list[dict[str, Any]] | None = None) -> list[dict]:
     points = []
-    for setting in _settings(index.kind):
+    for setting in settings or _settings(index.kind):
         index.params.update(setting)
         index.search(queries[:50], 10)  # warm-up at this setting
         found, speed = _timed_search(index, queries, threads)
@@ -201,7 +204,7 @@ def explore_ivf(data: Path, combos: list[dict[str, Any]], validation: np.ndarray
 
         index = load_index(built["folder"])
         progress(f"sweep {combo}")
-        sweep = _sweep(index, queries[validation], truth[validation], threads)
+        sweep = _sweep(index, queries[validation], truth[validation], threads, EXPLORE_SETTINGS)
         out.append({"combo": combo, "build_s": built["build_s"],
                     "memory_bytes": built["memory_bytes"], "best": _pick(sweep), "sweep": sweep})
         del index

@@ -404,8 +404,7 @@ def _ivf_combos(size: int) -> list[dict]:
     from lookalike.index.choose import ivf_params
 
     nlist = ivf_params(size, index_data.DIM)["nlist"]
-    return [{"nlist": nlist // 2}, {"nlist": nlist}, {"nlist": nlist * 2},
-            {"nlist": nlist, "pq": 64}, {"nlist": nlist, "coarse": "flat"}]
+    return [{"nlist": nlist, "coarse": "flat"}, {"nlist": nlist, "coarse": "flat", "pq": 64}]
 
 
 def compare(args: argparse.Namespace) -> None:
