@@ -36,7 +36,7 @@ _REFINE = ("SQ8", "SQ6", "SQ4", "SQfp16", "Flat")
 class IVFIndex(QuantisedIndex):
     """Approximate cosine search: IVF + 4-bit PQ fast-scan, re-ranked on SQ8 codes.
 
-    Parameters (``choose_index`` picks them for a large catalogue):
+    Parameters (``lookalike.index.choose.ivf_params`` gives them for a catalogue size):
 
     * ``nlist`` — number of k-means cells; ``nprobe`` — cells scanned a query;
     * ``pq`` — PQ sub-quantisers (4 bits each: ``pq / 2`` bytes an item; must divide ``dim``);
