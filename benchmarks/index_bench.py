@@ -1,8 +1,20 @@
 """Benchmark the vector indexes: build time, queries/s, recall@10, resident memory, filters.
 
-    python benchmarks/index_bench.py                      # 40k real + 1M jittered-real, ~15 min
-    python benchmarks/index_bench.py --quick              # 40k + 200k, fewer queries, ~3 min
-    python benchmarks/index_bench.py --sizes 40000 --variants numpy,hnsw-default
+Default (``--compare``): one protocol, one process per size (see benchmarks/_index_protocol.py):
+the automatic choice (``choose_index``), the old default (rotated SQ8 HNSW) and plain
+HNSW16-Flat, HNSW ones built with the same efConstruction (160), each tuned on a seeded
+validation split of the queries (ef_search, or nprobe x k_factor) for recall@10 >= 0.95 and then
+read once on the test split (q/s, p50/p99, memory). Results: benchmarks/results/<name>.json.
+
+    python benchmarks/index_bench.py --sizes 1000000 --name index_bench-compare-1m
+    python benchmarks/index_bench.py --sizes 40000 --name index_bench-compare-40k
+    python benchmarks/index_bench.py --quick                          # 40k + 200k, ~3 min
+    python benchmarks/index_bench.py --explore-ivf --sizes 1000000    # IVF build parameters
+
+``--legacy`` runs the older per-variant layout below (fresh subprocess per build and per query
+phase, filters, ef sweeps on all queries):
+
+    python benchmarks/index_bench.py --legacy --sizes 40000 --variants numpy,hnsw-default
 
 Variants (each row beside the numpy baseline measured in the same run):
 
@@ -43,7 +55,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import index_data  # noqa: E402  (benchmarks/ is not a package)
+import _index_protocol as protocol  # noqa: E402  (benchmarks/ is not a package)
+import index_data  # noqa: E402
+from _common import write_results  # noqa: E402
 
 VARIANTS = {
     "numpy": None,
@@ -87,7 +101,7 @@ def prepare(size: int, n_queries: int, folder: Path) -> dict:
     done = folder / "meta.json"
     if done.is_file():
         meta = json.loads(done.read_text())
-        if meta["n_queries"] == n_queries:
+        if meta["n_queries"] == (min(n_queries, 4000) if size <= 40_000 else n_queries):
             return meta
     folder.mkdir(parents=True, exist_ok=True)
     if size <= 40_000:
@@ -182,9 +196,9 @@ def _warm_up() -> None:
     from lookalike.index.base import create_index, load_index
 
     rng = np.random.default_rng(0)
-    for kind in ("exact", "hnsw"):
-        tiny = create_index(kind, index_data.DIM, train_size=200) if kind == "hnsw" else \
-            create_index(kind, index_data.DIM)
+    small = {"exact": {}, "hnsw": {"train_size": 200}, "ivf": {"train_size": 200, "nlist": 16}}
+    for kind, params in small.items():
+        tiny = create_index(kind, index_data.DIM, **params)
         tiny.add([str(i) for i in range(300)], rng.standard_normal((300, index_data.DIM)),
                  [{"price": i} for i in range(300)])
         with tempfile.TemporaryDirectory() as folder:
@@ -291,8 +305,18 @@ def main() -> None:
     parser.add_argument("--index", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mmap", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--legacy", action="store_true", help="the per-variant layout")
+    parser.add_argument("--explore-ivf", action="store_true",
+                        help="sweep IVF build parameters on the validation queries")
+    parser.add_argument("--name", default="", help="results name (default by mode)")
     args = parser.parse_args()
 
+    if args.worker and args.phase == "rss":
+        print(json.dumps(worker_rss(Path(args.index), args.threads)))
+        return
+    if not args.worker and not args.legacy:
+        compare(args)
+        return
     if args.worker:
         data, index_folder = Path(args.data), Path(args.index)
         sweep = [int(x) for x in args.ef_sweep.split(",") if x]
@@ -360,6 +384,89 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=1))
     print_tables(report)
     print(f"\nwrote {out} ({report['total_s']:.0f} s)")
+
+
+def worker_rss(index_folder: Path, threads: int) -> dict:
+    """Resident-set growth of a fresh process loading the index (libraries warmed up first)."""
+    from lookalike.index.base import load_index
+
+    set_threads(threads)
+    _warm_up()
+    gc.collect()
+    before = rss_bytes()
+    index = load_index(index_folder)
+    gc.collect()
+    return {"rss_delta_bytes": rss_bytes() - before, "items": len(index)}
+
+
+def _ivf_combos(size: int) -> list[dict]:
+    """IVF build-time combinations explored (search knobs are swept for each)."""
+    from lookalike.index.choose import ivf_params
+
+    nlist = ivf_params(size, index_data.DIM)["nlist"]
+    return [{"nlist": nlist, "coarse": "flat"}, {"nlist": nlist, "coarse": "flat", "pq": 64}]
+
+
+def compare(args: argparse.Namespace) -> None:
+    """The one-protocol comparison (module docstring), or the IVF parameter exploration."""
+    from rich.console import Console
+
+    console = Console()
+    set_threads(args.threads)
+    sizes = [40_000, 200_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    n_queries = 2000 if args.quick else args.queries
+    report: dict = {"threads": args.threads, "target_recall10": protocol.TARGET,
+                    "ef_construction": protocol.EF_CONSTRUCTION, "split_seed": protocol.SPLIT_SEED,
+                    "sizes": {}}
+    total = time.perf_counter()
+    for size in sizes:
+        data = index_data.cache_dir() / f"bench-{size}"
+        meta = prepare(size, n_queries, data)
+        validation, test = protocol.split_queries(data, meta["n_queries"], meta["n_queries"] // 4)
+        entry: dict = {"data": meta, "raw_vector_bytes": meta["size"] * index_data.DIM * 4,
+                       "validation_queries": len(validation), "test_queries": len(test)}
+        console.print(f"\n== {meta['size']:,} x {index_data.DIM}: {meta['source']}")
+        if args.explore_ivf:
+            entry["explore"] = protocol.explore_ivf(data, _ivf_combos(meta["size"]), validation,
+                                                    args.threads, console.print)
+            for row in entry["explore"]:
+                console.print(f"  {row['combo']}: build {row['build_s']} s, "
+                              f"{row['memory_bytes'] / 1e6:,.0f} MB, best {row['best']}")
+        else:
+            chosen = protocol.variants(meta["size"], index_data.DIM)
+            built = protocol.build_all(data, chosen, console.print)
+            rows = protocol.measure(data, built, validation, test, args.threads, console.print)
+            for row, facts in zip(rows, built.values()):
+                fresh = spawn("--phase", "rss", "--index", facts["folder"], "--data", str(data),
+                              "--threads", str(args.threads))
+                row["rss_delta_fresh_bytes"] = fresh["rss_delta_bytes"]
+                row["memory_ratio_fresh_vs_raw"] = round(fresh["rss_delta_bytes"]
+                                                         / entry["raw_vector_bytes"], 3)
+            entry["rows"] = rows
+            _print_compare(console, meta["size"], rows)
+        report["sizes"][str(meta["size"])] = entry
+    report["total_s"] = round(time.perf_counter() - total, 1)
+    name = args.name or ("index_bench-explore-ivf" if args.explore_ivf else "index_bench-compare")
+    path = write_results(name + ("-quick" if args.quick and not args.name else ""), report,
+                         quick=args.quick, seeds=[protocol.SPLIT_SEED, 0, 1, 7])
+    console.print(f"wrote {path} ({report['total_s']:.0f} s)")
+
+
+def _print_compare(console: object, size: int, rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{size:,} x 256: tuned on validation for recall@10 >= "
+                        f"{protocol.TARGET}, read once on test")
+    for column in ("variant", "setting", "build s", "val recall", "test recall", "q/s",
+                   "bound q/s", "p50 ms", "p99 ms", "RSS x raw", "fresh RSS x raw", "load"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["variant"], str(r["setting"]), str(r["build_s"]),
+                      f"{r['validation_recall10']:.3f}", f"{r['recall10']:.3f}", f"{r['qps']:,.0f}",
+                      f"{r['bound_qps']:,.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['memory_ratio_vs_raw']:.2f}", f"{r['memory_ratio_fresh_vs_raw']:.2f}",
+                      str(r["load_avg_1m"]))
+    console.print(table)  # type: ignore[attr-defined]
 
 
 def print_tables(report: dict) -> None:

@@ -6,7 +6,8 @@ import pytest
 
 from lookalike.errors import LookalikeError
 from lookalike.index.base import create_index
-from lookalike.index.choose import EXACT_MAX_FLOATS, EXACT_MAX_ITEMS, IndexChoice, choose_index, exact_bytes, hnsw_bytes
+from lookalike.index.choose import (EXACT_MAX_FLOATS, EXACT_MAX_ITEMS, IndexChoice, choose_index,
+                                    exact_bytes, hnsw_bytes, ivf_params)
 
 RAW_1M = 1_000_000 * 256 * 4
 
@@ -84,8 +85,24 @@ def test_pure_and_validated():
 
 
 def test_hnsw_defaults_are_the_large_index_choice():
-    from lookalike.index.faiss_backend import HNSWIndex
+    from lookalike.index.faiss_hnsw import HNSWIndex
 
     choice = choose_index(1_000_000, 256)
     assert {k: HNSWIndex.DEFAULTS[k] for k in choice.params if k != "train_size"} == \
         {k: v for k, v in choice.params.items() if k != "train_size"}
+
+
+def test_project_keeps_the_whole_choice():
+    from lookalike.project import Project
+
+    kind, options = Project._choose_kind("auto", 1_000_000, 256, {"ef_search": 64})
+    assert kind == "hnsw" and options == {**choose_index(1_000_000, 256).params, "ef_search": 64}
+    assert Project._choose_kind("ivf", 1_000_000, 256, {"nprobe": 8}) == ("ivf", {"nprobe": 8})
+
+
+def test_ivf_is_not_chosen_by_itself_but_its_parameters_build():
+    for n in (40_000, 1_000_000, 10_000_000):
+        assert choose_index(n, 256).kind != "ivf"  # it did not reach 0.95 in the benchmark
+    params = ivf_params(1_000_000, 256)
+    assert params["nlist"] == 2048 and params["pq"] == 32 and params["train_size"] <= 500_000
+    create_index("ivf", 256, **params)  # every parameter is one IVFIndex accepts

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownItemError
-from lookalike.index import faiss_backend
+from lookalike.index import faiss_common
 from lookalike.index.attributes import AttributeTable
 from lookalike.index.base import Filters, create_index, load_index
 from lookalike.index.faiss_backend import ExactIndex, HNSWIndex
@@ -366,7 +366,7 @@ def test_crash_mid_save_keeps_previous_version(fashion, monkeypatch, tmp_path, c
         pass
 
     if crash_in == "faiss":
-        real_write = faiss_backend.faiss.write_index
+        real_write = faiss_common.faiss.write_index
 
         def write_half_then_die(faiss_index, path, *flags):
             real_write(faiss_index, path, *flags)
@@ -374,12 +374,12 @@ def test_crash_mid_save_keeps_previous_version(fashion, monkeypatch, tmp_path, c
                 handle.truncate(100)
             raise Crash
 
-        monkeypatch.setattr(faiss_backend.faiss, "write_index", write_half_then_die)
+        monkeypatch.setattr(faiss_common.faiss, "write_index", write_half_then_die)
     else:
         def die(*args, **kwargs):
             raise Crash
 
-        monkeypatch.setattr(faiss_backend, "atomic_write_text", die)
+        monkeypatch.setattr(faiss_common, "atomic_write_text", die)
     with pytest.raises(Crash):
         index.save(tmp_path)
     monkeypatch.undo()

@@ -1,5 +1,6 @@
 """Vector indexes: the interface and registry (:mod:`.base`), the FAISS backends
-(:mod:`.faiss_backend`, imported on first use) and the index choice (:mod:`.choose`)."""
+(:mod:`.faiss_exact`, :mod:`.faiss_hnsw`, :mod:`.faiss_ivf`, imported on first use) and the
+index choice (:mod:`.choose`)."""
 
 from lookalike.index.base import (
     Filters,

@@ -196,8 +196,9 @@ class VectorIndex(ABC):
 INDEX_MANIFEST = "index.json"
 
 _BUILTIN: dict[str, str] = {
-    "exact": "lookalike.index.faiss_backend:ExactIndex",
-    "hnsw": "lookalike.index.faiss_backend:HNSWIndex",
+    "exact": "lookalike.index.faiss_exact:ExactIndex",
+    "hnsw": "lookalike.index.faiss_hnsw:HNSWIndex",
+    "ivf": "lookalike.index.faiss_ivf:IVFIndex",
     "binary": "lookalike.index.binary_backend:BinaryIndex",
     "milvus": "lookalike.index.milvus_backend:MilvusIndex",
     "milvus-binary": "lookalike.index.milvus_binary:MilvusBinaryIndex",

@@ -40,7 +40,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, StoreError
 from lookalike.index.base import register
-from lookalike.index.faiss_backend import FaissIndex, _save_npy, _selector, _write_atomically
+from lookalike.index.faiss_common import FaissIndex, bitmap_selector, save_npy, write_atomically
 from lookalike.models.hashing import HyperplaneCoder, check_bits
 
 _RERANK_BLOCK = 256  # queries re-ranked together: block x candidates x dim floats in memory
@@ -147,7 +147,7 @@ class BinaryIndex(FaissIndex):
         query_codes = np.ascontiguousarray(query_codes, dtype=np.uint8)
         if mask is None:
             return self._codes.search(query_codes, depth)
-        selector, _bitmap = _selector(mask)  # _bitmap must outlive the search
+        selector, _bitmap = bitmap_selector(mask)  # _bitmap must outlive the search
         return self._codes.search(query_codes, depth, params=faiss.SearchParameters(sel=selector))
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray,
@@ -192,7 +192,7 @@ class BinaryIndex(FaissIndex):
             arrays["floats"] = self._vectors[: self.table.size]
         for key, name in files.items():
             path = folder / name
-            _write_atomically(path, lambda tmp, array=arrays[key]: _save_npy(tmp, array))
+            write_atomically(path, lambda tmp, array=arrays[key]: save_npy(tmp, array))
             written.append(path)
         return files
 

@@ -7,6 +7,10 @@ The thresholds come from ``benchmarks/index_bench.py`` (numbers in benchmarks/RE
 * above, a rotated-SQ8 HNSW graph (about half the resident memory of raw float vectors)
   reaches recall@10 0.95 at 1M x 256 with ef_search 56 (efConstruction 160); ``ef_search`` is
   picked from the recall target;
+* ``ivf`` (IVF + 4-bit PQ fast-scan, re-ranked on rotated SQ8 codes) is never chosen by itself
+  (``IVF_MIN_ITEMS`` is None): in the one-protocol run of ``benchmarks/index_bench.py`` at 200k x
+  256 its best validation recall@10 was far below 0.95 (benchmarks/RESULTS.md#index). Setting
+  ``IVF_MIN_ITEMS`` turns the branch on for catalogues from that size;
 * a recall target beyond what 8-bit codes allow moves to 16-bit or float storage; a memory budget
   too small for SQ8 moves down to 6- or 4-bit codes (recall drops: the reason says so).
 """
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from lookalike.errors import LookalikeError
 
@@ -50,6 +56,14 @@ _EF_FOR_TARGET: tuple[tuple[float, int], ...] = (
 #: graph that needs half the search beam for the same recall (benchmarks/RESULTS.md#index).
 EF_CONSTRUCTION = 160
 
+#: From this many vectors ``ivf`` would be chosen (when its size fits and the target allows it);
+#: None: never (it did not reach recall@10 0.95 on the benchmark data, see the module docstring).
+IVF_MIN_ITEMS: int | None = None
+#: (target recall up to, nprobe, k_factor) for the ``ivf`` index: its most accurate setting in the
+#: 200k validation sweep of ``benchmarks/index_bench.py`` (recall@10 0.67 there).
+_IVF_FOR_TARGET: tuple[tuple[float, int, int], ...] = ((0.95, 8, 16),)
+IVF_MAX_RECALL = _IVF_FOR_TARGET[-1][0]
+
 #: Id/attribute table bytes per item (ids, lookup, liveness, a few attribute columns).
 _TABLE_BYTES_PER_ITEM = 64
 
@@ -78,6 +92,26 @@ def hnsw_bytes(n_vectors: int, dim: int, storage: str, M: int = 16) -> int:
     """Estimated resident bytes of an ``hnsw`` index with ``storage`` codes."""
     per_dim = {code: size for code, size, _ in STORAGE_OPTIONS}[storage]
     return int(n_vectors * (per_dim * dim + graph_bytes_per_item(M) + _TABLE_BYTES_PER_ITEM))
+
+
+def ivf_params(n_vectors: int, dim: int, target_recall: float = 0.95) -> dict[str, Any]:
+    """``ivf`` parameters for ``n_vectors`` of dimension ``dim``: about ``2 * sqrt(n)`` cells (a
+    power of two), ``dim / 8`` four-bit sub-quantisers (``dim / 16`` bytes an item), trained on
+    the first ``train_size`` vectors; ``nprobe`` and ``k_factor`` from the recall target."""
+    nlist = int(2 ** round(np.log2(max(2 * np.sqrt(max(n_vectors, 1)), 64))))
+    pq = max(d for d in range(1, dim // 8 + 1) if dim % d == 0 and d % 2 == 0) if dim >= 16 else dim
+    nprobe, k_factor = next(((p, f) for up_to, p, f in _IVF_FOR_TARGET if target_recall <= up_to),
+                            _IVF_FOR_TARGET[-1][1:])
+    return {"nlist": nlist, "nprobe": nprobe, "pq": pq, "refine": "SQ8", "k_factor": k_factor,
+            "coarse": "hnsw", "rotate": True, "exact_below": 50_000,
+            "train_size": min(max(50_000, 40 * nlist), 200_000, max(n_vectors // 2, 40 * nlist))}
+
+
+def ivf_bytes(n_vectors: int, dim: int, params: dict[str, Any]) -> int:
+    """Estimated resident bytes of an ``ivf`` index: SQ8 + fast-scan codes, list ids, table,
+    centroids."""
+    per_item = dim + params["pq"] / 2 + 8 + _TABLE_BYTES_PER_ITEM
+    return int(n_vectors * per_item + params["nlist"] * dim * 4)
 
 
 def _ef_search(target: float) -> int:
@@ -111,6 +145,14 @@ def choose_index(n_vectors: int, dim: int, memory_budget_bytes: int | None = Non
                f"recall target {target_recall} needs exact search ({raw_mb:,.0f} MB of floats)")
         return IndexChoice("exact", {}, why, exact_size)
 
+    if IVF_MIN_ITEMS is not None and n_vectors >= IVF_MIN_ITEMS and target_recall <= IVF_MAX_RECALL:
+        params = ivf_params(n_vectors, dim, target_recall)
+        size = ivf_bytes(n_vectors, dim, params)
+        if size <= budget:
+            why = (f"{n_vectors:,} vectors: IVF{params['nlist']} + PQ{params['pq']}x4 fast-scan "
+                   f"re-ranked on SQ8 codes ({size / 1e6:,.0f} MB, {size / max(exact_size, 1):.2f}x "
+                   f"exact) reaches recall ~{target_recall} with nprobe={params['nprobe']}")
+            return IndexChoice("ivf", params, why, size)
     M = 16
     ef = _ef_search(min(target_recall, 0.999))
     sized = [(code, hnsw_bytes(n_vectors, dim, code, M), ceiling)

@@ -137,8 +137,8 @@ class IndexVerbs:
         gone = [i for i in old_hashes if i not in hashes]
 
         if index is None:
-            kind = self._choose_kind(kind, len(hashes), model.dim)
-            index = create_index(kind, model.dim, model.embedder_id, **dict(index_options or {}))
+            kind, options = self._choose_kind(kind, len(hashes), model.dim, index_options)
+            index = create_index(kind, model.dim, model.embedder_id, **options)
         try:
             added, failed, vectors = self._apply_changes(model, cache, index, changed, hashes,
                                                          progress)
@@ -302,12 +302,16 @@ class IndexVerbs:
         return index, hashes, len(entries)
 
     @staticmethod
-    def _choose_kind(kind: str, n_items: int, dim: int) -> str:
+    def _choose_kind(kind: str, n_items: int, dim: int,
+                     options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+        """The index kind and its parameters: ``auto`` keeps choose_index's whole choice (the
+        caller's ``options`` on top); an explicit kind takes just the caller's options."""
         if kind != "auto":
-            return kind
+            return kind, dict(options or {})
         from lookalike.index.choose import choose_index
 
-        return choose_index(n_items, dim).kind
+        choice = choose_index(n_items, dim)
+        return choice.kind, {**choice.params, **dict(options or {})}
 
 
     def refresh_index(self, name: str | None = None, *, progress: bool = False) -> IndexSummary:
