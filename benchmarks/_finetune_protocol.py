@@ -116,7 +116,7 @@ def trained(options: dict[str, Any], front: np.ndarray, rows: np.ndarray, labels
     model_options = {k: v for k, v in options.items() if k in model_keys}
     fit_options = {k: v for k, v in options.items() if k not in model_keys}
     rows_key = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:12]
-    key = hashlib.sha256(json.dumps([model_options, fit_options, rows_key], sort_keys=True
+    key = hashlib.sha256(json.dumps([model_options, fit_options, rows_key, len(front)], sort_keys=True
                                     ).encode()).hexdigest()[:10]
     run = LEARNED_CACHE / f"protocol-{key}"
     model_dir = run / "model"
@@ -174,8 +174,11 @@ def _parallel(jobs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     while pending or running:
         while pending and len(running) < args.jobs:
             job = pending.pop(0)
-            running.append(subprocess.Popen([sys.executable, script, "--select", "--threads", "1",
-                                             "--train-one", json.dumps(job)]))
+            command = [sys.executable, script, "--select", "--threads", "1",
+                       "--select-items", str(args.select_items), "--train-one", json.dumps(job)]
+            if args.limit:
+                command += ["--limit", str(args.limit)]
+            running.append(subprocess.Popen(command))
         running[0].wait()
         if running[0].returncode:
             raise SystemExit(f"a training job failed ({running[0].args[-1]})")
@@ -215,9 +218,24 @@ def selection_rows(args: argparse.Namespace, labels: list[str], split: Any) -> n
 
 
 def _load(args: argparse.Namespace) -> dict[str, Any]:
+    """Train labels, the saved validation split, the train front cache and its quantiser; with
+    ``--limit`` all of it restricted to a stratified sample of that many train items (quick)."""
+    from lookalike.evaluate.splits import ValidationSplit
+
     train_pixels, train_ids, train_labels = split_pixels("train")
     split, split_path = validation("products", train_ids, train_labels)
-    front = front_cache(train_pixels, "train", args.threads)
+    name = "train"
+    if args.limit:
+        keep = stratified_sample(train_labels, args.limit, seed=0)
+        position = np.full(len(train_labels), -1)
+        position[keep] = np.arange(len(keep))
+        split = ValidationSplit(position[np.intersect1d(keep, split.fit)],
+                                position[np.intersect1d(keep, split.validation)],
+                                split.seed, split.fraction)
+        train_pixels = train_pixels[keep]
+        train_labels = [train_labels[i] for i in keep]
+        name = f"train-quick{args.limit}"
+    front = front_cache(train_pixels, name, args.threads)
     del train_pixels
     return {"labels": train_labels, "split": split, "split_path": split_path, "front": front,
             "quant": quantiser(front)}
@@ -249,7 +267,12 @@ def run_protocol(args: argparse.Namespace) -> int:
     train_labels, split, split_path, front = (data["labels"], data["split"],
                                               data["split_path"], data["front"])
     test_pixels, _, test_labels = split_pixels("test")
-    test_front = front_cache(test_pixels, "test", args.threads)
+    test_name = "test"
+    if args.limit:
+        queries = stratified_sample(test_labels, max(1, args.limit // 6), seed=0)
+        test_pixels, test_labels = test_pixels[queries], [test_labels[i] for i in queries]
+        test_name = f"test-quick{args.limit}"
+    test_front = front_cache(test_pixels, test_name, args.threads)
     print(f"products: {len(split.fit):,} train-minus-validation, {len(split.validation):,} "
           f"validation ({split_path.name}), {len(test_labels):,} test", flush=True)
     rows, sample = select(args, front, train_labels, split, data["quant"])
@@ -292,7 +315,7 @@ def run_protocol(args: argparse.Namespace) -> int:
                        "uint8-quantised copy (one set of ranges, from 512 seeded train images) "
                        "and is evaluated by running its trained back + head on the fp32 front "
                        "(PyTorch) -- the function the saved embedder computes",
-        "validation_split": {"file": str(split_path.relative_to(split_path.parents[2])),
+        "validation_split": {"file": str(split_path.relative_to(split_path.parents[3])),
                              "seed": split.seed, "fraction": split.fraction,
                              "validation_items": int(len(split.validation)),
                              "fit_items": int(len(split.fit))},
@@ -301,10 +324,15 @@ def run_protocol(args: argparse.Namespace) -> int:
                                                "train-minus-validation items (also the gallery)",
                       "metric": "P@10", "rows": rows,
                       "chosen": {"config": chosen["config"], "layer": layer}},
-        "test": {"split": "test", "read": "once per seed", "trained_on": "full train split",
+        "quick": None if not args.limit else (
+            f"train split cut to a stratified sample of {args.limit:,} items (training set and "
+            f"gallery; its share of the saved validation split is the validation), "
+            f"{len(test_labels):,} stratified test queries"),
+        "test": {"split": "test", "read": "once per seed",
+                 "trained_on": "full train split" if not args.limit else "the quick train sample",
                  "per_seed": seeds_rows, **result},
         "target_p10": TARGET_P10, "threads": args.threads, "jobs": args.jobs,
         "seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb())},
-        quick=False, seeds=list(args.seeds))
+        quick=bool(args.limit), seeds=list(args.seeds))
     print(f"wrote {path}")
     return 0
