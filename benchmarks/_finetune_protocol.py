@@ -116,8 +116,8 @@ def trained(options: dict[str, Any], front: np.ndarray, rows: np.ndarray, labels
     model_options = {k: v for k, v in options.items() if k in model_keys}
     fit_options = {k: v for k, v in options.items() if k not in model_keys}
     rows_key = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:12]
-    key = hashlib.sha256(json.dumps([model_options, fit_options, rows_key, len(front)], sort_keys=True
-                                    ).encode()).hexdigest()[:10]
+    key = hashlib.sha256(json.dumps([model_options, fit_options, rows_key, len(front)],
+                                    sort_keys=True).encode()).hexdigest()[:10]
     run = LEARNED_CACHE / f"protocol-{key}"
     model_dir = run / "model"
     if not (model_dir / "config.json").is_file():
@@ -217,6 +217,10 @@ def selection_rows(args: argparse.Namespace, labels: list[str], split: Any) -> n
     return split.fit[stratified_sample(fit_labels, args.select_items, seed=0)]
 
 
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:8]
+
+
 def _load(args: argparse.Namespace) -> dict[str, Any]:
     """Train labels, the saved validation split, the train front cache and its quantiser; with
     ``--limit`` all of it restricted to a stratified sample of that many train items (quick)."""
@@ -234,7 +238,7 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
                                 split.seed, split.fraction)
         train_pixels = train_pixels[keep]
         train_labels = [train_labels[i] for i in keep]
-        name = f"train-quick{args.limit}"
+        name = f"train-quick{args.limit}-{_digest(keep)}"
     front = front_cache(train_pixels, name, args.threads)
     del train_pixels
     return {"labels": train_labels, "split": split, "split_path": split_path, "front": front,
@@ -271,7 +275,7 @@ def run_protocol(args: argparse.Namespace) -> int:
     if args.limit:
         queries = stratified_sample(test_labels, max(1, args.limit // 6), seed=0)
         test_pixels, test_labels = test_pixels[queries], [test_labels[i] for i in queries]
-        test_name = f"test-quick{args.limit}"
+        test_name = f"test-quick{args.limit}-{_digest(queries)}"
     test_front = front_cache(test_pixels, test_name, args.threads)
     print(f"products: {len(split.fit):,} train-minus-validation, {len(split.validation):,} "
           f"validation ({split_path.name}), {len(test_labels):,} test", flush=True)

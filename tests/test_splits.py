@@ -80,3 +80,12 @@ def test_stratified_sample_keeps_every_class() -> None:
 def test_bad_fraction_is_a_clear_error() -> None:
     with pytest.raises(SplitError, match="between 0 and 1"):
         validation_split(["a", "b"], fraction=1.5)
+
+
+def test_a_sample_is_independent_of_the_validation_split() -> None:
+    """Same seed, different draws: a sample must not start with the validation items."""
+    _, labels, _ = _catalogue(n=2000)
+    held = set(validation_split(labels, 0.1, seed=0).validation.tolist())
+    sample = set(stratified_sample(labels, 300, seed=0).tolist())
+    # independent draws overlap about 10% (the validation share); the same stream gave ~66%
+    assert len(held & sample) < 0.2 * len(sample)

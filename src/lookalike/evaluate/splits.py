@@ -25,6 +25,10 @@ import numpy as np
 from lookalike.errors import LookalikeError
 
 
+#: Mixed into :func:`stratified_sample`'s seed so its draws are independent of the split's.
+_SAMPLE_STREAM = 0x5A3B1E
+
+
 class SplitError(LookalikeError):
     """A validation split that cannot be made or does not fit the data it is used with."""
 
@@ -66,10 +70,12 @@ def validation_split(labels: Sequence[object], fraction: float = 0.1, seed: int 
 
 def stratified_sample(labels: Sequence[object], size: int, seed: int = 0) -> np.ndarray:
     """About ``size`` sorted positions, every class's share proportional to its size (at least one
-    item of each class), chosen by ``seed``."""
+    item of each class), chosen by ``seed`` independently of :func:`validation_split`'s draw."""
     if size >= len(labels):
         return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
+    # its own random stream: with the validation split's seed, a plain default_rng(seed) would
+    # draw the same per-class permutations, and the sample would start with the validation items
+    rng = np.random.default_rng([seed, _SAMPLE_STREAM])
     share = size / len(labels)
     picked = [rng.permutation(rows)[:max(1, int(round(share * len(rows))))]
               for rows in _by_class(labels).values()]

@@ -351,7 +351,8 @@ class FinetuneEmbedder(TensorLearner, Embedder):
         from lookalike.models.efficientnet import default_cache_dir
 
         folder = self.cache_dir if self.cache_dir is not None else default_cache_dir()
-        return folder / f"{self.embedder_id}-b{ONNX_BUILD_VERSION}-ort{onnxruntime.__version__}.onnx"
+        version = f"b{ONNX_BUILD_VERSION}-ort{onnxruntime.__version__}"
+        return folder / f"{self.embedder_id}-{version}.onnx"
 
     def build_onnx(self) -> Path:
         """Export pixels -> embedding layer to ONNX (fp32) unless the file already exists."""
