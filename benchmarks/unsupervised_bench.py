@@ -126,7 +126,7 @@ class Dataset:
 
 # ---- models -----------------------------------------------------------------------------------------
 def cached_model(dataset: str, kind: str, options: dict[str, Any], training: dict[str, Any],
-                 train: ImageTensors, limit: int | None, retrain: bool
+                 train: ImageTensors, limit: Any, retrain: bool
                  ) -> tuple[Any, dict[str, Any]]:
     """The model trained with these settings: loaded from the cache, or trained and saved."""
     key = {"kind": kind, "options": options, "training": training, "limit": limit,
@@ -224,8 +224,9 @@ def select_model(name: str, kind: str, args: argparse.Namespace) -> Path:
             (options if key in accepts else training)[key] = value
         subset = data.train.subset(rows)
         rows_key = hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:12]
-        model, record = cached_model(name, kind, options, {**training, "rows": rows_key}, subset,
-                                     args.limit, args.retrain)
+        # the rows go into the cache key through its ``limit`` slot (not a training option)
+        model, record = cached_model(name, kind, options, training, subset,
+                                     {"limit": args.limit, "rows": rows_key}, args.retrain)
         print(f"  {kind} {candidate} seed {seed}: {record['train_seconds']:.0f} s, "
               f"{len(record['history'])} epochs ({record['stopped']})", flush=True)
         return model
@@ -235,11 +236,15 @@ def select_model(name: str, kind: str, args: argparse.Namespace) -> Path:
         return model.embed_tensors(images[torch.as_tensor(rows)])
 
     quick = args.limit is not None
+    train_labels, test_labels = data.train_labels, data.test_labels
+    if name == "fashion-mnist":  # labels as codes, as hash_bench.py: the same saved split file
+        train_labels = [str(v) for v in data.train.labels.tolist()]
+        test_labels = [str(v) for v in data.test.labels.tolist()]
     return select_then_test(
         name=args.name or f"{NAME}-{name}-{kind}-protocol{'-quick' if quick else ''}",
         dataset=name if not quick else f"{name}-limit{args.limit}",
-        train_ids=[str(i) for i in range(len(data.train))], train_labels=data.train_labels,
-        test_labels=data.test_labels, candidates=args.candidate or list(SELECT_CANDIDATES[kind]),
+        train_ids=[str(i) for i in range(len(data.train))], train_labels=train_labels,
+        test_labels=test_labels, candidates=args.candidate or list(SELECT_CANDIDATES[kind]),
         variants=["plain"], fit=fit, embed=embed, seeds=args.seeds,
         select_items=args.select_items, quick=quick,
         extra={"model": kind, "labels_used_for_training": False, "threads": args.threads,
