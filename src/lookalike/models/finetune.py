@@ -68,6 +68,7 @@ from lookalike.models.finetune_network import (
     default_input_size,
     export_onnx,
     onnx_session,
+    size_pair,
 )
 from lookalike.models.finetune_training import (
     HEAD_OPTIONS,
@@ -91,20 +92,6 @@ BACKENDS = ("onnx", "torch")
 TRAINING_FILE = "training.json"
 #: Bump when the inference export changes, so cached ONNX files are rebuilt.
 ONNX_BUILD_VERSION = 1
-
-
-def _pair(name: str, value: Any) -> tuple[int, int]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = (value, value)
-    try:
-        width, height = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise LookalikeError(f"{name} must be a size [width, height] or one number, "
-                             f"not {value!r}") from None
-    if not (8 <= width <= 1024 and 8 <= height <= 1024):
-        raise LookalikeError(f"{name} {width}x{height} is out of range (8..1024)")
-    return width, height
-
 
 
 class FinetuneEmbedder(TensorLearner, Embedder):
@@ -150,11 +137,11 @@ class FinetuneEmbedder(TensorLearner, Embedder):
                  embedding_layer: str | int = "64", label_column: str = "article_type",
                  classes: Sequence[str] = (), seed: int = 0, backend: str = "onnx",
                  num_threads: int | None = None, cache_dir: str | Path | None = None) -> None:
-        self.image_size = _pair("image_size", image_size)
+        self.image_size = size_pair("image_size", image_size)
         if channels not in (1, 3):
             raise ModelMismatchError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
         self.channels = int(channels)
-        self.input_size = (_pair("input_size", input_size) if input_size is not None
+        self.input_size = (size_pair("input_size", input_size) if input_size is not None
                            else default_input_size(self.image_size))
         self.hidden = tuple(int(h) for h in hidden)
         if not self.hidden or min(self.hidden) < 1:

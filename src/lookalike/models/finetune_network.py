@@ -10,12 +10,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lookalike.errors import LookalikeError
 from lookalike.models.heads import make_classifier
 from lookalike.threads import torch_threads
 
@@ -141,6 +143,20 @@ def default_input_size(image_size: Sequence[int]) -> tuple[int, int]:
     factor = max(1, math.ceil(MIN_INPUT_SIDE / max(1, min(width, height))))
     return width * factor, height * factor
 
+
+
+def size_pair(name: str, value: Any) -> tuple[int, int]:
+    """``[width, height]`` (or one number for both) as two ints in 8..1024."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        width, height = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise LookalikeError(f"{name} must be a size [width, height] or one number, "
+                             f"not {value!r}") from None
+    if not (8 <= width <= 1024 and 8 <= height <= 1024):
+        raise LookalikeError(f"{name} {width}x{height} is out of range (8..1024)")
+    return width, height
 
 
 def export_onnx(module: nn.Module, path: Path, channels: int, size: tuple[int, int],
