@@ -24,6 +24,15 @@ training time of the default ``cnn`` config is reported (the budget is 15 minute
         --cnn-option margin=0.2 --cnn-option augment=flip+shift --name hash_bench-fmnist-cosine
 
 Writes ``benchmarks/results/hash_bench.json`` and ``hash_bench.md``.
+
+``--select`` runs the benchmark protocol for the float ``cnn`` instead (no hash layer, no scan):
+the :data:`CNN_CANDIDATES` configs (or ``--candidate`` strings) train on a stratified sample of
+train-minus-validation (the validation split is carved from train, seeded and saved under
+``benchmarks/results/splits/``), each with and without ``test_time_flip``, scored on validation
+queries against that sample; the best trains on the full train split once per ``--seeds`` seed
+and reads the test split once each (``hash_bench-<dataset>-protocol.json``):
+
+    python benchmarks/hash_bench.py --select --datasets fashion-mnist --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -62,6 +71,12 @@ NAME = "hash_bench"
 CACHE = Path(__file__).resolve().parent / ".cache" / NAME
 TARGETS = {"fashion-mnist": {"P@10": 0.93, "mAP@100": 0.90}, "products": {"P@10": 0.85}}
 
+
+#: The cnn configs ``--select`` compares (fixed epochs; the time budget is a safety net only).
+CNN_CANDIDATES = (
+    "head=cosine,margin=0.2,convs_per_block=2,augment=flip+shift,epochs=12,max_minutes=120",
+    "head=softmax,augment=flip,epochs=12,max_minutes=120",
+)
 
 CNN_MODEL_OPTIONS = {"activation", "fc_activation", "conv_channels", "hidden", "embedding_dim",
                      "batch_norm", "dropout", "convs_per_block", "head", "cosine_scale", "margin",
@@ -210,6 +225,47 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[list[dict[str, 
     return rows, models
 
 
+def select_cnn(dataset: str, args: argparse.Namespace) -> Path:
+    """The protocol for the float ``cnn`` of ``dataset`` (see the module docstring)."""
+    from _protocol import select_then_test
+
+    train, train_labels, test, test_labels, base_options = load(dataset, args.limit)
+
+    def fit(candidate: str, rows: np.ndarray, seed: int) -> CNNEmbedder:
+        options, training = dict(base_options), {"threads": args.threads,
+                                                 "progress": args.progress}
+        for text in candidate.split(","):
+            key, value = parse_option(text)
+            (options if key in CNN_MODEL_OPTIONS else training)[key] = value
+        options["seed"] = seed
+        rows_key = hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:12]
+        model, record = cached(CACHE / dataset / "protocol-cnn",
+                               {"cnn": options, "training": training, "rows": rows_key,
+                                "limit": args.limit},
+                               lambda: CNNEmbedder(**options).fit_tensors(train.subset(rows),
+                                                                          **training),
+                               args.retrain)
+        print(f"  cnn {candidate} seed {seed}: {record['train_seconds']:.0f} s, "
+              f"{len(record['history'])} epochs ({record['stopped']})", flush=True)
+        return model
+
+    def embed(model: CNNEmbedder, variant: str, split: str, rows: np.ndarray) -> np.ndarray:
+        model.test_time_flip = variant == "test_time_flip"
+        images = (train if split == "train" else test).images
+        return model.embed_tensors(images[torch.as_tensor(rows)])
+
+    quick = args.limit is not None
+    return select_then_test(
+        name=args.name or f"{NAME}-{dataset}-protocol{'-quick' if quick else ''}",
+        dataset=dataset if not quick else f"{dataset}-limit{args.limit}",
+        train_ids=[str(i) for i in range(len(train))], train_labels=train_labels,
+        test_labels=test_labels, candidates=args.candidate or list(CNN_CANDIDATES),
+        variants=["plain", "test_time_flip"], fit=fit, embed=embed, seeds=args.seeds,
+        select_items=args.select_items, quick=quick,
+        extra={"model": "cnn (float32, exact search)", "threads": args.threads,
+               "limit": args.limit})
+
+
 def scan_timing(n: int, bits: int, dim: int, n_queries: int, seed: int) -> list[dict[str, Any]]:
     """ms per query of a FAISS flat Hamming scan over ``n`` codes, beside a float32 flat scan.
 
@@ -279,7 +335,21 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file stem (default hash_bench, "
                         "or hash_bench-quick with --limit)")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--select", action="store_true",
+                        help="the protocol for the float cnn: choose on validation, then "
+                             "--seeds on the full train split, test read once per seed")
+    parser.add_argument("--candidate", action="append", default=[],
+                        help="--select: a cnn config 'k=v,k=v' (repeatable)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--select-items", type=int, default=12000,
+                        help="--select: stratified sample of train-minus-validation the "
+                             "candidates train on (also their gallery)")
     args = parser.parse_args()
+    if args.select:
+        torch.set_num_threads(args.threads)
+        for dataset in args.datasets.split(","):
+            print(f"wrote {select_cnn(dataset, args)}")
+        return
 
     import faiss
 

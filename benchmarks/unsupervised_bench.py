@@ -18,6 +18,16 @@ so a re-run only re-measures retrieval.
     python benchmarks/unsupervised_bench.py --gan-size 30 40     # InfoGAN on half-size products
 
 Writes ``benchmarks/results/unsupervised_bench.json`` and ``unsupervised_bench.md``.
+
+``--select`` runs the benchmark protocol for one model family (``--models``, first one): its
+:data:`SELECT_CANDIDATES` (or ``--candidate`` strings) train without labels on a stratified
+sample of train-minus-validation (the validation split is carved from train, seeded, saved under
+``benchmarks/results/splits/``) and are scored on validation queries against that sample; the
+best trains on the full train split once per ``--seeds`` seed and reads the test split once each
+(``unsupervised_bench-<dataset>-<model>-protocol.json``):
+
+    python benchmarks/unsupervised_bench.py --select --datasets fashion-mnist \
+        --models conv-autoencoder --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -54,6 +64,13 @@ CACHE = Path(__file__).resolve().parent / ".cache" / "unsupervised"
 MODELS = ("autoencoder", "conv-autoencoder", "infogan")
 #: The issue's target and the paper-004 reference (UT-Zap50K shoes, class-match precision).
 TARGETS = {"fashion-mnist": {"P@10": 0.86}}
+#: Candidate configs of ``--select`` per model ('k=v,k=v': model options, then training options).
+SELECT_CANDIDATES = {
+    "conv-autoencoder": ("epochs=10,max_minutes=120",
+                         "epochs=10,max_minutes=120,augment=flip+shift"),
+    "autoencoder": ("epochs=10,max_minutes=120",),
+    "infogan": ("epochs=10,max_minutes=120",),
+}
 PAPER_004 = {"infogan": 0.84, "best pretrained (ResNet152)": 0.82}
 
 
@@ -109,7 +126,7 @@ class Dataset:
 
 # ---- models -----------------------------------------------------------------------------------------
 def cached_model(dataset: str, kind: str, options: dict[str, Any], training: dict[str, Any],
-                 train: ImageTensors, limit: int | None, retrain: bool
+                 train: ImageTensors, limit: Any, retrain: bool
                  ) -> tuple[Any, dict[str, Any]]:
     """The model trained with these settings: loaded from the cache, or trained and saved."""
     key = {"kind": kind, "options": options, "training": training, "limit": limit,
@@ -188,6 +205,52 @@ def run_dataset(name: str, args: argparse.Namespace) -> tuple[list[dict[str, Any
     return rows, records
 
 
+def select_model(name: str, kind: str, args: argparse.Namespace) -> Path:
+    """The protocol for ``kind`` on dataset ``name`` (see the module docstring)."""
+    import inspect
+
+    from _protocol import select_then_test
+
+    data = Dataset(name, args.limit)
+    accepts = set(inspect.signature(base.embedder_class(kind).__init__).parameters)
+
+    def fit(candidate: str, rows: np.ndarray, seed: int) -> Any:
+        from lookalike.commands.train import parse_option
+
+        options = {**data.model_options, "seed": seed}
+        training: dict[str, Any] = {"threads": args.threads, "progress": args.progress}
+        for text in filter(None, candidate.split(",")):
+            key, value = parse_option(text)
+            (options if key in accepts else training)[key] = value
+        subset = data.train.subset(rows)
+        rows_key = hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()[:12]
+        # the rows go into the cache key through its ``limit`` slot (not a training option)
+        model, record = cached_model(name, kind, options, training, subset,
+                                     {"limit": args.limit, "rows": rows_key}, args.retrain)
+        print(f"  {kind} {candidate} seed {seed}: {record['train_seconds']:.0f} s, "
+              f"{len(record['history'])} epochs ({record['stopped']})", flush=True)
+        return model
+
+    def embed(model: Any, variant: str, split: str, rows: np.ndarray) -> np.ndarray:
+        images = (data.train if split == "train" else data.test).images
+        return model.embed_tensors(images[torch.as_tensor(rows)])
+
+    quick = args.limit is not None
+    train_labels, test_labels = data.train_labels, data.test_labels
+    if name == "fashion-mnist":  # labels as codes, as hash_bench.py: the same saved split file
+        train_labels = [str(v) for v in data.train.labels.tolist()]
+        test_labels = [str(v) for v in data.test.labels.tolist()]
+    return select_then_test(
+        name=args.name or f"{NAME}-{name}-{kind}-protocol{'-quick' if quick else ''}",
+        dataset=name if not quick else f"{name}-limit{args.limit}",
+        train_ids=[str(i) for i in range(len(data.train))], train_labels=train_labels,
+        test_labels=test_labels, candidates=args.candidate or list(SELECT_CANDIDATES[kind]),
+        variants=["plain"], fit=fit, embed=embed, seeds=args.seeds,
+        select_items=args.select_items, quick=quick,
+        extra={"model": kind, "labels_used_for_training": False, "threads": args.threads,
+               "limit": args.limit})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "products"])
@@ -205,7 +268,19 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--select", action="store_true",
+                        help="the protocol: choose on validation, then --seeds on the full "
+                             "train split, test read once per seed")
+    parser.add_argument("--candidate", action="append", default=[],
+                        help="--select: a config 'k=v,k=v' (repeatable)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--select-items", type=int, default=12000)
     args = parser.parse_args()
+    if args.select:
+        torch.set_num_threads(args.threads)
+        for dataset in args.datasets:
+            print(f"wrote {select_model(dataset, args.models[0], args)}")
+        return
 
     import faiss
 

@@ -1,12 +1,14 @@
 """``Project.train``: learn an embedder on a project's own catalogue.
 
 Any registered embedder that learns (``needs_fit``) can be trained; what data it gets follows
-from what it can take, not from its name:
+from the training contract its class declares (:mod:`lookalike.models.learners`), not from
+its name:
 
-- ``fit_vectors`` (and a ``base`` embedder): the base's vectors of the training items, through
+- a :class:`~lookalike.models.learners.VectorLearner`: its ``base`` embedder's vectors of the training items, through
   the project's embedding cache (``embeddings/<base id>/``), so a base that already indexed the
   catalogue is not run again (``pca``, ``projection``);
-- ``fit_tensors``: uint8 :class:`~lookalike.models.datasets.ImageTensors` at the model's
+- a :class:`~lookalike.models.learners.TensorLearner`: uint8
+  :class:`~lookalike.models.datasets.ImageTensors` at the model's
   ``image_size``/``channels`` (``cnn``, ``cnn-hash``, ``finetune``, the autoencoders, ...);
 - otherwise ``fit(images, labels)`` with PIL images.
 
@@ -38,6 +40,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, StoreError
 from lookalike.layout import MODELS_DIR
+from lookalike.models.learners import TensorLearner, VectorLearner
 
 #: A :class:`lookalike.project.Project` (not imported: project.py calls this module, so the
 #: dependency points one way).
@@ -143,12 +146,12 @@ def _train_locked(project: "Project", cls: type, method: str, name: str, folder:
     if not resume and checkpoints.exists():
         shutil.rmtree(checkpoints)  # a fresh run must not pick up another run's epochs
     label_list = None if labels is None else labels.tolist()
-    if hasattr(model, "fit_vectors") and hasattr(model, "base"):
+    if isinstance(model, VectorLearner):
         vectors = _base_vectors(project, model.base, frame, progress)
         model.fit_vectors(vectors, label_list, **fit_options)
-    elif hasattr(model, "fit_tensors"):
-        data = _tensors(project, frame, label_list, tuple(getattr(model, "image_size")),
-                        int(getattr(model, "channels", 3)))
+    elif isinstance(model, TensorLearner):
+        data = _tensors(project, frame, label_list, tuple(model.image_size),
+                        int(model.channels))
         fit_options.setdefault("progress", None if progress else False)
         model.fit_tensors(data, checkpoint_dir=checkpoints, resume=resume, **fit_options)
     else:
@@ -158,8 +161,11 @@ def _train_locked(project: "Project", cls: type, method: str, name: str, folder:
         model.fit(images, label_list, **fit_options)
     _save_atomically(model, folder)
     result = getattr(model, "training_result", None)
-    if result is not None and hasattr(result, "to_json"):
-        result = result.to_json()
+    if result is not None and not isinstance(result, dict):
+        from lookalike.models.training import TrainResult
+
+        if isinstance(result, TrainResult):
+            result = result.to_json()
     if result is None:
         result = dict(getattr(model, "fit_info", {}) or {})
     return TrainSummary(

@@ -4,6 +4,8 @@
   hit rate) and recall of an approximate search against exact search.
 - :mod:`~lookalike.evaluate.retrieval`: :func:`evaluate_retrieval` (FAISS exact search, ``block``
   queries at a time, never an N x N matrix) and :func:`neighbours` for result grids.
+- :mod:`~lookalike.evaluate.splits`: the seeded, stratified, saved validation split carved from
+  train that benchmark choices are made on.
 - :mod:`~lookalike.evaluate.report`: HTML/PNG result grids, Markdown/JSON tables, bar and line
   plots from plain rows of dicts.
 
@@ -39,9 +41,17 @@ from lookalike.evaluate.retrieval import (
     nearest_rows,
     neighbours,
 )
+from lookalike.evaluate.splits import (
+    SplitError,
+    ValidationSplit,
+    saved_validation_split,
+    stratified_sample,
+    validation_split,
+)
 
 __all__ = [
-    "EvaluationError", "GridImage", "GridRow", "Neighbours", "RetrievalReport",
+    "EvaluationError", "GridImage", "GridRow", "Neighbours", "RetrievalReport", "SplitError",
+    "ValidationSplit", "saved_validation_split", "stratified_sample", "validation_split",
     "average_precision_at_k", "evaluate_retrieval", "hit_rate_at_k", "markdown_table", "mean",
     "mean_metrics", "ndcg_at_k", "nearest_rows", "neighbours", "per_query_metrics", "plot_bars",
     "plot_lines", "precision_at_k", "recall_against_exact", "recall_at_k", "write_metrics_table",

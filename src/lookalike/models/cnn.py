@@ -41,6 +41,7 @@ from lookalike.models.datasets import (
     to_float,
 )
 from lookalike.models.heads import HEADS, make_classifier
+from lookalike.models.learners import TensorLearner
 from lookalike.models.training import ClassificationTask, Task, TrainConfig, TrainResult, train
 
 TRAINING_FILE = "training.json"
@@ -108,7 +109,7 @@ class ConvNet(nn.Module):
 
 
 # ---- the embedder ---------------------------------------------------------------------------------
-class CNNEmbedder(Embedder):
+class CNNEmbedder(TensorLearner, Embedder):
     """Paper 000's CNN trained as a classifier; its penultimate layer is the embedding.
 
     ``label_column`` names the catalogue column the labels come from (recorded in the config;

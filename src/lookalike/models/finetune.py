@@ -4,25 +4,16 @@ Paper 002 (Hnot) fine-tunes an ImageNet ResNet50: cut the 1000-way output, add t
 (256, 64) and a softmax over the shop's classes, train only the new layers with Adam (10
 epochs), then unfreeze and fine-tune everything at a small learning rate; embeddings come from
 the layers before the classifier. Here the backbone is the packaged ImageNet EfficientNet-Lite0
-(:mod:`lookalike.models.efficientnet`) and the same two stages run in minutes on two CPU cores:
-
-1. **Extraction (once).** Every training image goes through the frozen front of the network
-   (stem + the first ``16 - trainable_blocks`` MBConv blocks) in ONNX Runtime. Its activation
-   maps are kept as per-channel-quantised uint8 ``[n, C, h, w]`` (3,840 bytes an image with the
-   defaults: 192 x 5 x 4 at 120x160 input), and the pooled 1,280-d features come out of the
-   same pass.
-2. **Stage 1: the head.** ``1280 -> 256 -> 64`` (ReLU) ``-> classes`` trains on the cached
-   pooled features with Adam (:func:`~lookalike.models.feature_training.train_on_vectors`).
-3. **Stage 2: the last block(s) + head.** The last ``trainable_blocks`` MBConv blocks (default
-   1), the 1x1 head convolution and the new head train together at a small learning rate on the
-   cached activations, through the shared trainer (:func:`~lookalike.models.training.train`:
-   checkpoints, resume, early stopping, time budget). *Why not all blocks:* PyTorch's CPU
-   depthwise convolutions are slow, backwards especially: a training step through all of Lite0,
-   or recomputing a frozen front every epoch, costs tens of times more per image than block 15 +
-   the head convolution from the cache (step timings: benchmarks/RESULTS.md#training). They hold 30% of the
-   backbone's weights (the last five blocks 79%). Batch norm keeps its ImageNet statistics
-   throughout (small CPU batches would give noisy ones), so frozen and trained parts see the
-   inputs they were trained on.
+(:mod:`lookalike.models.efficientnet`) and the same two stages run in minutes on two CPU cores
+(:mod:`lookalike.models.finetune_training`): the frozen front's activations are extracted once
+and cached as per-channel uint8 (3,840 bytes an image with the defaults: 192 x 5 x 4 at 120x160
+input); stage 1 trains the ``1280 -> 256 -> 64 -> classes`` head on the pooled features; stage 2
+trains the last ``trainable_blocks`` MBConv blocks (default 1), the 1x1 head convolution and the
+head together at a small learning rate from the cache. *Why not all blocks:* PyTorch's CPU
+depthwise convolutions are slow, backwards especially: a training step through all of Lite0,
+or recomputing a frozen front every epoch, costs tens of times more per image than block 15 +
+the head convolution from the cache (step timings: benchmarks/RESULTS.md#training). Batch norm
+keeps its ImageNet statistics throughout (small CPU batches would give noisy ones).
 
 Input: the catalogue's uint8 pixels at ``image_size`` (60x80 products, 28x28 Fashion-MNIST),
 upsampled inside the network (bilinear) to ``input_size`` (default: the smallest whole
@@ -32,31 +23,26 @@ and scaled to [-1, 1]; grey images are repeated to three channels.
 Embedding: ``embedding_layer`` ``"64"`` (default: the second head layer, the paper's "layer
 before the classifier"), ``"256"`` (the first) or ``"backbone"`` (the pooled 1,280 features),
 after ReLU, L2-normalised. The classifier is a cosine softmax with a CosFace margin by default
-(``head="softmax"``, ``margin=0`` is the paper's plain softmax). Inference exports the whole network (pixels in, embedding out) to ONNX and
-runs it in ONNX Runtime (``backend="onnx"``, cached by embedder id) or in PyTorch
-(``backend="torch"``, channels-last, ``inference_mode``).
+(``head="softmax"``, ``margin=0`` is the paper's plain softmax). Inference exports the whole
+network (pixels in, embedding out) to ONNX and runs it in ONNX Runtime (``backend="onnx"``,
+cached by embedder id) or in PyTorch (``backend="torch"``, channels-last, ``inference_mode``).
+The network itself is in :mod:`lookalike.models.finetune_network`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -70,208 +56,45 @@ from lookalike.models.datasets import (
     image_to_array,
     images_to_tensor,
 )
-from lookalike.models.feature_training import VectorTrainResult, train_on_vectors
-from lookalike.models.heads import HEADS, make_classifier, margin_loss
-from lookalike.models.training import (
-    ClassificationTask,
-    TrainConfig,
-    TrainingError,
-    train,
+from lookalike.models.finetune_network import (
+    BACKBONE_DIM,
+    N_BLOCKS,
+    VARIANT,
+    FinetuneNetwork,
+    Head,
+    LayerExport,
+    OnnxLayerRunner,
+    TorchLayerRunner,
+    default_input_size,
+    export_onnx,
+    onnx_session,
+    size_pair,
 )
+from lookalike.models.finetune_training import (
+    HEAD_OPTIONS,
+    LossSettings,
+    clear_checkpoints,
+    extract_front,
+    fine_tune,
+)
+from lookalike.models.heads import HEADS
+from lookalike.models.learners import TensorLearner
+from lookalike.models.train_config import TrainConfig
 from lookalike.threads import torch_threads
 
-VARIANT = "efficientnet-lite0"
-BACKBONE_DIM = 1280
-N_BLOCKS = 16  # MBConv blocks of Lite0
+#: The old private name of :func:`~lookalike.models.finetune_network.onnx_session`.
+_session = onnx_session
+
+__all__ = ["BACKENDS", "FinetuneEmbedder", "FinetuneNetwork", "Head", "default_input_size",
+           "export_onnx", "extract_front"]
+
 BACKENDS = ("onnx", "torch")
 TRAINING_FILE = "training.json"
 #: Bump when the inference export changes, so cached ONNX files are rebuilt.
 ONNX_BUILD_VERSION = 1
-#: Short side the default input size reaches by whole-number upsampling.
-MIN_INPUT_SIDE = 112
-#: Images whose activations set the uint8 ranges of the cache.
-_QUANT_SAMPLE = 512
-_STAGE1_WEIGHTS = "stage1-head.safetensors"
-_STAGE1_JSON = "stage1.json"
-_ACTIVATIONS = "activations.npy"
-_ACTIVATIONS_JSON = "activations.json"
-_STAGE2_DIR = "stage2"
-#: Stage-1 (head) options accepted by ``fit`` besides TrainConfig fields (stage 2).
-HEAD_OPTIONS = {"head_epochs": 10, "head_learning_rate": 1e-3, "head_batch_size": 256,
-                "head_patience": 3, "head_weight_decay": 0.0, "skip_stage2": False}
 
 
-# ---- the network -----------------------------------------------------------------------------
-class Head(nn.Module):
-    """Paper 002's new layers: ``1280 -> hidden[0] -> hidden[1]`` with ReLU, then a classifier."""
-
-    def __init__(self, classes: int, hidden: Sequence[int] = (256, 64), dropout: float = 0.2,
-                 kind: str = "softmax", scale: float = 16.0) -> None:
-        super().__init__()
-        sizes = [BACKBONE_DIM, *hidden]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = make_classifier(kind, sizes[-1], classes, scale)
-
-    def hidden(self, features: torch.Tensor) -> list[torch.Tensor]:
-        """The ReLU output of every hidden layer."""
-        out = []
-        x = features
-        for layer in self.layers:
-            x = F.relu(layer(self.dropout(x)))
-            out.append(x)
-        return out
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.hidden(features)[-1])
-
-
-class FinetuneNetwork(nn.Module):
-    """Lite0 backbone (ImageNet classifier removed) + :class:`Head`, on uint8 pixels.
-
-    ``front(pixels)`` runs the frozen part (up to block ``split``), ``back(activations)`` the
-    rest up to the pooled features. The backbone always stays in eval mode (frozen batch-norm
-    statistics, no drop-connect); only the head's dropout follows ``train()``.
-    """
-
-    def __init__(self, backbone: nn.Module, head: Head, channels: int,
-                 input_size: tuple[int, int], split: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.channels = channels
-        self.input_size = input_size  # width, height
-        self.split = split
-
-    def train(self, mode: bool = True) -> "FinetuneNetwork":
-        super().train(mode)
-        self.backbone.eval()
-        return self
-
-    def scale(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW at the catalogue size -> float NCHW at ``input_size`` in [-1, 1]."""
-        x = pixels.float()
-        if self.channels == 1:
-            x = x.repeat(1, 3, 1, 1)
-        width, height = self.input_size
-        if tuple(x.shape[-2:]) != (height, width):
-            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-        return x * (1.0 / 127.5) - 1.0
-
-    def front(self, pixels: torch.Tensor) -> torch.Tensor:
-        net = self.backbone
-        x = net._swish(net._bn0(net._conv_stem(self.scale(pixels))))
-        for block in net._blocks[:self.split]:
-            x = block(x)
-        return x
-
-    def back(self, activations: torch.Tensor) -> torch.Tensor:
-        net = self.backbone
-        x = activations
-        for block in net._blocks[self.split:]:
-            x = block(x)
-        return net._swish(net._bn1(net._conv_head(x))).mean(dim=(2, 3))
-
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.back(self.front(pixels))
-
-    def layer(self, pixels: torch.Tensor, name: str) -> torch.Tensor:
-        """The (raw) embedding layer ``name``: ``backbone`` or a hidden width such as ``256``."""
-        features = self.features(pixels)
-        if name == "backbone":
-            return features
-        widths = [layer.out_features for layer in self.head.layers]
-        return self.head.hidden(features)[widths.index(int(name))]
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(pixels))
-
-
-class _FrontExport(nn.Module):
-    """pixels -> (front activations, pooled features): one ONNX pass gives both."""
-
-    def __init__(self, network: FinetuneNetwork) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        activations = self.network.front(pixels)
-        return activations, self.network.back(activations)
-
-
-class _LayerExport(nn.Module):
-    def __init__(self, network: FinetuneNetwork, layer: str) -> None:
-        super().__init__()
-        self.network = network
-        self.layer_name = layer
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.network.layer(pixels, self.layer_name)
-
-
-class _BackModel(nn.Module):
-    """What stage 2 trains: dequantised front activations -> class logits."""
-
-    def __init__(self, network: FinetuneNetwork) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.network.head(self.network.back(activations))
-
-
-class FinetuneTask(ClassificationTask):
-    """Cross-entropy (optional label smoothing, optional cosine margin) on uint8 activations,
-    dequantised per channel; validation adds top-3 accuracy."""
-
-    def __init__(self, module: _BackModel, low: Sequence[float], step: Sequence[float],
-                 label_smoothing: float, margin: float, scale: float) -> None:
-        super().__init__(module, [0.0] * len(low), [1.0] * len(low), label_smoothing,
-                         float(margin) * float(scale))
-        self.low = torch.tensor(low, dtype=torch.float32).view(1, -1, 1, 1)
-        self.step = torch.tensor(step, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        # channels-last: PyTorch's CPU depthwise convolutions are several times faster in NHWC
-        x = images.to(torch.float32).mul_(self.step).add_(self.low)
-        return x.contiguous(memory_format=torch.channels_last)
-
-    def validation_sums(self, inputs: torch.Tensor, labels: torch.Tensor | None
-                        ) -> dict[str, float]:
-        sums = super().validation_sums(inputs, labels)
-        logits = self.module(inputs)
-        k = min(3, logits.shape[1])
-        sums["top3"] = float((logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
-        return sums
-
-    def make_optimizers(self, config: TrainConfig) -> list[torch.optim.Optimizer]:
-        from lookalike.models.training import _optimizer
-
-        return [_optimizer([p for p in self.module.parameters() if p.requires_grad], config)]
-
-
-# ---- the embedder ------------------------------------------------------------------------------
-def default_input_size(image_size: Sequence[int]) -> tuple[int, int]:
-    """The catalogue size times the smallest whole factor that makes the short side >= 112."""
-    width, height = int(image_size[0]), int(image_size[1])
-    factor = max(1, math.ceil(MIN_INPUT_SIDE / max(1, min(width, height))))
-    return width * factor, height * factor
-
-
-def _pair(name: str, value: Any) -> tuple[int, int]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = (value, value)
-    try:
-        width, height = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise LookalikeError(f"{name} must be a size [width, height] or one number, "
-                             f"not {value!r}") from None
-    if not (8 <= width <= 1024 and 8 <= height <= 1024):
-        raise LookalikeError(f"{name} {width}x{height} is out of range (8..1024)")
-    return width, height
-
-
-class FinetuneEmbedder(Embedder):
+class FinetuneEmbedder(TensorLearner, Embedder):
     """Paper 002's fine-tuned classifier on ImageNet EfficientNet-Lite0 (method ``finetune``).
 
     Options (saved in the config, part of the embedder id): ``image_size`` (catalogue pixels,
@@ -314,11 +137,11 @@ class FinetuneEmbedder(Embedder):
                  embedding_layer: str | int = "64", label_column: str = "article_type",
                  classes: Sequence[str] = (), seed: int = 0, backend: str = "onnx",
                  num_threads: int | None = None, cache_dir: str | Path | None = None) -> None:
-        self.image_size = _pair("image_size", image_size)
+        self.image_size = size_pair("image_size", image_size)
         if channels not in (1, 3):
             raise ModelMismatchError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
         self.channels = int(channels)
-        self.input_size = (_pair("input_size", input_size) if input_size is not None
+        self.input_size = (size_pair("input_size", input_size) if input_size is not None
                            else default_input_size(self.image_size))
         self.hidden = tuple(int(h) for h in hidden)
         if not self.hidden or min(self.hidden) < 1:
@@ -454,136 +277,17 @@ class FinetuneEmbedder(Embedder):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             if not resume:  # a fresh run must not mix with an earlier run's files
-                import shutil
-
-                shutil.rmtree(folder / _STAGE2_DIR, ignore_errors=True)
-                for name in (_STAGE1_JSON, _STAGE1_WEIGHTS, _ACTIVATIONS_JSON, _ACTIVATIONS):
-                    (folder / name).unlink(missing_ok=True)
+                clear_checkpoints(folder)
         started = time.perf_counter()
         network = self._skeleton(pretrained=True)
         show = sys.stderr.isatty() if config.progress is None else config.progress
-
-        activations, low, step, features, extract_seconds = self._cached_front(
-            network, data, folder, resume, config, show)
-
-        # Stage 1: the head on pooled features (skipped when a resumed run already has it).
-        stage1_started = time.perf_counter()
-        stage1 = self._load_stage1(network, folder) if resume and folder is not None else None
-        if stage1 is None:
-            if features is None:  # activations came from the cache: pool them once
-                features = self._pool(network, activations, low, step, config)
-            stage1 = self._train_head(network, features, data.labels, head_options, config)
-            if folder is not None:
-                self._save_stage1(network, folder, stage1)
-        del features
-        stage1_seconds = round(time.perf_counter() - stage1_started, 3)
-
-        # Stage 2: last blocks + head together, through the shared trainer.
-        stage2 = None
-        if not head_options["skip_stage2"]:
-            for name, parameter in network.named_parameters():
-                parameter.requires_grad_(name.startswith("head.")
-                                         or self._in_trained_blocks(name, network.split))
-            network.to(memory_format=torch.channels_last)
-            task = FinetuneTask(_BackModel(network), low, step, self.label_smoothing,
-                                self.margin, self.cosine_scale)
-            stage2 = train(task, ImageTensors(activations, data.labels, data.classes), config,
-                           checkpoint_dir=None if folder is None else folder / _STAGE2_DIR,
-                           resume=resume)
-            network.to(memory_format=torch.contiguous_format)
-            for parameter in network.parameters():
-                parameter.requires_grad_(False)
+        result = fine_tune(network, data, folder, resume, config, head_options,
+                           LossSettings(self.margin, self.cosine_scale, self.label_smoothing),
+                           self.seed, show, started)
         self._network = network.eval()
         self._fingerprint, self._runner = None, None
-        self.training_result = {
-            "extraction_seconds": extract_seconds,
-            "stage1": {**asdict(stage1), "options": head_options, "seconds": stage1_seconds},
-            "stage2": None if stage2 is None else stage2.to_json(),
-            "seconds": round(time.perf_counter() - started, 3),
-            "activation_bytes_per_item": int(activations[0].numel()) if len(activations) else 0,
-        }
+        self.training_result = result
         return self
-
-    @staticmethod
-    def _in_trained_blocks(name: str, split: int) -> bool:
-        if name.startswith(("backbone._conv_head.", "backbone._bn1.")):
-            return True
-        parts = name.split(".")
-        return parts[1] == "_blocks" and int(parts[2]) >= split
-
-    def _cached_front(self, network: FinetuneNetwork, data: ImageTensors, folder: Path | None,
-                      resume: bool, config: TrainConfig, show: bool
-                      ) -> tuple[torch.Tensor, list[float], list[float], torch.Tensor | None,
-                                 float]:
-        """uint8 front activations (+ their dequantisation) and pooled features of ``data``."""
-        signature = {"items": len(data), "shape": list(data.images.shape[1:]),
-                     "labels_sha": hashlib.sha256(data.labels.numpy().tobytes()).hexdigest()[:16],
-                     "input_size": list(self.input_size), "split": network.split}
-        if resume and folder is not None and (folder / _ACTIVATIONS_JSON).is_file():
-            meta = json.loads((folder / _ACTIVATIONS_JSON).read_text())
-            if meta["signature"] != signature:
-                raise TrainingError(f"{folder}: the checkpoint was made with other data or "
-                                    "settings; train without --resume")
-            activations = torch.from_numpy(np.load(folder / _ACTIVATIONS, allow_pickle=False))
-            return activations, meta["low"], meta["step"], None, meta["seconds"]
-        started = time.perf_counter()
-        activations, low, step, features = extract_front(
-            network, data.images, threads=config.threads, seed=self.seed, progress=show)
-        seconds = round(time.perf_counter() - started, 3)
-        if folder is not None:
-            from lookalike.storage import atomic_write_text
-
-            tmp = folder / f".{_ACTIVATIONS}.tmp"
-            with open(tmp, "wb") as handle:
-                np.save(handle, activations.numpy(), allow_pickle=False)
-            tmp.replace(folder / _ACTIVATIONS)
-            atomic_write_text(folder / _ACTIVATIONS_JSON, json.dumps(
-                {"signature": signature, "low": low, "step": step, "seconds": seconds}))
-        return activations, low, step, features, seconds
-
-    @torch.no_grad()
-    def _pool(self, network: FinetuneNetwork, activations: torch.Tensor, low: list[float],
-              step: list[float], config: TrainConfig) -> torch.Tensor:
-        task = FinetuneTask(_BackModel(network), low, step, 0.0, 0.0, 1.0)
-        with torch_threads(config.threads):
-            return torch.cat([network.back(task.prepare(activations[s:s + 256]))
-                              for s in range(0, len(activations), 256)])
-
-    def _train_head(self, network: FinetuneNetwork, features: torch.Tensor,
-                    labels: torch.Tensor, options: dict[str, Any], config: TrainConfig
-                    ) -> VectorTrainResult:
-        margin_logit = self.margin * self.cosine_scale
-
-        def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return margin_loss(logits, target, margin_logit, self.label_smoothing)
-
-        return train_on_vectors(
-            network.head, features, labels, epochs=int(options["head_epochs"]),
-            batch_size=int(options["head_batch_size"]),
-            learning_rate=float(options["head_learning_rate"]),
-            weight_decay=float(options["head_weight_decay"]),
-            validation_fraction=config.validation_fraction,
-            patience=int(options["head_patience"]), seed=config.seed, threads=config.threads,
-            loss_function=loss)
-
-    def _save_stage1(self, network: FinetuneNetwork, folder: Path,
-                     result: VectorTrainResult) -> None:
-        from safetensors.torch import save_file
-
-        from lookalike.storage import atomic_write_text
-
-        tmp = folder / f".{_STAGE1_WEIGHTS}.tmp"
-        save_file({k: v.contiguous() for k, v in network.head.state_dict().items()}, str(tmp))
-        tmp.replace(folder / _STAGE1_WEIGHTS)
-        atomic_write_text(folder / _STAGE1_JSON, json.dumps(asdict(result)))
-
-    def _load_stage1(self, network: FinetuneNetwork, folder: Path) -> VectorTrainResult | None:
-        if not (folder / _STAGE1_JSON).is_file():
-            return None
-        from safetensors.torch import load_file
-
-        network.head.load_state_dict(load_file(str(folder / _STAGE1_WEIGHTS)))
-        return VectorTrainResult(**json.loads((folder / _STAGE1_JSON).read_text()))
 
     # ---- inference --------------------------------------------------------------------------
     def prepare(self, image: Image.Image) -> np.ndarray:
@@ -622,8 +326,9 @@ class FinetuneEmbedder(Embedder):
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         if self._runner is None:
             self.network  # noqa: B018 - a clear NotTrainedError before any export
-            self._runner = (_OnnxLayerRunner(self) if self.backend == "onnx"
-                            else _TorchLayerRunner(self))
+            self._runner = (
+                OnnxLayerRunner(self.build_onnx(), self.num_threads) if self.backend == "onnx"
+                else TorchLayerRunner(self.network, self.embedding_layer, self.num_threads))
         return self._runner(np.ascontiguousarray(pixels, dtype=np.uint8))
 
     def onnx_path(self) -> Path:
@@ -633,7 +338,8 @@ class FinetuneEmbedder(Embedder):
         from lookalike.models.efficientnet import default_cache_dir
 
         folder = self.cache_dir if self.cache_dir is not None else default_cache_dir()
-        return folder / f"{self.embedder_id}-b{ONNX_BUILD_VERSION}-ort{onnxruntime.__version__}.onnx"
+        version = f"b{ONNX_BUILD_VERSION}-ort{onnxruntime.__version__}"
+        return folder / f"{self.embedder_id}-{version}.onnx"
 
     def build_onnx(self) -> Path:
         """Export pixels -> embedding layer to ONNX (fp32) unless the file already exists."""
@@ -642,7 +348,7 @@ class FinetuneEmbedder(Embedder):
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".build-", dir=target.parent) as work:
                 path = Path(work) / "model.onnx"
-                export_onnx(_LayerExport(self.network, self.embedding_layer), path,
+                export_onnx(LayerExport(self.network, self.embedding_layer), path,
                             self.channels, self.image_size, ["embedding"])
                 os.replace(path, target)
         return target
@@ -690,95 +396,3 @@ class FinetuneEmbedder(Embedder):
             atomic_write_text(Path(folder) / TRAINING_FILE,
                               json.dumps(self.training_result, indent=1))
         return folder
-
-
-# ---- extraction and export ---------------------------------------------------------------------
-def export_onnx(module: nn.Module, path: Path, channels: int, size: tuple[int, int],
-                outputs: list[str]) -> None:
-    """Export ``module`` (uint8 NCHW pixels at ``size`` in) to ONNX with a dynamic batch."""
-    width, height = size
-    example = torch.zeros((2, channels, height, width), dtype=torch.uint8)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is chatty and deprecated
-        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=17,
-                          input_names=["pixels"], output_names=outputs,
-                          dynamic_axes={"pixels": {0: "batch"},
-                                        **{name: {0: "batch"} for name in outputs}})
-
-
-def _session(path: Path, threads: int | None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.inter_op_num_threads = 1
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def extract_front(network: FinetuneNetwork, images: torch.Tensor, threads: int | None = 2,
-                  seed: int = 0, batch_size: int = 64, progress: bool = False
-                  ) -> tuple[torch.Tensor, list[float], list[float], torch.Tensor]:
-    """Run the frozen front of ``network`` over uint8 ``images`` once (ONNX Runtime, fp32).
-
-    Returns the front's activations quantised per channel to uint8 (ranges from the 0.05% and
-    99.95% quantiles of a seeded sample; ``value = low + code * step``), ``low``, ``step`` and
-    the pooled 1,280-d features ``[n, 1280]`` from the same pass.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    n = len(images)
-    with tempfile.TemporaryDirectory(prefix="lookalike-front-") as work:
-        path = Path(work) / "front.onnx"
-        export_onnx(_FrontExport(network), path, int(images.shape[1]),
-                    (int(images.shape[3]), int(images.shape[2])), ["activations", "features"])
-        session = _session(path, threads)
-
-        def run(rows: torch.Tensor | slice) -> tuple[np.ndarray, np.ndarray]:
-            acts, feats = session.run(None, {"pixels": np.ascontiguousarray(images[rows].numpy())})
-            return acts, feats
-
-        sample = np.sort(np.random.default_rng(seed).permutation(n)[:_QUANT_SAMPLE])
-        sampled = np.concatenate([run(torch.as_tensor(sample[s:s + batch_size]))[0]
-                                  for s in range(0, len(sample), batch_size)])
-        per_channel = np.moveaxis(sampled, 1, 0).reshape(sampled.shape[1], -1)
-        low_t = torch.from_numpy(np.quantile(per_channel, 0.0005, axis=1).astype(np.float32))
-        high_t = torch.from_numpy(np.quantile(per_channel, 0.9995, axis=1).astype(np.float32))
-        step_t = ((high_t - low_t) / 255.0).clamp_min(1e-6)
-        low, step = low_t.view(1, -1, 1, 1).numpy(), step_t.view(1, -1, 1, 1).numpy()
-        activations = np.empty((n, *sampled.shape[1:]), dtype=np.uint8)
-        features = np.empty((n, BACKBONE_DIM), dtype=np.float32)
-        bar = Progress(TextColumn("extracting features"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), disable=not progress, transient=True)
-        with bar:
-            task = bar.add_task("extract", total=n)
-            for start in range(0, n, batch_size):
-                acts, feats = run(slice(start, start + batch_size))
-                codes = np.rint((acts - low) / step)
-                activations[start:start + len(acts)] = np.clip(codes, 0, 255).astype(np.uint8)
-                features[start:start + len(acts)] = feats
-                bar.update(task, advance=len(acts))
-    return (torch.from_numpy(activations), [float(v) for v in low_t], [float(v) for v in step_t],
-            torch.from_numpy(features))
-
-
-class _OnnxLayerRunner:
-    def __init__(self, embedder: FinetuneEmbedder) -> None:
-        self.session = _session(embedder.build_onnx(), embedder.num_threads)
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"pixels": pixels})[0]
-
-
-class _TorchLayerRunner:
-    def __init__(self, embedder: FinetuneEmbedder) -> None:
-        self.module = _LayerExport(embedder.network, embedder.embedding_layer).eval()
-        self.module = self.module.to(memory_format=torch.channels_last)
-        self.num_threads = embedder.num_threads
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        with torch_threads(self.num_threads), torch.inference_mode():
-            return self.module(torch.from_numpy(pixels)).numpy()

@@ -120,7 +120,10 @@ def format_value(value: Any) -> str:
 
 
 def _learns_from(cls: type) -> str:
-    source = "vectors of its base embedder" if hasattr(cls, "fit_vectors") else "images"
+    from lookalike.models.learners import training_input
+
+    source = ("vectors of its base embedder" if training_input(cls) == "vectors"
+              else "images")
     if getattr(cls, "needs_labels", True):
         return f"{source} and class labels (--label-column)"
     return f"{source} only, no labels"

@@ -32,11 +32,12 @@ from PIL import Image
 from lookalike.errors import LookalikeError, ModelMismatchError
 from lookalike.models.base import Embedder, create, embedder_class, l2_normalise
 from lookalike.models.cnn import NotTrainedError
+from lookalike.models.learners import VectorLearner
 
 PROJECTION_METHODS = ("linear", "lda")
 
 
-class ReducedEmbedder(Embedder):
+class ReducedEmbedder(VectorLearner, Embedder):
     """A base embedder followed by ``(v - mean) @ matrix.T`` and L2 normalisation."""
 
     needs_fit = True

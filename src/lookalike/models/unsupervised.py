@@ -36,6 +36,7 @@ from lookalike.models.datasets import (
     images_to_tensor,
     to_float,
 )
+from lookalike.models.learners import TensorLearner
 from lookalike.models.training import Task, TrainConfig, TrainResult, train
 
 
@@ -50,7 +51,7 @@ def _size_pair(image_size: Sequence[int] | int, who: str) -> tuple[int, int]:
     return width, height
 
 
-class UnsupervisedEmbedder(Embedder):
+class UnsupervisedEmbedder(TensorLearner, Embedder):
     """A torch network trained without labels; ``encode`` of a normalised batch is the embedding.
 
     ``mean``/``std`` (per channel, [0, 1] units) are set by ``fit`` and saved, so a loaded model
