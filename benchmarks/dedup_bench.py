@@ -172,6 +172,9 @@ def main() -> None:
                              "thresholds chosen on validation copies (see _dedup_combined.py)")
     parser.add_argument("--full", action="store_true",
                         help="--combined on whole splits instead of 2,000-product catalogues")
+    parser.add_argument("--embeddings-from", default=None,
+                        help="a lookalike project whose embedding cache (same embedder) supplies "
+                             "the catalogue photos' vectors (--combined; copies are embedded)")
     parser.add_argument("--ingest-check", action="store_true",
                         help="only time checking one incoming image against 44,072 items")
     args = parser.parse_args()
@@ -385,10 +388,21 @@ def run_combined(args: argparse.Namespace) -> None:
 
     methods, why_not = load_imagededup()
     started = time.perf_counter()
-    payload = combined.run(load_products_frame(), create(args.embedder),
+    embedder = create(args.embedder)
+    cache = None
+    if args.embeddings_from:
+        from lookalike.models.cache import EmbeddingCache
+
+        folder = Path(args.embeddings_from) / "embeddings" / embedder.embedder_id
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: no embedding cache of {embedder.embedder_id}")
+        cache = EmbeddingCache(folder, embedder.embedder_id, embedder.dim)
+    payload = combined.run(load_products_frame(), embedder,
                            methods["PHash"] if methods else None, quick=not args.full,
-                           seed=args.seed, threads=args.threads)
+                           seed=args.seed, threads=args.threads, cache=cache)
     payload.update({"embedder": args.embedder, "imagededup_unavailable": why_not,
+                    "embeddings_from": "project embedding cache (same embedder, same bytes)"
+                    if cache is not None else None,
                     "seconds_total": round(time.perf_counter() - started, 1),
                     "peak_rss_mb": round(peak_rss_mb(), 1)})
     rows = [{"method": "copies", **{k: payload["test"]["copies"][k]

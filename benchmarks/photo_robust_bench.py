@@ -18,7 +18,7 @@ the method is trained (the embedder is the packaged one). The category precision
 search by photo (P@10 of the article type: unedited test photos against the train split) is
 measured with and without the re-rank, to see whether the re-rank can be the default.
 
-    python benchmarks/photo_robust_bench.py                 # 300 validation + 500 test queries
+    python benchmarks/photo_robust_bench.py                 # 200 validation + 300 test queries
     python benchmarks/photo_robust_bench.py --quick         # 100 + 100
     python benchmarks/photo_robust_bench.py --timing        # ms per query only (run un-niced)
 """
@@ -43,8 +43,8 @@ from lookalike.recommend.copy_edits import SHOPPER, shopper_photo  # noqa: E402
 from lookalike.recommend.photo_match import (MatchSettings, candidate_matches,  # noqa: E402
                                              rerank, search_exact)
 
-MAX_DEPTH = 100
-DEPTHS = (10, 20, 30, 50, 100)
+MAX_DEPTH = 50
+DEPTHS = (10, 20, 30, 50)
 SCORES = (0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
@@ -155,9 +155,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--embedder", default="efficientnet-lite0")
     parser.add_argument("--quick", action="store_true", help="100 validation + 100 test queries")
-    parser.add_argument("--validation", type=int, default=300)
-    parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--precision-queries", type=int, default=200,
+    parser.add_argument("--validation", type=int, default=200)
+    parser.add_argument("--test", type=int, default=300)
+    parser.add_argument("--precision-queries", type=int, default=100,
                         help="queries of the category-precision check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

@@ -114,7 +114,7 @@ def precision(found: list[list[str]], queries, scenario: str, rows) -> float:
 
 def run_methods(project, name, queries, scenario, rows, extra_exclude, settings) -> list[dict]:
     """P@10 of every method over one scenario's queries."""
-    loaded = project._index(name)
+    loaded = project.loaded_index(name)
     text_index = load_text_index(project, name)
     qids = [q[0] for q in queries]
     vectors = loaded.vectors_of(qids, project.store)
@@ -189,7 +189,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     project, name = open_project(args.embedder, args.image_size)
-    loaded = project._index(name)
+    loaded = project.loaded_index(name)
     frame = project.store.frame()
     frame = frame[frame.index.isin(set(loaded.hashes))]
     subs = frame["sub_category"] if "sub_category" in frame else frame["category"]

@@ -420,6 +420,17 @@ class Project:
         """The query vector of a photo under the embedder of index ``index``."""
         return self._index(index).embedder.embed_one(_as_image(image))
 
+    def loaded_index(self, name: str | None = None) -> "_LoadedIndex":
+        """Index ``name`` (default: the default index) as loaded: its ``embedder``, ``index``,
+        version ``folder``, ``hashes`` (id -> image content hash) and ``vectors_of(ids, store)``;
+        for modules that build on an index (e.g. the words+photo index). Read, never modify."""
+        return self._index(name)
+
+    def recommendations(self, ids: Sequence[str], scores: Sequence[float]) -> list[Recommendation]:
+        """Catalogue details of ``ids`` with their ``scores`` (ids gone from the catalogue are
+        left out)."""
+        return self._recommendations(ids, scores)
+
     def _recommendations(self, ids: Sequence[str], scores: Sequence[float]) -> list[Recommendation]:
         items = self.store.find(list(ids))  # ids deleted meanwhile are simply absent
         out = []

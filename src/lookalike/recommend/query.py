@@ -90,7 +90,7 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
         from lookalike.recommend.clusters import _diverse, load_clusters
 
         saved = load_clusters(project, index)
-        limit = len(project._index(index).index)
+        limit = len(project.loaded_index(index).index)
         results = _diverse(fetch, saved.cluster_of, k, per_cluster, limit)
     if understanding is None:
         return Answer(results=results)

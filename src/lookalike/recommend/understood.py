@@ -110,7 +110,7 @@ def search_understood(project, understanding: Understanding, *, image: Any = Non
     photo already embedded by the index's embedder (instead of ``image``)."""
     from lookalike.recommend.text_search import PHOTO_TEXT_WEIGHT, fused_search, load_text_index
 
-    loaded = project._index(index)
+    loaded = project.loaded_index(index)
     exclude = [str(i) for i in exclude]
     image_vector = vector
     if item_id is not None:
@@ -149,7 +149,7 @@ def search_understood(project, understanding: Understanding, *, image: Any = Non
     understood = with_values(filters, understanding.understood)
     levels = [with_values(understood, kept), understood, filters]
     hits = fill_up(run, levels, k)
-    return Answer(results=project._recommendations(hits.ids, hits.scores),
+    return Answer(results=project.recommendations(hits.ids, hits.scores),
                   understood={c: list(v) for c, v in understanding.understood.items()},
                   free_text=understanding.free_text, kept=kept)
 
