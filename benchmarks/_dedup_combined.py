@@ -302,10 +302,10 @@ def run(frame, embedder, imagededup: Any, *, quick: bool, seed: int, threads: in
     }
 
 
-def run_ingest_check(frame, embedder, *, seed: int, catalogue_size: int = 44072
-                     ) -> dict[str, Any]:
+def run_ingest_check(frame, embedder, *, seed: int, catalogue_size: int = 44072,
+                     cache: Any = None) -> dict[str, Any]:
     """Only the one-image check of :func:`ingest_timing`, on the quick test set."""
-    test = prepare(build_set(frame, "test", 1500, 400, seed + 202), embedder, 1)
+    test = prepare(build_set(frame, "test", 1500, 400, seed + 202), embedder, 1, cache)
     return {"set": {"split": "test", "seed": seed + 202, "catalogue": test["n_catalogue"]},
             "settings": vars(CopySettings()),
             "ingest_check": ingest_timing(test, embedder, CopySettings(), catalogue_size)}

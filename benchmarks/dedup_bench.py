@@ -189,8 +189,9 @@ def main() -> None:
 
         from lookalike.models.base import create
 
-        payload = combined.run_ingest_check(load_products_frame(), create(args.embedder),
-                                            seed=args.seed)
+        embedder = create(args.embedder)
+        payload = combined.run_ingest_check(load_products_frame(), embedder, seed=args.seed,
+                                            cache=embedding_cache(args, embedder))
         payload["embedder"] = args.embedder
         print(payload["ingest_check"])
         print(write_results("dedup_ingest_check", payload, quick=True, seeds=[args.seed + 202]))
@@ -380,6 +381,18 @@ def main() -> None:
     print(write_results("dedup_bench", payload))
 
 
+def embedding_cache(args: argparse.Namespace, embedder) -> Any:
+    """The ``--embeddings-from`` project's embedding cache of ``embedder``, or None."""
+    if not args.embeddings_from:
+        return None
+    from lookalike.models.cache import EmbeddingCache
+
+    folder = Path(args.embeddings_from) / "embeddings" / embedder.embedder_id
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no embedding cache of {embedder.embedder_id}")
+    return EmbeddingCache(folder, embedder.embedder_id, embedder.dim)
+
+
 def run_combined(args: argparse.Namespace) -> None:
     """``--combined``: see benchmarks/_dedup_combined.py."""
     import _dedup_combined as combined
@@ -389,14 +402,7 @@ def run_combined(args: argparse.Namespace) -> None:
     methods, why_not = load_imagededup()
     started = time.perf_counter()
     embedder = create(args.embedder)
-    cache = None
-    if args.embeddings_from:
-        from lookalike.models.cache import EmbeddingCache
-
-        folder = Path(args.embeddings_from) / "embeddings" / embedder.embedder_id
-        if not folder.is_dir():
-            raise SystemExit(f"{folder}: no embedding cache of {embedder.embedder_id}")
-        cache = EmbeddingCache(folder, embedder.embedder_id, embedder.dim)
+    cache = embedding_cache(args, embedder)
     payload = combined.run(load_products_frame(), embedder,
                            methods["PHash"] if methods else None, quick=not args.full,
                            seed=args.seed, threads=args.threads, cache=cache)
