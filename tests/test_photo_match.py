@@ -53,20 +53,20 @@ def test_the_photo_check_prefers_the_product_to_its_look_alikes(shop: Project) -
     ids = shop.store.ids()
     rng = np.random.default_rng(7)
     wins = 0
-    for item_id in ids[::12]:
+    for item_id in ids[::20]:
         query, _ = shopper_photo(_photo(shop, item_id), rng)
-        others = [i for i in ids if i != item_id][:15]
+        others = [i for i in ids if i != item_id][:10]
         scores = match_scores(query, [_photo(shop, i) for i in [item_id, *others]])
         values = scores.texture - scores.colour / 40.0
         wins += int(np.argmax(values) == 0)
-    assert wins >= len(ids[::12]) - 1  # at most one miss among the sampled products
+    assert wins >= len(ids[::20]) - 1  # at most one miss among the sampled products
 
 
 def test_exact_search_puts_the_product_first(shop: Project) -> None:
     rng = np.random.default_rng(11)
-    settings = MatchSettings(depth=len(shop.store), min_score=0.6)
+    settings = MatchSettings(depth=40, min_score=0.6)
     found_first, plain_first = 0, 0
-    sample = shop.store.ids()[::10]
+    sample = shop.store.ids()[::20]
     for item_id in sample:
         query, _ = shopper_photo(_photo(shop, item_id), rng)
         found = search_exact(shop, query, 5, settings=settings)
