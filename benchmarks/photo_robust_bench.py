@@ -77,10 +77,10 @@ def rank_all(project, name: str, queries, groups) -> list[dict[str, Any]]:
     """Per query: the MAX_DEPTH nearest ids, their match scores and the product's rank."""
     out = []
     for n, (item_id, photo, edits) in enumerate(queries):
-        found, values = candidate_matches(project, photo, MAX_DEPTH, index=name)
+        found, values, ranks = candidate_matches(project, photo, MAX_DEPTH, index=name)
         ids = [r.id for r in found]
         same = groups[item_id]
-        out.append({"id": item_id, "ids": ids, "values": values,
+        out.append({"id": item_id, "ids": ids, "values": values, "ranks": ranks,
                     "truth": [i in same for i in ids], "edits": edits})
         if (n + 1) % 50 == 0:
             log(f"  {n + 1}/{len(queries)} queries ranked")
@@ -91,12 +91,20 @@ def hits(ranked: list[dict[str, Any]], depth: int | None, min_score: float, at: 
     """How many queries find their product in the top ``at`` (``depth`` None: no re-rank)."""
     count = 0
     for q in ranked:
-        truth = q["truth"]
-        if depth is not None:
-            order = rerank(q["values"][:depth], min_score)
-            truth = [truth[n] for n in order] + truth[depth:]
-        count += any(truth[:at])
+        count += any(reordered(q, depth, min_score)[:at])
     return count
+
+
+def reordered(q: dict[str, Any], depth: int | None, min_score: float) -> list[bool]:
+    """Whether each result is the product, after the re-rank of the candidates within ``depth``
+    of either embedding list (``depth`` None: the plain photo's embedding order)."""
+    truth = q["truth"]
+    if depth is None:
+        return truth  # the plain photo's list comes first, in its order
+    inside = [n for n in range(len(truth)) if q["ranks"][n] < depth]
+    order = [inside[m] for m in rerank(q["values"][inside], min_score)]
+    return [truth[n] for n in order] + [truth[n] for n in range(len(truth))
+                                        if q["ranks"][n] >= depth]
 
 
 def sweep(ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -216,18 +224,16 @@ def main() -> None:
             test_rows.append({"method": label, "queries": n,
                               "top5": hits(ranked[:n], depth, settings.min_score, 5),
                               "top1": hits(ranked[:n], depth, settings.min_score, 1)})
-    test_precision = {"embedding": category_precision(project, name, test_ids[:args.precision_queries],
-                                                      None, categories),
-                      "exact match": category_precision(project, name,
-                                                        test_ids[:args.precision_queries],
-                                                        settings, categories)}
+    some = test_ids[:args.precision_queries]
+    test_precision = {"embedding": category_precision(project, name, some, None, categories),
+                      "exact match": category_precision(project, name, some, settings,
+                                                        categories)}
     print_table("test: product itself found (top 5 / top 1)", test_rows)
     print(f"test category P@10: {test_precision}")
     missed = [{"id": q["id"], "edits": q["edits"],
-               "plain_rank": next((n + 1 for n, t in enumerate(q["truth"]) if t), None)}
-              for q in ranked if not any(
-                  [q["truth"][n] for n in rerank(q["values"][:settings.depth],
-                                                 settings.min_score)][:5])]
+               "best_embedding_rank": next((int(q["ranks"][n]) + 1 for n, t in
+                                            enumerate(q["truth"]) if t), None)}
+              for q in ranked if not any(reordered(q, settings.depth, settings.min_score)[:5])]
     write_results("photo_robust_bench" + ("-quick" if args.quick else ""), {
         "index": name, "index_settings": project.indexes()[name], "gallery": len(frame),
         "edits": {k: list(v) if isinstance(v, tuple) else v for k, v in SHOPPER.items()},

@@ -216,32 +216,71 @@ def rerank(values: np.ndarray, min_score: float) -> list[int]:
     return matched + [n for n in range(len(values)) if not ok[n]]
 
 
+def trim_border(image: Image.Image, *, tolerance: float = 30.0,
+                share: float = 0.03) -> Image.Image:
+    """``image`` without a plain frame around it (a pad, the corners a rotation filled): cropped
+    to the rows and columns where at least ``share`` of the pixels differ from the median border
+    colour by more than ``tolerance``; unchanged when there is no such frame."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
+                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    differs = np.abs(pixels - np.median(border, axis=0)).max(axis=2) > tolerance
+    rows = np.flatnonzero(differs.mean(axis=1) >= share)
+    cols = np.flatnonzero(differs.mean(axis=0) >= share)
+    h, w = differs.shape
+    if not len(rows) or not len(cols):
+        return image
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    kept = (box[2] - box[0]) * (box[3] - box[1]) / float(h * w)
+    if kept > 0.97 or box[2] - box[0] < 0.3 * w or box[3] - box[1] < 0.3 * h:
+        return image
+    return image.crop(box)
+
+
 def candidate_matches(project, image: Any, depth: int, filters: Filters | None = None, *,
                       index: str | None = None, exclude: Iterable[str] = ()
-                      ) -> tuple[list[Recommendation], np.ndarray]:
-    """The ``depth`` nearest products of a photo by embedding (``project.search``) and each
-    one's :func:`match_score` against the photo."""
-    from lookalike.catalogue.images import as_image, decode_image
+                      ) -> tuple[list[Recommendation], np.ndarray, np.ndarray]:
+    """The ``depth`` nearest products of a photo by embedding (``project.search``), together with
+    the ``depth`` nearest of the photo without its plain frame (:func:`trim_border`), each one's
+    :func:`match_score` against the photo and its best rank in either list. The plain photo's
+    list comes first, in its order, then the products only the trimmed photo found."""
+    from lookalike.catalogue.images import as_image
 
     photo = as_image(image)
+    exclude = list(exclude)
     found = project.search(photo, depth, filters, index=index, exclude=exclude)
+    ranks = {r.id: n for n, r in enumerate(found)}
+    trimmed = trim_border(photo)
+    if trimmed is not photo:
+        for n, rec in enumerate(project.search(trimmed, depth, filters, index=index,
+                                               exclude=exclude)):
+            if rec.id not in ranks:
+                found.append(rec)
+            ranks[rec.id] = min(ranks.get(rec.id, n), n)
+    values = _match_values(project, photo, found)
+    return found, values, np.array([ranks[r.id] for r in found], dtype=np.int64)
+
+
+def _match_values(project, photo: Image.Image, found: Sequence[Recommendation]) -> np.ndarray:
+    """:func:`match_score` of each found product's catalogue photo against ``photo`` (-inf for
+    an image gone or damaged since indexing: it keeps its place)."""
+    from lookalike.catalogue.images import decode_image
+
     items = project.store.find([r.id for r in found])
-    thumbs, kept = [], []
-    for rec in found:
+    thumbs: dict[int, np.ndarray] = {}
+    for n, rec in enumerate(found):
         item = items.get(rec.id)
         try:
-            picture = decode_image(item.image_path, source=rec.id) if item else None
+            if item is not None:
+                thumbs[n] = match_thumbnail(decode_image(item.image_path, source=rec.id))
         except LookalikeError:
-            picture = None  # an image gone or damaged since indexing: keep its place
-        thumbs.append(match_thumbnail(picture) if picture is not None else None)
-        kept.append(picture is not None)
+            continue
     values = np.full(len(found), -np.inf, dtype=np.float32)
-    if any(kept):
-        rows = [n for n, ok in enumerate(kept) if ok]
-        others = np.stack([thumbs[n] for n in rows])
+    if thumbs:
+        rows = sorted(thumbs)
         mine = np.repeat(match_thumbnail(photo)[None], len(rows), axis=0)
-        values[rows] = match_score(score_matches(others, mine))
-    return found, values
+        values[rows] = match_score(score_matches(np.stack([thumbs[n] for n in rows]), mine))
+    return values
 
 
 def search_exact(project, image: Any, k: int = 5, filters: Filters | None = None, *,
@@ -250,11 +289,11 @@ def search_exact(project, image: Any, k: int = 5, filters: Filters | None = None
     """Search by photo for *this exact product*: the ``settings.depth`` nearest products by
     embedding, re-ranked so those whose photo lines up with the query photo come first."""
     settings.check()
-    found, values = candidate_matches(project, image, max(settings.depth, k), filters,
-                                      index=index, exclude=exclude)
+    found, values, _ = candidate_matches(project, image, max(settings.depth, k), filters,
+                                         index=index, exclude=exclude)
     return [found[n] for n in rerank(values, settings.min_score)][:k]
 
 
 __all__ = ["MATCH_SIZE", "MatchSettings", "COLOUR_SCALE", "match_thumbnail", "match_thumbnails",
            "affine_align", "product_mask", "score_matches", "match_score", "match_scores",
-           "rerank", "candidate_matches", "search_exact"]
+           "rerank", "trim_border", "candidate_matches", "search_exact"]
