@@ -220,21 +220,30 @@ def trim_border(image: Image.Image, *, tolerance: float = 30.0,
                 share: float = 0.03) -> Image.Image:
     """``image`` without a plain frame around it (a pad, the corners a rotation filled): cropped
     to the rows and columns where at least ``share`` of the pixels differ from the median border
-    colour by more than ``tolerance``; unchanged when there is no such frame."""
+    colour by more than ``tolerance``, and what is left of the frame where it touches the edge
+    painted white (the catalogue's background); unchanged when there is no such frame."""
+    from scipy import ndimage
+
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
                              pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
-    differs = np.abs(pixels - np.median(border, axis=0)).max(axis=2) > tolerance
+    frame = np.median(border, axis=0)
+    distance = np.abs(pixels - frame).max(axis=2)
+    differs = distance > tolerance
     rows = np.flatnonzero(differs.mean(axis=1) >= share)
     cols = np.flatnonzero(differs.mean(axis=0) >= share)
     h, w = differs.shape
-    if not len(rows) or not len(cols):
+    if not len(rows) or not len(cols) or frame.min() > 235:
+        return image  # no frame, or a white one: the catalogue's own framing
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if ((right - left) * (bottom - top) > 0.97 * h * w or right - left < 0.3 * w
+            or bottom - top < 0.3 * h):
         return image
-    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-    kept = (box[2] - box[0]) * (box[3] - box[1]) / float(h * w)
-    if kept > 0.97 or box[2] - box[0] < 0.3 * w or box[3] - box[1] < 0.3 * h:
-        return image
-    return image.crop(box)
+    crop = pixels[top:bottom, left:right].copy()
+    labels, _ = ndimage.label(distance[top:bottom, left:right] <= tolerance / 2)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    crop[np.isin(labels, edge[edge > 0])] = 255.0
+    return Image.fromarray(crop.astype(np.uint8))
 
 
 def candidate_matches(project, image: Any, depth: int, filters: Filters | None = None, *,
