@@ -184,7 +184,7 @@ class MatchSettings:
     Defaults chosen on validation queries by benchmarks/photo_robust_bench.py."""
 
     depth: int = 50
-    min_score: float = 0.7
+    min_score: float = 0.4
 
     def check(self) -> "MatchSettings":
         if self.depth < 1:
