@@ -172,6 +172,9 @@ def main() -> None:
                              "thresholds chosen on validation copies (see _dedup_combined.py)")
     parser.add_argument("--full", action="store_true",
                         help="--combined on whole splits instead of 2,000-product catalogues")
+    parser.add_argument("--embeddings-from", default=None,
+                        help="a lookalike project whose embedding cache (same embedder) supplies "
+                             "the catalogue photos' vectors (--combined; copies are embedded)")
     parser.add_argument("--ingest-check", action="store_true",
                         help="only time checking one incoming image against 44,072 items")
     args = parser.parse_args()
@@ -186,8 +189,9 @@ def main() -> None:
 
         from lookalike.models.base import create
 
-        payload = combined.run_ingest_check(load_products_frame(), create(args.embedder),
-                                            seed=args.seed)
+        embedder = create(args.embedder)
+        payload = combined.run_ingest_check(load_products_frame(), embedder, seed=args.seed,
+                                            cache=embedding_cache(args, embedder))
         payload["embedder"] = args.embedder
         print(payload["ingest_check"])
         print(write_results("dedup_ingest_check", payload, quick=True, seeds=[args.seed + 202]))
@@ -377,6 +381,18 @@ def main() -> None:
     print(write_results("dedup_bench", payload))
 
 
+def embedding_cache(args: argparse.Namespace, embedder) -> Any:
+    """The ``--embeddings-from`` project's embedding cache of ``embedder``, or None."""
+    if not args.embeddings_from:
+        return None
+    from lookalike.models.cache import EmbeddingCache
+
+    folder = Path(args.embeddings_from) / "embeddings" / embedder.embedder_id
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no embedding cache of {embedder.embedder_id}")
+    return EmbeddingCache(folder, embedder.embedder_id, embedder.dim)
+
+
 def run_combined(args: argparse.Namespace) -> None:
     """``--combined``: see benchmarks/_dedup_combined.py."""
     import _dedup_combined as combined
@@ -385,10 +401,14 @@ def run_combined(args: argparse.Namespace) -> None:
 
     methods, why_not = load_imagededup()
     started = time.perf_counter()
-    payload = combined.run(load_products_frame(), create(args.embedder),
+    embedder = create(args.embedder)
+    cache = embedding_cache(args, embedder)
+    payload = combined.run(load_products_frame(), embedder,
                            methods["PHash"] if methods else None, quick=not args.full,
-                           seed=args.seed, threads=args.threads)
+                           seed=args.seed, threads=args.threads, cache=cache)
     payload.update({"embedder": args.embedder, "imagededup_unavailable": why_not,
+                    "embeddings_from": "project embedding cache (same embedder, same bytes)"
+                    if cache is not None else None,
                     "seconds_total": round(time.perf_counter() - started, 1),
                     "peak_rss_mb": round(peak_rss_mb(), 1)})
     rows = [{"method": "copies", **{k: payload["test"]["copies"][k]

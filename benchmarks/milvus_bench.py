@@ -57,7 +57,7 @@ def products(n_queries: int):
     from _beyond_common import products_project
 
     project, name = products_project(EMBEDDER, progress=False)
-    loaded = project._index(name)  # benchmark-only: the vectors behind the shared index
+    loaded = project.searcher(name)  # the vectors behind the shared index
     frame = project.store.frame()
     train = list(frame.index[frame["split"] == "train"])
     test = list(frame.index[frame["split"] == "test"])

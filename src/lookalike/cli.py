@@ -221,7 +221,8 @@ def search(photo: Annotated[Optional[Path], typer.Argument(help="A photo file (o
            category: CategoryOption = None, gender: GenderOption = None, colour: ColourOption = None,
            price_min: PriceMinOption = None, price_max: PriceMaxOption = None,
            where: WhereOption = None, index: IndexOption = None,
-           project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
+           project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False,
+           exact: Annotated[bool, typer.Option("--exact", help="Find this very product in a shopper's photo (re-rank by photo alignment).")] = False) -> None:
     """Search by photo, by words (--text "red running shoes"), or by a photo refined by words
     (PHOTO --text "in red")."""
     if photo is None and text is None:
@@ -230,7 +231,7 @@ def search(photo: Annotated[Optional[Path], typer.Argument(help="A photo file (o
     found = _query_project(project, text, index).answer(
         image=photo, text=text, k=k, filters=filters, text_weight=text_weight, fusion=fusion,
         per_cluster=per_cluster, index=index, understand=understand, literal=literal or [],
-        keep_type=keep_type)
+        keep_type=keep_type, exact=exact)
     heading = " + ".join(x for x in (str(photo) if photo else None,
                                      repr(text.strip()) if text and text.strip() else None) if x)
     _print_answer(found, as_json, f"most like {heading}")

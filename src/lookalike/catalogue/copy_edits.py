@@ -85,9 +85,49 @@ def edit_copy(image: Image.Image, edits: list[Edit]) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
+#: A shopper's photo of a product: the part of the photo kept (per side), the turn in degrees,
+#: the grey border added (fraction of the side), the brightness factor, the JPEG quality and the
+#: upscaling of a phone photo.
+SHOPPER = {"keep": (0.85, 0.95), "degrees": (2.0, 5.0), "pad": (0.04, 0.12),
+           "brightness": (0.8, 1.2), "jpeg": 40, "upscale": (1.0, 3.0)}
+
+
+def shopper_photo(image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, dict]:
+    """``image`` as a shopper would photograph it (every edit of :data:`SHOPPER` at once, with
+    random strengths): cropped, padded on grey, turned a few degrees either way, brightened or
+    darkened, upscaled and re-saved at JPEG quality 40; returns the photo and its edits."""
+    image = image.convert("RGB")
+    w, h = image.size
+    keep = rng.uniform(*SHOPPER["keep"], size=2)
+    left, top = rng.uniform(0, 1 - keep[0]) * w, rng.uniform(0, 1 - keep[1]) * h
+    image = image.crop((round(left), round(top), round(left + keep[0] * w),
+                        round(top + keep[1] * h)))
+    grey = int(rng.integers(110, 181))
+    pad = rng.uniform(*SHOPPER["pad"])
+    cw, ch = image.size
+    dx, dy = round(pad * cw), round(pad * ch)
+    canvas = Image.new("RGB", (cw + 2 * dx, ch + 2 * dy), (grey, grey, grey))
+    canvas.paste(image, (dx, dy))
+    degrees = float(rng.uniform(*SHOPPER["degrees"]) * rng.choice([-1, 1]))
+    scale = float(rng.uniform(*SHOPPER["upscale"]))
+    canvas = canvas.resize((round(canvas.width * scale), round(canvas.height * scale)),
+                           Image.Resampling.BICUBIC)
+    canvas = canvas.rotate(degrees, resample=Image.Resampling.BILINEAR,
+                           fillcolor=(grey, grey, grey))
+    factor = float(rng.uniform(*SHOPPER["brightness"]))
+    canvas = ImageEnhance.Brightness(canvas).enhance(factor)
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=SHOPPER["jpeg"])
+    edits = {"keep": [round(float(v), 3) for v in keep], "pad": round(float(pad), 3),
+             "grey": grey, "degrees": round(degrees, 2), "brightness": round(factor, 3),
+             "upscale": round(scale, 2), "jpeg": SHOPPER["jpeg"]}
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"), edits
+
+
 def label(edits: list[Edit]) -> str:
     """A short name of a copy's edits, e.g. ``crop+jpeg``."""
     return "+".join(edit.kind for edit in edits)
 
 
-__all__ = ["EDIT_KINDS", "STRENGTHS", "Edit", "random_edits", "edit_copy", "label"]
+__all__ = ["EDIT_KINDS", "STRENGTHS", "Edit", "random_edits", "edit_copy", "label", "SHOPPER",
+           "shopper_photo"]

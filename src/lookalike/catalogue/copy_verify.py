@@ -22,6 +22,7 @@ left:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,24 +95,37 @@ def score_pairs(first: np.ndarray, second: np.ndarray, *, batch: int = 128) -> P
                         for name in ("texture", "colour", "scale")))
 
 
-def _gauss(x, sigma: float):
-    """Gaussian blur of ``[B, 1, H, W]`` (separable, replicated borders)."""
-    import torch
-    import torch.nn.functional as F
-
+@functools.lru_cache(maxsize=64)
+def blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """``[n, n]`` matrix of a 1-D Gaussian blur with replicated borders: ``M @ v`` blurs ``v``
+    (read-only; the same few sizes recur, so they are kept)."""
     radius = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-t * t / (2 * sigma * sigma))
-    kernel = kernel / kernel.sum()
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-t * t / (2 * sigma * sigma))
+    kernel /= kernel.sum()
+    rows = np.repeat(np.arange(n), len(t))
+    cols = np.clip(np.arange(n)[:, None] + t.astype(np.int64)[None], 0, n - 1).reshape(-1)
+    matrix = np.zeros((n, n), dtype=np.float64)
+    np.add.at(matrix, (rows, cols), np.tile(kernel, n))
+    matrix = matrix.astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
 
 
-def _gauss_channels(x, sigma: float):
-    """:func:`_gauss` of every channel of ``[B, C, H, W]``."""
-    b, c, h, w = x.shape
-    return _gauss(x.reshape(b * c, 1, h, w), sigma).reshape(b, c, h, w)
+def gauss(x, sigma: float):
+    """Gaussian blur of ``[B, C, H, W]`` (separable, replicated borders), as two small matrix
+    products (on thumbnails far quicker than convolutions)."""
+    import torch
+
+    h, w = x.shape[-2:]
+    rows = torch.tensor(blur_matrix(h, sigma))
+    cols = torch.tensor(blur_matrix(w, sigma).T)
+    return rows @ x @ cols
+
+
+def gauss_channels(x, sigma: float):
+    """:func:`gauss` of every channel of ``[B, C, H, W]`` (the same as :func:`gauss`)."""
+    return gauss(x, sigma)
 
 
 def _warp(image, params, xn, yn, with_mask: bool = False):
@@ -134,7 +148,7 @@ def align(template, image, iterations: int = _ITERATIONS):
     import torch
 
     b, _, h, w = template.shape
-    target, source = _gauss(template, _SMOOTH)[:, 0], _gauss(image, _SMOOTH)
+    target, source = gauss(template, _SMOOTH)[:, 0], gauss(image, _SMOOTH)
     yn, xn = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
     params = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0]).repeat(b, 1)
     for _ in range(iterations):
@@ -159,7 +173,7 @@ def align(template, image, iterations: int = _ITERATIONS):
     return params, (xn, yn)
 
 
-def _masked_ncc(a, b, mask):
+def masked_ncc(a, b, mask):
     """Normalised cross-correlation of ``[B, H, W]`` images over ``mask``'s pixels."""
     n = mask.sum((1, 2)).clamp(min=1.0)[:, None, None]
     a = (a - (a * mask).sum((1, 2))[:, None, None] / n) * mask
@@ -167,7 +181,7 @@ def _masked_ncc(a, b, mask):
     return (a * b).sum((1, 2)) / ((a * a).sum((1, 2)) * (b * b).sum((1, 2)) + 1e-12).sqrt()
 
 
-def _foreground(lab):
+def foreground(lab):
     """``[B, H, W]`` 1.0 where a pixel differs from the photo's background (the median colour of
     its border) by more than ``_BACKGROUND_DELTA_E``."""
     import torch
@@ -175,7 +189,7 @@ def _foreground(lab):
     border = torch.cat([lab[:, :, 0], lab[:, :, -1], lab[:, :, :, 0], lab[:, :, :, -1]], 2)
     background = border.median(dim=2).values[:, :, None, None]
     scale = torch.tensor([1 / 2.55, 1.0, 1.0]).view(1, 3, 1, 1)
-    distance = torch.linalg.vector_norm((lab - background) * scale, dim=1)
+    distance = (((lab - background) * scale) ** 2).sum(1).sqrt()
     return (distance > _BACKGROUND_DELTA_E).float()
 
 
@@ -187,15 +201,15 @@ def _score_batch(first: np.ndarray, second: np.ndarray) -> PairScores:
         b = torch.from_numpy(np.ascontiguousarray(second)).float()
         grey_a, grey_b = a[:, :1] / 255.0, b[:, :1] / 255.0
         params, (xn, yn) = align(grey_a, grey_b)
-        band_a = _gauss(grey_a, _FINE) - _gauss(grey_a, _COARSE)
-        band_b = _gauss(grey_b, _FINE) - _gauss(grey_b, _COARSE)
-        soft_a, soft_b = _gauss_channels(a, _COLOUR_BLUR), _gauss_channels(b, _COLOUR_BLUR)
+        band_a = gauss(grey_a, _FINE) - gauss(grey_a, _COARSE)
+        band_b = gauss(grey_b, _FINE) - gauss(grey_b, _COARSE)
+        soft_a, soft_b = gauss_channels(a, _COLOUR_BLUR), gauss_channels(b, _COLOUR_BLUR)
         moved, valid = _warp(torch.cat([band_b, soft_b], 1), params, xn, yn, with_mask=True)
         valid = valid.float()
-        texture = _masked_ncc(band_a[:, 0], moved[:, 0], valid)
+        texture = masked_ncc(band_a[:, 0], moved[:, 0], valid)
         lightness = (soft_a[:, 0] - params[:, 4, None, None] * moved[:, 1]) / 2.55
         chroma = torch.sqrt(lightness ** 2 + ((soft_a[:, 1:] - moved[:, 2:]) ** 2).sum(1))
-        product = valid * _foreground(a)
+        product = valid * foreground(a)
         enough = product.sum((1, 2)) >= 0.05 * valid.sum((1, 2)).clamp(min=1.0)
         weight = torch.where(enough[:, None, None], product, valid)
         colour = (chroma * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1.0)
@@ -204,4 +218,5 @@ def _score_batch(first: np.ndarray, second: np.ndarray) -> PairScores:
 
 
 __all__ = ["THUMB_SIZE", "MIN_TEXTURE", "MAX_COLOUR", "thumbnail", "thumbnails", "PairScores",
-           "is_copy", "score_pairs", "align"]
+           "is_copy", "score_pairs", "align", "gauss", "gauss_channels", "masked_ncc",
+           "foreground"]

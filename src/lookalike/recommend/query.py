@@ -12,6 +12,8 @@ offer exactly the same options:
   "sandals") are understood as filters (:mod:`lookalike.recommend.words`,
   :mod:`lookalike.recommend.understood`); :func:`answer` also says what was understood.
   ``understand=False`` (or a column in ``literal``) sends those words to the text model instead;
+* ``exact=True`` (a photo alone): find *this* product in a shopper's photo -- the embedding's
+  nearest products re-ranked by an affine photo check (:mod:`lookalike.recommend.photo_match`);
 * ``per_cluster=n``: at most ``n`` results from any one K-means cluster of
   :mod:`lookalike.recommend.clusters` (the clusters must have been computed with
   ``lookalike clusters``).
@@ -40,7 +42,7 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
            text_weight: float | None = None, fusion: str = "weighted",
            with_title: bool = False, per_cluster: int | None = None,
            index: str | None = None, exclude: Iterable[str] = (), understand: bool = True,
-           literal: Sequence[str] = (), keep_type: bool = True) -> Answer:
+           literal: Sequence[str] = (), keep_type: bool = True, exact: bool = False) -> Answer:
     """The ``k`` best products for a photo (path, bytes or PIL image), a catalogue item and/or
     words, with what the words were understood as; see the module docstring.
 
@@ -50,7 +52,9 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
     ``with_title`` adds the item's own title to a more-like-this query (fused item embeddings).
     ``understand`` turns query understanding on or off; ``literal`` lists columns whose words
     stay words (e.g. ``["colour"]``); ``keep_type`` keeps the photo's category when the words
-    name a colour or gender but no category.
+    name a colour or gender but no category. ``exact`` (a photo without words) looks for *this
+    very product*: the nearest products by embedding are re-ranked so those whose photo lines up
+    with the query photo come first (:func:`~lookalike.recommend.photo_match.search_exact`).
     """
     from lookalike.recommend.text_search import search_with_text
     from lookalike.recommend.understood import search_understood
@@ -61,6 +65,8 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
         raise LookalikeError("with_title refines more-like-this; give an item id")
     if image is not None and item_id is not None:
         raise LookalikeError("give a photo or an item id, not both")
+    if exact and (image is None or (text is not None and str(text).strip())):
+        raise LookalikeError("exact looks for the product in a photo; give a photo and no words")
     exclude = list(exclude)
     understanding = _understanding(project, text, filters, literal) if understand else None
     if image is not None and not hasattr(image, "convert"):
@@ -72,6 +78,10 @@ def answer(project, *, image: Any = None, item_id: str | None = None,
     kept: dict[str, list[str]] = {}
 
     def fetch(n: int) -> list[Recommendation]:
+        if exact:
+            from lookalike.recommend.photo_match import search_exact
+
+            return search_exact(project, image, n, filters, index=index, exclude=exclude)
         if understanding is not None and understanding.understood:
             found = search_understood(project, understanding, image=image, item_id=item_id,
                                       k=n, filters=filters, text_weight=text_weight,
