@@ -1,6 +1,6 @@
 """Search by photo, robust to a shopper's photo: is the product itself in the top 5?
 
-Queries are shopper-like photos of catalogue products (:func:`lookalike.recommend.copy_edits.
+Queries are shopper-like photos of catalogue products (:func:`lookalike.catalogue.copy_edits.
 shopper_photo`: cropped to 85-95 % a side, padded on grey, turned 2-5 degrees, brightness
 x0.8-1.2, upscaled x1-3, JPEG quality 40, all at once); the gallery is the whole products
 catalogue (44,072 items, the product itself included). A query is found when the product -- or
@@ -39,7 +39,7 @@ from _common import peak_rss_mb, print_table, write_results  # noqa: E402
 
 from lookalike.catalogue.images import decode_image  # noqa: E402
 from lookalike.index.base import Filters  # noqa: E402
-from lookalike.recommend.copy_edits import SHOPPER, shopper_photo  # noqa: E402
+from lookalike.catalogue.copy_edits import SHOPPER, shopper_photo  # noqa: E402
 from lookalike.recommend.photo_match import (MatchSettings, candidate_matches,  # noqa: E402
                                              rerank, search_exact)
 

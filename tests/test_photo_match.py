@@ -12,7 +12,7 @@ from PIL import Image
 
 from lookalike import Project
 from lookalike.errors import LookalikeError
-from lookalike.recommend.copy_edits import SHOPPER, shopper_photo
+from lookalike.catalogue.copy_edits import SHOPPER, shopper_photo
 from lookalike.recommend.photo_match import (MatchSettings, match_scores, rerank,
                                              search_exact)
 from lookalike.recommend.query import answer

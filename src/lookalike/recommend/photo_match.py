@@ -29,7 +29,7 @@ from PIL import Image
 from lookalike.errors import LookalikeError
 from lookalike.index.base import Filters
 from lookalike.recommend.results import Recommendation
-from lookalike.recommend.copy_verify import (PairScores, foreground, gauss, gauss_channels,
+from lookalike.catalogue.copy_verify import (PairScores, foreground, gauss, gauss_channels,
                                              masked_ncc)
 from lookalike.threads import torch_threads
 
