@@ -29,7 +29,8 @@ from lookalike.recommend.events import (
     time_split,
 )
 from lookalike.recommend.personal import fit_shopper_model, mmr, parse_history, recommend
-from lookalike.recommend.regions import SceneError, box_iou, look
+from lookalike.recommend.look import look
+from lookalike.recommend.regions import SceneError, box_iou
 from lookalike.recommend.scenes import compose_scene, decode_jpeg
 
 CATEGORIES = ["Tshirts", "Watches", "Casual Shoes", "Handbags", "Kurtas", "Sunglasses"]

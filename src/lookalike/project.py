@@ -603,8 +603,8 @@ class Project:
     def look(self, scene: str | Path | bytes | Image.Image, *, history: Any = None,
              like: str | None = None, k: int = 5, **options: Any) -> dict[str, Any]:
         """Shop the look: the regions of a scene photo worth shopping, each with the most similar
-        products. See :func:`lookalike.recommend.regions.look` for the options."""
-        from lookalike.recommend.regions import look
+        products. See :func:`lookalike.recommend.look.look` for the options."""
+        from lookalike.recommend.look import look
 
         return look(self, _as_image(scene), history=history, like=like, k=k, **options)
 

@@ -108,7 +108,7 @@ def look(
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Shop the look: regions of a scene photo with the most similar products for each."""
     from lookalike.recommend.regions import DEFAULT_WINDOWS
-    from lookalike.recommend.regions import look as run
+    from lookalike.recommend.look import look as run
 
     sizes = _sizes(windows or [])
     proj = Project(project, create=False, read_only=True)

@@ -138,7 +138,7 @@ async def look_endpoint(
             "Move the boxes onto the products with the learned box regressor."))] = True,
 ) -> LookResponse:
     """Regions of a scene photo worth shopping, each with the most similar products."""
-    from lookalike.recommend.regions import look
+    from lookalike.recommend.look import look
     from lookalike.serve.uploads import decode_upload, read_upload
 
     service = service_of(request)

@@ -1,0 +1,229 @@
+"""Shop the look on scenes it was not tuned on: held-out backgrounds and products.
+
+Scenes come from :mod:`lookalike.recommend.scene_generator` (a wide distribution of backgrounds,
+product sizes, rotations, colour casts, blur, JPEG quality, occlusion; cut-outs and pasted
+photos). Backgrounds and products are split three ways (train / validation / test, by a seeded
+hash of their ids; ``benchmarks/results/look_scene_splits.json``); the segmenter was trained on
+train scenes only (``scripts/train_scene_segmenter.py``). Stages:
+
+    # choices (localiser, box-regressor steps, objectness weight) on validation scenes
+    nice -n 19 python benchmarks/look_wild_bench.py --stage validation --scenes 60
+    # the chosen pipeline (look's defaults) on test scenes, read once
+    nice -n 19 python benchmarks/look_wild_bench.py --stage test --scenes 200
+    # warm `look` time per 640x480 scene (normal priority, a short run)
+    python benchmarks/look_wild_bench.py --stage speed
+
+Hit = the top region overlaps the asked product's box by IoU >= 0.5, per mode (all products cut
+out / all pasted), with a 95 % Wilson interval. Product-likeness (no ``like``, no history):
+recall of the scene's products among the top 5 regions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, print_table, write_results  # noqa: E402
+
+from lookalike.recommend.scene_generator import EVALUATION_SPEC, SceneGenerator  # noqa: E402
+from lookalike.recommend.windows import box_iou  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / ".cache" / "look_wild"
+INDEX_EMBEDDER = "efficientnet-lite0"
+GALLERY = 600
+#: Pipeline variants compared on validation (look() keyword arguments).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "windows (old default)": {"localiser": "windows"},
+    "segmenter": {"localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.0},
+    "segmenter + 1 box step": {"localiser": "segmenter", "proposal_steps": 1,
+                               "objectness_weight": 0.0},
+    "segmenter + objectness 0.2": {"localiser": "segmenter", "proposal_steps": 0,
+                                   "objectness_weight": 0.2},
+    "segmenter + objectness 0.5": {"localiser": "segmenter", "proposal_steps": 0,
+                                   "objectness_weight": 0.5},
+}
+LIKENESS_VARIANTS = {"windows (old default)": {"localiser": "windows"},
+                     "segmenter": {"localiser": "segmenter"}}
+SEEDS = {"validation": 101, "test": 202}
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
+    """The 95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def make_scenes(frame: Any, split: str, n: int, n_likeness: int) -> dict[str, list[Any]]:
+    """``n`` like-scenes per mode (cut-out, pasted) and ``n_likeness`` mixed scenes of 3-5
+    products, all of ``split``; seeded."""
+    generator = SceneGenerator(frame, split, EVALUATION_SPEC)
+    out: dict[str, list[Any]] = {}
+    for mode, cutout in (("cutout", True), ("pasted", False)):
+        rng = np.random.default_rng([SEEDS[split], int(cutout)])
+        out[mode] = [generator.like_scene(rng, cutout=cutout) for _ in range(n)]
+    rng = np.random.default_rng([SEEDS[split], 7])
+    likeness = SceneGenerator(frame, split, dataclasses.replace(EVALUATION_SPEC, products=(3, 5)))
+    out["likeness"] = [(likeness.scene(rng), None) for _ in range(n_likeness)]
+    return out
+
+
+def build_project(frame: Any, like_ids: set[str]) -> Any:
+    """A project whose index holds every ``like`` product and a gallery of train products."""
+    import pandas as pd
+
+    from lookalike.project import Project
+
+    train = frame[frame["split"] == "train"]
+    gallery = set(train["id"].sample(GALLERY, random_state=0))
+    rows = frame[frame["id"].isin(like_ids | gallery)].sort_values("id")
+    folder = CACHE / f"project-{len(rows)}-{abs(hash(tuple(rows['id']))) % 10 ** 8}"
+    project = Project(folder)
+    if project.default_index_name() is None:
+        manifest = CACHE / "manifest.parquet"
+        CACHE.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"id": rows["id"], "image": rows["image_jpeg"], "title": rows["title"],
+                      "category": rows["article_type"], "gender": rows["gender"],
+                      "colour": rows["base_colour"], "split": rows["split"]}
+                     ).to_parquet(manifest)
+        project.ingest(manifest, progress=False)
+        project.index(INDEX_EMBEDDER, progress=False)
+    return project
+
+
+def run_like(project: Any, scenes: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+    ious, any5, seconds = [], [], []
+    for scene, like in scenes:
+        started = time.perf_counter()
+        found = project.look(scene.image, like=like, k=1, **options)
+        seconds.append(time.perf_counter() - started)
+        boxes = np.array([r["box"] for r in found["regions"]]).reshape(-1, 4)
+        truth = np.array(scene.target.box)
+        ious.append(float(box_iou(truth, boxes[:1])[0]) if len(boxes) else 0.0)
+        any5.append(bool(len(boxes) and box_iou(truth, boxes).max() >= 0.5))
+    hits = int(sum(i >= 0.5 for i in ious))
+    return {"n": len(scenes), "hits": hits, "hit_rate": round(hits / len(scenes), 4),
+            "interval95": wilson(hits, len(scenes)), "mean_iou": round(float(np.mean(ious)), 4),
+            "hit_in_top5": round(float(np.mean(any5)), 4),
+            "seconds_per_scene": round(statistics.median(seconds), 3)}
+
+
+def run_likeness(project: Any, scenes: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+    found_count, total = 0, 0
+    for scene, _ in scenes:
+        found = project.look(scene.image, k=1, top_regions=5, **options)
+        boxes = np.array([r["box"] for r in found["regions"]]).reshape(-1, 4)
+        for product in scene.products:
+            total += 1
+            found_count += bool(len(boxes) and box_iou(np.array(product.box), boxes).max() >= 0.5)
+    return {"scenes": len(scenes), "products": total, "found": found_count,
+            "recall_at_5": round(found_count / max(total, 1), 4),
+            "interval95": wilson(found_count, total)}
+
+
+def stage_quality(frame: Any, split: str, n: int, n_likeness: int,
+                  variants: dict[str, dict[str, Any]],
+                  likeness_variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    scenes = make_scenes(frame, split, n, n_likeness)
+    like_ids = {like for mode in ("cutout", "pasted") for _, like in scenes[mode]}
+    project = build_project(frame, like_ids)
+    rows, out = [], {"like": {}, "likeness": {}}
+    for label, options in variants.items():
+        out["like"][label] = {mode: run_like(project, scenes[mode], options)
+                              for mode in ("cutout", "pasted")}
+        row = {"variant": label, **{f"{m} hit": out["like"][label][m]["hit_rate"]
+                                    for m in ("cutout", "pasted")},
+               **{f"{m} 95%": out["like"][label][m]["interval95"] for m in ("cutout", "pasted")},
+               "s/scene": out["like"][label]["cutout"]["seconds_per_scene"]}
+        rows.append(row)
+        print(row, flush=True)
+    for label, options in likeness_variants.items():
+        out["likeness"][label] = run_likeness(project, scenes["likeness"], options)
+        print(label, out["likeness"][label], flush=True)
+    print_table(f"{split}: top region IoU >= 0.5 ({n} scenes per mode)", rows)
+    return out
+
+
+def stage_speed(frame: Any, repeats: int) -> dict[str, Any]:
+    scenes = make_scenes(frame, "test", repeats, 0)
+    pairs = scenes["cutout"][: repeats // 2] + scenes["pasted"][: repeats - repeats // 2]
+    project = build_project(frame, {like for _, like in pairs})
+    project.look(pairs[0][0].image, like=pairs[0][1])  # warm: models, sessions, caches
+    seconds = []
+    for scene, like in pairs:
+        started = time.perf_counter()
+        project.look(scene.image, like=like)
+        seconds.append(time.perf_counter() - started)
+    return {"scenes": len(pairs), "median_s": round(statistics.median(seconds), 3),
+            "p90_s": round(float(np.percentile(seconds, 90)), 3),
+            "max_s": round(max(seconds), 3), "size": [640, 480]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stage", choices=("validation", "test", "speed"), required=True)
+    parser.add_argument("--scenes", type=int, default=200, help="like-scenes per mode")
+    parser.add_argument("--likeness-scenes", type=int, default=60)
+    parser.add_argument("--quick", action="store_true", help="20 scenes per mode")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    from lookalike.catalogue.sources import load_products_frame
+    from lookalike.recommend import look as look_module
+    from lookalike.recommend.scene_backgrounds import split_manifest
+    from lookalike.recommend.scene_generator import product_split
+
+    torch.set_num_threads(args.threads)
+    frame = load_products_frame()
+    for column in ("gender", "usage", "article_type", "base_colour", "title"):
+        frame[column] = frame[column].fillna("").astype(str)
+    n = 20 if args.quick else args.scenes
+    manifest = split_manifest()
+    manifest["products"] = {s: int(sum(product_split(i, c) == s for i, c in
+                                       zip(frame["id"], frame["split"])))
+                            for s in ("train", "validation", "test")}
+    (RESULTS / "look_scene_splits.json").write_text(json.dumps(manifest, indent=1))
+    payload: dict[str, Any] = {"stage": args.stage, "spec": EVALUATION_SPEC.to_json(),
+                               "index_embedder": INDEX_EMBEDDER, "threads": args.threads,
+                               "splits": "benchmarks/results/look_scene_splits.json"}
+    suffix = "-quick" if args.quick else ""
+    if args.stage == "speed":
+        payload["warm_look"] = stage_speed(frame, 12)
+        payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
+                               "proposal_steps": look_module.PROPOSAL_STEPS,
+                               "objectness_weight": look_module.OBJECTNESS_WEIGHT}
+        print(payload["warm_look"])
+        name = f"look_wild_speed{suffix}"
+    elif args.stage == "validation":
+        payload["results"] = stage_quality(frame, "validation", n, args.likeness_scenes,
+                                           VARIANTS, LIKENESS_VARIANTS)
+        name = f"look_wild_validation{suffix}"
+    else:
+        defaults = {"default (segmenter)": {}}
+        payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
+                               "proposal_steps": look_module.PROPOSAL_STEPS,
+                               "objectness_weight": look_module.OBJECTNESS_WEIGHT}
+        payload["results"] = stage_quality(frame, "test", n, args.likeness_scenes, defaults,
+                                           defaults)
+        name = f"look_wild_bench{suffix}"
+    out = write_results(name, payload, quick=args.quick,
+                        seeds=[SEEDS["validation"], SEEDS["test"], 0])
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
