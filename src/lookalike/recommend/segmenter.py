@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,8 +240,10 @@ class SceneSegmenter:
             self.network.load_state_dict({k[4:]: v for k, v in tensors.items()
                                           if k.startswith("net.")})
             history, start = meta["history"], meta["epoch"]
-            for _ in range(start * math.ceil(len(images) / batch_size)):
-                schedule.step()
+            with warnings.catch_warnings():  # replaying the schedule before any step
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(start * math.ceil(len(images) / batch_size)):
+                    schedule.step()
         started = time.perf_counter()
         with Progress(transient=True) as progress:
             bar = progress.add_task("segmenter", total=epochs, completed=start)
@@ -308,6 +311,8 @@ class SceneSegmenter:
             raise SegmenterError(f"{folder}: kind {config.get('kind')!r} is not {KIND!r}")
         segmenter = cls(widths=config["widths"], seed=config.get("seed", 0))
         segmenter.config["input_side"] = int(config.get("input_side", INPUT_SIDE))
+        if "trained_on" in config:
+            segmenter.config["trained_on"] = config["trained_on"]
         try:
             segmenter.network.load_state_dict(tensors)
         except RuntimeError as error:
