@@ -179,6 +179,9 @@ def main() -> None:
     parser.add_argument("--likeness-scenes", type=int, default=60)
     parser.add_argument("--quick", action="store_true", help="20 scenes per mode")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default="",
+                        help="validation: only the variants whose label contains one of these "
+                             "comma-separated words (results merge into the stage's JSON)")
     args = parser.parse_args()
     import torch
 
@@ -198,6 +201,7 @@ def main() -> None:
                             for s in ("train", "validation", "test")}
     (RESULTS / "look_scene_splits.json").write_text(json.dumps(manifest, indent=1))
     payload: dict[str, Any] = {"stage": args.stage, "spec": EVALUATION_SPEC.to_json(),
+                               "scenes": 20 if args.quick else args.scenes,
                                "index_embedder": INDEX_EMBEDDER, "threads": args.threads,
                                "splits": "benchmarks/results/look_scene_splits.json"}
     suffix = "-quick" if args.quick else ""
@@ -209,9 +213,18 @@ def main() -> None:
         print(payload["warm_look"])
         name = f"look_wild_speed{suffix}"
     elif args.stage == "validation":
-        payload["results"] = stage_quality(frame, "validation", n, args.likeness_scenes,
-                                           VARIANTS, LIKENESS_VARIANTS)
+        words = [w.strip() for w in args.variants.split(",") if w.strip()]
+        pick = lambda table: {k: v for k, v in table.items()  # noqa: E731
+                              if not words or any(w in k for w in words)}
         name = f"look_wild_validation{suffix}"
+        payload["results"] = stage_quality(frame, "validation", n, args.likeness_scenes,
+                                           pick(VARIANTS), pick(LIKENESS_VARIANTS))
+        earlier = RESULTS / f"{name}.json"
+        if earlier.is_file():  # variants measured by earlier runs of the same size stay
+            old = json.loads(earlier.read_text())
+            if old.get("scenes") == n:
+                for key in ("like", "likeness"):
+                    payload["results"][key] = {**old["results"][key], **payload["results"][key]}
     else:
         defaults = {"default (segmenter)": {}}
         payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
