@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                    "objectness_weight": 0.2},
     "segmenter + objectness 0.5": {"localiser": "segmenter", "proposal_steps": 0,
                                    "objectness_weight": 0.5},
+    "segmenter and windows": {"localiser": "both", "proposal_steps": 0,
+                              "objectness_weight": 0.0},
 }
 LIKENESS_VARIANTS = {"windows (old default)": {"localiser": "windows"},
                      "segmenter": {"localiser": "segmenter"}}
@@ -136,25 +138,34 @@ def run_likeness(project: Any, scenes: list[Any], options: dict[str, Any]) -> di
 
 def stage_quality(frame: Any, split: str, n: int, n_likeness: int,
                   variants: dict[str, dict[str, Any]],
-                  likeness_variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                  likeness_variants: dict[str, dict[str, Any]], modes: list[str],
+                  save: Any) -> dict[str, Any]:
+    """Every variant on ``split``'s scenes; ``save(out)`` after each (variant, mode), so a run
+    split over several commands (``--modes``, ``--variants``) adds up."""
     scenes = make_scenes(frame, split, n, n_likeness)
     like_ids = {like for mode in ("cutout", "pasted") for _, like in scenes[mode]}
     project = build_project(frame, like_ids)
-    rows, out = [], {"like": {}, "likeness": {}}
+    out: dict[str, Any] = {"like": {}, "likeness": {}}
     for label, options in variants.items():
-        out["like"][label] = {mode: run_like(project, scenes[mode], options)
-                              for mode in ("cutout", "pasted")}
-        row = {"variant": label, **{f"{m} hit": out["like"][label][m]["hit_rate"]
-                                    for m in ("cutout", "pasted")},
-               **{f"{m} 95%": out["like"][label][m]["interval95"] for m in ("cutout", "pasted")},
-               "s/scene": out["like"][label]["cutout"]["seconds_per_scene"]}
-        rows.append(row)
-        print(row, flush=True)
-    for label, options in likeness_variants.items():
-        out["likeness"][label] = run_likeness(project, scenes["likeness"], options)
-        print(label, out["likeness"][label], flush=True)
-    print_table(f"{split}: top region IoU >= 0.5 ({n} scenes per mode)", rows)
+        for mode in [m for m in ("cutout", "pasted") if m in modes]:
+            out["like"].setdefault(label, {})[mode] = run_like(project, scenes[mode], options)
+            print(label, mode, out["like"][label][mode], flush=True)
+            save(out)
+    if "likeness" in modes:
+        for label, options in likeness_variants.items():
+            out["likeness"][label] = run_likeness(project, scenes["likeness"], options)
+            print(label, out["likeness"][label], flush=True)
+            save(out)
     return out
+
+
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts merged, ``new`` winning."""
+    merged = dict(old)
+    for key, value in new.items():
+        merged[key] = merge(old[key], value) if isinstance(value, dict) and \
+            isinstance(old.get(key), dict) else value
+    return merged
 
 
 def stage_speed(frame: Any, repeats: int) -> dict[str, Any]:
@@ -179,6 +190,8 @@ def main() -> None:
     parser.add_argument("--likeness-scenes", type=int, default=60)
     parser.add_argument("--quick", action="store_true", help="20 scenes per mode")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", default="cutout,pasted,likeness",
+                        help="which scene sets to run (results merge into the stage's JSON)")
     parser.add_argument("--variants", default="",
                         help="validation: only the variants whose label contains one of these "
                              "comma-separated words (results merge into the stage's JSON)")
@@ -212,27 +225,34 @@ def main() -> None:
                                "objectness_weight": look_module.OBJECTNESS_WEIGHT}
         print(payload["warm_look"])
         name = f"look_wild_speed{suffix}"
-    elif args.stage == "validation":
+    else:
         words = [w.strip() for w in args.variants.split(",") if w.strip()]
         pick = lambda table: {k: v for k, v in table.items()  # noqa: E731
                               if not words or any(w in k for w in words)}
-        name = f"look_wild_validation{suffix}"
-        payload["results"] = stage_quality(frame, "validation", n, args.likeness_scenes,
-                                           pick(VARIANTS), pick(LIKENESS_VARIANTS))
-        earlier = RESULTS / f"{name}.json"
-        if earlier.is_file():  # variants measured by earlier runs of the same size stay
-            old = json.loads(earlier.read_text())
-            if old.get("scenes") == n:
-                for key in ("like", "likeness"):
-                    payload["results"][key] = {**old["results"][key], **payload["results"][key]}
-    else:
-        defaults = {"default (segmenter)": {}}
+        if args.stage == "validation":
+            variants, likeness = pick(VARIANTS), pick(LIKENESS_VARIANTS)
+        else:  # test: look's defaults only (the pipeline chosen on validation)
+            variants = likeness = {"default (segmenter)": {}}
         payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
                                "proposal_steps": look_module.PROPOSAL_STEPS,
                                "objectness_weight": look_module.OBJECTNESS_WEIGHT}
-        payload["results"] = stage_quality(frame, "test", n, args.likeness_scenes, defaults,
-                                           defaults)
-        name = f"look_wild_bench{suffix}"
+        name = f"look_wild_{'validation' if args.stage == 'validation' else 'bench'}{suffix}"
+        earlier = RESULTS / f"{name}.json"
+
+        def save(out: dict[str, Any]) -> None:  # re-read: parallel runs add up
+            old = json.loads(earlier.read_text()) if earlier.is_file() else {}
+            payload["results"] = merge(old.get("results", {}) if old.get("scenes") == n else {},
+                                       out)
+            write_results(name, payload, quick=args.quick,
+                          seeds=[SEEDS["validation"], SEEDS["test"], 0])
+
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        stage_quality(frame, args.stage, n, args.likeness_scenes, variants, likeness, modes,
+                      save)
+        rows = [{"variant": label, **{f"{m} hit": r[m]["hit_rate"] for m in r},
+                 **{f"{m} 95%": r[m]["interval95"] for m in r}}
+                for label, r in payload.get("results", {}).get("like", {}).items()]
+        print_table(f"{args.stage}: top region IoU >= 0.5 ({n} scenes per mode)", rows)
     out = write_results(name, payload, quick=args.quick,
                         seeds=[SEEDS["validation"], SEEDS["test"], 0])
     print(f"wrote {out}")

@@ -9,7 +9,8 @@ Two localisers find *where* products are (``localiser``):
   :data:`MIN_SEGMENT_SIDE` px, or a segmenter that finds fewer than ``top_regions`` distinct
   boxes, add the windows' regions below as further candidates;
 - ``windows``: paper 000's sliding windows (:mod:`lookalike.recommend.regions`), a fast pass
-  over every window, a crop-and-embed check of the best ones, a learned box regressor.
+  over every window, a crop-and-embed check of the best ones, a learned box regressor;
+- ``both``: the segmenter's and the windows' candidates together.
 
 Every candidate is then cropped and embedded with the index's embedder and scored by the query
 (a ``like`` product, a shopper's history, or -- with neither -- the segmenter's objectness,
@@ -51,7 +52,7 @@ from lookalike.recommend.windows import (
 #: The fast pass's default features: PHOG + HSV colour, paper 000's best pair (Table 3), whose
 #: windows are pooled in well under a second; the project's index then checks the best windows.
 DEFAULT_LOOK_FEATURES = "phog+hsv-histogram"
-LOCALISERS = ("segmenter", "windows")
+LOCALISERS = ("segmenter", "windows", "both")
 #: Chosen on the validation split (benchmarks/look_wild_bench.py, benchmarks/RESULTS.md).
 DEFAULT_LOCALISER = "segmenter"
 #: Box-regressor steps applied to the segmenter's boxes (chosen on validation).
@@ -189,7 +190,7 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
     *product-likeness* (the segmenter's objectness; with ``localiser="windows"`` the best
     similarity to one of the catalogue's k-means centres).
 
-    ``localiser``: ``segmenter`` (default) or ``windows`` (see the module's docstring);
+    ``localiser``: ``segmenter`` (default), ``windows`` or ``both`` (see the module's docstring);
     ``proposal_steps`` box-regressor steps on the segmenter's boxes (with ``refine``) and
     ``objectness_weight`` x objectness added to the query's similarity. The
     windows are ``N`` px wide and ``aspect * N`` high for ``N`` in ``windows`` on a ``stride``
@@ -215,11 +216,11 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
                "steps": proposal_steps, "objectness_weight": float(objectness_weight)}
     regions: list[Region] = []
     used, scorer, scored = "windows", None, None
-    if localiser == "segmenter":
+    if localiser in ("segmenter", "both"):
         regions, scorer, scored = _segmenter_regions(project, query, scene, sample, regressor,
                                                      options, model_options)
         used = "segmenter" if scored is not None else "windows"
-    if len(regions) < top_regions:
+    if len(regions) < top_regions or localiser == "both":
         extra = _window_regions(project, query, scene, grids, sample, regressor, options,
                                 model_options)
         if used == "segmenter":

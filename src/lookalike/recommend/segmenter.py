@@ -121,7 +121,7 @@ def scene_targets(instances: np.ndarray, boxes: Sequence[Sequence[int]], scale: 
     return out
 
 
-def _boxes_of(labels: np.ndarray, min_side: int) -> list[tuple[int, int, int, int]]:
+def _boxes_of(labels: np.ndarray, min_side: int) -> list[tuple[float, float, float, float]]:
     from scipy import ndimage
 
     out = []
@@ -181,12 +181,16 @@ class SceneSegmenter:
         return up[0, :height, :width], up[1, :height, :width], scale
 
     def proposals(self, image: Image.Image, thresholds: Sequence[float] = (0.3, 0.5, 0.7),
-                  core_threshold: float = 0.5, min_side: int = 6, dedupe: float = 0.9
-                  ) -> tuple[np.ndarray, np.ndarray, "ObjectnessMap"]:
+                  core_thresholds: Sequence[float] = (0.25, 0.5), min_side: int = 6,
+                  dedupe: float = 0.9) -> tuple[np.ndarray, np.ndarray, "ObjectnessMap"]:
         """Boxes ``[n, 4]`` (int, photo pixels) of likely products, best first, their
-        objectness ``[n]`` and the :class:`ObjectnessMap` that scores any other box: components
-        of the product map at each of ``thresholds``, and a watershed of it seeded by the
-        components of the core map; near-duplicates (IoU > ``dedupe``) are dropped."""
+        objectness ``[n]`` and the :class:`ObjectnessMap` that scores any other box.
+
+        Candidates: the connected components of the product map at each of ``thresholds``;
+        for each of ``core_thresholds``, a watershed of the product map seeded by the core
+        map's components, and each core component's box grown about its centre by
+        ``1 / CORE_SHARE`` (a core is the middle of a product, so this is the product's box even
+        when products touch). Near-duplicates (IoU > ``dedupe``) are dropped."""
         from scipy import ndimage
         from skimage.segmentation import watershed
 
@@ -194,21 +198,30 @@ class SceneSegmenter:
 
         product, core, scale = self.maps(image)
         scored = ObjectnessMap(product, scale)
-        found: list[tuple[int, int, int, int]] = []
+        found: list[tuple[float, float, float, float]] = []
         structure = np.ones((3, 3), bool)
         for threshold in thresholds:
             labels, _ = ndimage.label(product > threshold, structure)
             found += _boxes_of(labels, min_side)
-        seeds, count = ndimage.label(core > core_threshold, structure)
-        if count:
+        for threshold in core_thresholds:
+            seeds, count = ndimage.label(core > threshold, structure)
+            if not count:
+                continue
             found += _boxes_of(watershed(-product, seeds, mask=product > min(thresholds)),
                                min_side)
+            for x0, y0, x1, y1 in _boxes_of(seeds, 2):
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                hw, hh = (x1 - x0) / 2 / CORE_SHARE, (y1 - y0) / 2 / CORE_SHARE
+                found.append((cx - hw, cy - hh, cx + hw, cy + hh))
         if not found:
             return np.zeros((0, 4), np.int64), np.zeros(0), scored
         boxes = np.array(found, np.float64) / scale
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, image.width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, image.height)
         boxes = np.round(boxes).astype(np.int64)
+        boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+        if not len(boxes):
+            return np.zeros((0, 4), np.int64), np.zeros(0), scored
         scores = scored.of(boxes)
         keep = nms(boxes, scores, dedupe, max_keep=len(boxes))
         return boxes[keep], scores[keep], scored
