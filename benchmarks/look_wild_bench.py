@@ -197,7 +197,8 @@ def main() -> None:
                         help="which scene sets to run (results merge into the stage's JSON)")
     parser.add_argument("--variants", default="",
                         help="validation: only the variants whose label contains one of these "
-                             "comma-separated words (results merge into the stage's JSON)")
+                             "comma-separated words, or is '=label' (results merge into the "
+                             "stage's JSON)")
     args = parser.parse_args()
     import torch
 
@@ -230,8 +231,9 @@ def main() -> None:
         name = f"look_wild_speed{suffix}"
     else:
         words = [w.strip() for w in args.variants.split(",") if w.strip()]
-        pick = lambda table: {k: v for k, v in table.items()  # noqa: E731
-                              if not words or any(w in k for w in words)}
+        pick = lambda table: {k: v for k, v in table.items()  # noqa: E731 ("=label": exact)
+                              if not words or any(k == w[1:] if w.startswith("=") else w in k
+                                                  for w in words)}
         if args.stage == "validation":
             variants, likeness = pick(VARIANTS), pick(LIKENESS_VARIANTS)
         else:  # test: look's defaults only (the pipeline chosen on validation)

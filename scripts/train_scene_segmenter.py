@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end after this many epochs (the schedule stays that of --epochs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images, targets = training_scenes(args.scenes, args.seed)
@@ -67,6 +69,7 @@ def main() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     checkpoint = CACHE / f"checkpoint-{args.scenes}-{args.epochs}-{args.seed}.safetensors"
     segmenter.fit(images, targets, epochs=args.epochs, seed=args.seed, checkpoint=checkpoint,
+                  stop_after=args.stop_after,
                   on_epoch=lambda row: print(f"epoch {row['epoch']}: loss {row['loss']:.4f} "
                                              f"({row['seconds']:.0f} s)", flush=True))
     manifest = split_manifest()

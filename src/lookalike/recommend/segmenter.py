@@ -229,12 +229,14 @@ class SceneSegmenter:
     # -- training ----------------------------------------------------------------------------------
     def fit(self, images: np.ndarray, targets: np.ndarray, *, epochs: int = 8,
             batch_size: int = 16, learning_rate: float = 3e-3, seed: int = 0,
-            checkpoint: str | Path | None = None,
+            checkpoint: str | Path | None = None, stop_after: int | None = None,
             on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
         """Train on uint8 scenes ``[n, 3, H, W]`` and float targets ``[n, 2, H/4, W/4]``
         (:func:`scene_targets`): binary cross-entropy plus soft Dice on the product map, half
-        of each batch mirrored, AdamW with a cosine schedule. With ``checkpoint`` (a file) each
-        epoch is saved there and a rerun resumes after the last saved epoch."""
+        of each batch mirrored, AdamW with a one-cycle schedule over ``epochs``. With
+        ``checkpoint`` (a file) each epoch is saved there and a rerun resumes after the last
+        saved epoch; ``stop_after`` ends training after that many epochs (the schedule stays
+        the one of ``epochs``)."""
         from rich.progress import Progress
         from safetensors.torch import load_file, save_file
 
@@ -260,7 +262,7 @@ class SceneSegmenter:
         started = time.perf_counter()
         with Progress(transient=True) as progress:
             bar = progress.add_task("segmenter", total=epochs, completed=start)
-            for epoch in range(start, epochs):
+            for epoch in range(start, min(epochs, stop_after or epochs)):
                 self.network.train()
                 order = torch.randperm(len(images), generator=generator)
                 total, seen = 0.0, 0
@@ -288,7 +290,8 @@ class SceneSegmenter:
                     on_epoch(history[-1])
                 progress.update(bar, advance=1)
         self.network.eval()
-        self.training = {"epochs": epochs, "scenes": int(len(images)), "history": history,
+        self.training = {"epochs": len(history), "scheduled_epochs": epochs,
+                         "scenes": int(len(images)), "history": history,
                          "batch_size": batch_size, "learning_rate": learning_rate}
         return self.training
 
