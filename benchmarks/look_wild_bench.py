@@ -70,25 +70,33 @@ def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
-def make_scenes(frame: Any, split: str, n: int, n_likeness: int) -> dict[str, list[Any]]:
+def make_scenes(frame: Any, split: str, n: int, n_likeness: int,
+                modes: tuple[str, ...] = ("cutout", "pasted", "likeness")
+                ) -> dict[str, list[Any]]:
     """``n`` like-scenes per mode (cut-out, pasted) and ``n_likeness`` mixed scenes of 3-5
-    products, all of ``split``; seeded."""
+    products, all of ``split``; seeded (each set by its own seed, so a subset is the same)."""
     generator = SceneGenerator(frame, split, EVALUATION_SPEC)
-    out: dict[str, list[Any]] = {}
-    for mode, cutout in (("cutout", True), ("pasted", False)):
+    out: dict[str, list[Any]] = {"cutout": [], "pasted": [], "likeness": []}
+    for mode, cutout in [(m, m == "cutout") for m in ("cutout", "pasted") if m in modes]:
         rng = np.random.default_rng([SEEDS[split], int(cutout)])
         out[mode] = [generator.like_scene(rng, cutout=cutout) for _ in range(n)]
-    rng = np.random.default_rng([SEEDS[split], 7])
-    likeness = SceneGenerator(frame, split, dataclasses.replace(EVALUATION_SPEC, products=(3, 5)))
-    out["likeness"] = [(likeness.scene(rng), None) for _ in range(n_likeness)]
+    if "likeness" in modes:
+        rng = np.random.default_rng([SEEDS[split], 7])
+        likeness = SceneGenerator(frame, split,
+                                  dataclasses.replace(EVALUATION_SPEC, products=(3, 5)))
+        out["likeness"] = [(likeness.scene(rng), None) for _ in range(n_likeness)]
     return out
 
 
-def build_project(frame: Any, like_ids: set[str]) -> Any:
-    """A project whose index holds every ``like`` product and a gallery of train products."""
+def build_project(frame: Any, like_ids: set[str], folder: Path | None = None) -> Any:
+    """A project whose index holds every ``like`` product and a gallery of train products
+    (``folder``: an existing one, e.g. built by an earlier run with every mode)."""
     import pandas as pd
 
     from lookalike.project import Project
+
+    if folder is not None:
+        return Project(folder, create=False, read_only=True)
 
     train = frame[frame["split"] == "train"]
     gallery = set(train["id"].sample(GALLERY, random_state=0))
@@ -141,12 +149,13 @@ def run_likeness(project: Any, scenes: list[Any], options: dict[str, Any]) -> di
 def stage_quality(frame: Any, split: str, n: int, n_likeness: int,
                   variants: dict[str, dict[str, Any]],
                   likeness_variants: dict[str, dict[str, Any]], modes: list[str],
-                  save: Any) -> dict[str, Any]:
+                  save: Any, folder: Path | None = None) -> dict[str, Any]:
     """Every variant on ``split``'s scenes; ``save(out)`` after each (variant, mode), so a run
     split over several commands (``--modes``, ``--variants``) adds up."""
-    scenes = make_scenes(frame, split, n, n_likeness)
+    scenes = make_scenes(frame, split, n, n_likeness, tuple(modes) if folder else
+                         ("cutout", "pasted", "likeness"))
     like_ids = {like for mode in ("cutout", "pasted") for _, like in scenes[mode]}
-    project = build_project(frame, like_ids)
+    project = build_project(frame, like_ids, folder)
     out: dict[str, Any] = {"like": {}, "likeness": {}}
     for label, options in variants.items():
         for mode in [m for m in ("cutout", "pasted") if m in modes]:
@@ -170,10 +179,11 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def stage_speed(frame: Any, repeats: int, n: int) -> dict[str, Any]:
+def stage_speed(frame: Any, repeats: int, n: int, folder: Path | None) -> dict[str, Any]:
     """Warm ``Project.look`` time on ``repeats`` test scenes (the test stage's project)."""
-    scenes = make_scenes(frame, "test", n, 0)
-    project = build_project(frame, {like for m in ("cutout", "pasted") for _, like in scenes[m]})
+    scenes = make_scenes(frame, "test", repeats if folder else n, 0, ("cutout", "pasted"))
+    project = build_project(frame, {like for m in ("cutout", "pasted") for _, like in scenes[m]},
+                            folder)
     pairs = scenes["cutout"][: repeats // 2] + scenes["pasted"][: repeats - repeats // 2]
     project.look(pairs[0][0].image, like=pairs[0][1])  # warm: models, sessions, caches
     seconds = []
@@ -193,6 +203,8 @@ def main() -> None:
     parser.add_argument("--likeness-scenes", type=int, default=60)
     parser.add_argument("--quick", action="store_true", help="20 scenes per mode")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--project", type=Path, default=None,
+                        help="an existing project holding every like product (parallel runs)")
     parser.add_argument("--modes", default="cutout,pasted,likeness",
                         help="which scene sets to run (results merge into the stage's JSON)")
     parser.add_argument("--variants", default="",
@@ -223,7 +235,7 @@ def main() -> None:
                                "splits": "benchmarks/results/look_scene_splits.json"}
     suffix = "-quick" if args.quick else ""
     if args.stage == "speed":
-        payload["warm_look"] = stage_speed(frame, 12, n)
+        payload["warm_look"] = stage_speed(frame, 12, n, args.project)
         payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
                                "proposal_steps": look_module.PROPOSAL_STEPS,
                                "objectness_weight": look_module.OBJECTNESS_WEIGHT}
@@ -253,7 +265,7 @@ def main() -> None:
 
         modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         stage_quality(frame, args.stage, n, args.likeness_scenes, variants, likeness, modes,
-                      save)
+                      save, args.project)
         rows = [{"variant": label, **{f"{m} hit": r[m]["hit_rate"] for m in r},
                  **{f"{m} 95%": r[m]["interval95"] for m in r}}
                 for label, r in payload.get("results", {}).get("like", {}).items()]
