@@ -116,34 +116,68 @@ def build_project(frame: Any, like_ids: set[str], folder: Path | None = None) ->
     return project
 
 
-def run_like(project: Any, scenes: list[Any], options: dict[str, Any]) -> dict[str, Any]:
-    ious, any5, seconds = [], [], []
-    for scene, like in scenes:
+class PerScene:
+    """Per-scene records of one (stage, variant, mode) in a JSONL checkpoint: a rerun skips the
+    scenes already measured, and a summary can be written at any time."""
+
+    def __init__(self, key: str) -> None:
+        self.path = CACHE / "checkpoints" / (hashlib.sha256(key.encode()).hexdigest()[:16]
+                                             + ".jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = [json.loads(line) for line in self.path.read_text().splitlines()] \
+            if self.path.is_file() else []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def summarise_like(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    hits = int(sum(r["iou"] >= 0.5 for r in rows))
+    done = max(len(rows), 1)
+    return {"n": len(rows), "planned": n, "hits": hits, "hit_rate": round(hits / done, 4),
+            "interval95": wilson(hits, len(rows)),
+            "mean_iou": round(float(np.mean([r["iou"] for r in rows] or [0])), 4),
+            "hit_in_top5": round(float(np.mean([r["top5"] for r in rows] or [0])), 4),
+            "seconds_per_scene": round(statistics.median([r["s"] for r in rows] or [0]), 3)}
+
+
+def run_like(project: Any, scenes: list[Any], options: dict[str, Any], key: str,
+             report: Any) -> dict[str, Any]:
+    done = PerScene(key)
+    for scene, like in scenes[len(done.rows):]:
         started = time.perf_counter()
         found = project.look(scene.image, like=like, k=1, **options)
-        seconds.append(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
         boxes = np.array([r["box"] for r in found["regions"]]).reshape(-1, 4)
         truth = np.array(scene.target.box)
-        ious.append(float(box_iou(truth, boxes[:1])[0]) if len(boxes) else 0.0)
-        any5.append(bool(len(boxes) and box_iou(truth, boxes).max() >= 0.5))
-    hits = int(sum(i >= 0.5 for i in ious))
-    return {"n": len(scenes), "hits": hits, "hit_rate": round(hits / len(scenes), 4),
-            "interval95": wilson(hits, len(scenes)), "mean_iou": round(float(np.mean(ious)), 4),
-            "hit_in_top5": round(float(np.mean(any5)), 4),
-            "seconds_per_scene": round(statistics.median(seconds), 3)}
+        done.add({"iou": float(box_iou(truth, boxes[:1])[0]) if len(boxes) else 0.0,
+                  "top5": bool(len(boxes) and box_iou(truth, boxes).max() >= 0.5),
+                  "s": seconds})
+        if len(done.rows) % 10 == 0:
+            report(summarise_like(done.rows, len(scenes)))
+    return summarise_like(done.rows, len(scenes))
 
 
-def run_likeness(project: Any, scenes: list[Any], options: dict[str, Any]) -> dict[str, Any]:
-    found_count, total = 0, 0
-    for scene, _ in scenes:
+def summarise_likeness(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    found, total = sum(r["found"] for r in rows), sum(r["products"] for r in rows)
+    return {"scenes": len(rows), "planned": n, "products": total, "found": found,
+            "recall_at_5": round(found / max(total, 1), 4), "interval95": wilson(found, total)}
+
+
+def run_likeness(project: Any, scenes: list[Any], options: dict[str, Any], key: str,
+                 report: Any) -> dict[str, Any]:
+    done = PerScene(key)
+    for scene, _ in scenes[len(done.rows):]:
         found = project.look(scene.image, k=1, top_regions=5, **options)
         boxes = np.array([r["box"] for r in found["regions"]]).reshape(-1, 4)
-        for product in scene.products:
-            total += 1
-            found_count += bool(len(boxes) and box_iou(np.array(product.box), boxes).max() >= 0.5)
-    return {"scenes": len(scenes), "products": total, "found": found_count,
-            "recall_at_5": round(found_count / max(total, 1), 4),
-            "interval95": wilson(found_count, total)}
+        done.add({"products": len(scene.products),
+                  "found": int(sum(bool(len(boxes)) and box_iou(np.array(p.box), boxes).max()
+                                   >= 0.5 for p in scene.products))})
+        if len(done.rows) % 10 == 0:
+            report(summarise_likeness(done.rows, len(scenes)))
+    return summarise_likeness(done.rows, len(scenes))
 
 
 def stage_quality(frame: Any, split: str, n: int, n_likeness: int,
@@ -159,14 +193,23 @@ def stage_quality(frame: Any, split: str, n: int, n_likeness: int,
     out: dict[str, Any] = {"like": {}, "likeness": {}}
     for label, options in variants.items():
         for mode in [m for m in ("cutout", "pasted") if m in modes]:
-            out["like"].setdefault(label, {})[mode] = run_like(project, scenes[mode], options)
-            print(label, mode, out["like"][label][mode], flush=True)
-            save(out)
+            def report(summary: dict[str, Any], label: str = label, mode: str = mode) -> None:
+                out["like"].setdefault(label, {})[mode] = summary
+                print(label, mode, summary, flush=True)
+                save(out)
+
+            report(run_like(project, scenes[mode], options, f"{split}/{n}/{label}/{mode}",
+                            report))
     if "likeness" in modes:
         for label, options in likeness_variants.items():
-            out["likeness"][label] = run_likeness(project, scenes["likeness"], options)
-            print(label, out["likeness"][label], flush=True)
-            save(out)
+            def report_likeness(summary: dict[str, Any], label: str = label) -> None:
+                out["likeness"][label] = summary
+                print(label, summary, flush=True)
+                save(out)
+
+            report_likeness(run_likeness(project, scenes["likeness"], options,
+                                         f"{split}/{n_likeness}/{label}/likeness",
+                                         report_likeness))
     return out
 
 
