@@ -8,6 +8,11 @@ need=()
 # own browser download is never used.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)  # text in screenshots
+# Background photos for generated shop-the-look scenes (recommend/scene_backgrounds.py); scenes
+# still generate without them (scikit-image's photos and procedural textures).
+[ -d /usr/share/backgrounds/gnome ] || need+=(gnome-backgrounds)
+[ -d /usr/share/backgrounds/mate ] || need+=(mate-backgrounds)
+[ -d /usr/share/desktop-base ] || need+=(desktop-base)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -29,7 +29,8 @@ from lookalike.recommend.events import (
     time_split,
 )
 from lookalike.recommend.personal import fit_shopper_model, mmr, parse_history, recommend
-from lookalike.recommend.regions import SceneError, box_iou, look
+from lookalike.recommend.look import look
+from lookalike.recommend.regions import SceneError, box_iou
 from lookalike.recommend.scenes import compose_scene, decode_jpeg
 
 CATEGORIES = ["Tshirts", "Watches", "Casual Shoes", "Handbags", "Kurtas", "Sunglasses"]
@@ -261,6 +262,31 @@ def test_look_finds_the_liked_product_in_a_scene(shop: Project, products: pd.Dat
     assert box_iou(scene.target.box, best)[0] >= 0.5
     assert all(target not in [i["id"] for i in r["items"]] for r in found["regions"])
     assert len(found["regions"]) == 3 and all(len(r["items"]) == 4 for r in found["regions"])
+
+
+def test_look_with_the_segmenter_finds_products(shop: Project, products: pd.DataFrame) -> None:
+    """The default localiser (the packaged segmenter): the liked product's box, and with no
+    query most products of the scene among the top regions, ranked by objectness."""
+    rng = np.random.default_rng(4)
+    by_id = products.set_index(products["id"].astype(str))
+    target = _of(shop, "Handbags", 2)[1]
+    others = [_of(shop, "Tshirts", 2)[1], _of(shop, "Watches", 2)[1], _of(shop, "Kurtas", 1)[0]]
+    scene = compose_scene("grass", [(i, decode_jpeg(by_id.loc[i, "image_jpeg"]),
+                                     "target" if i == target else "distractor")
+                                    for i in [target, *others]], rng, size=(640, 480),
+                          side_range=(90, 140))
+    found = look(shop, scene.image, like=target, top_regions=3, k=2)
+    assert found["localiser"] == "segmenter" and len(found["regions"]) == 3
+    assert box_iou(scene.target.box, np.array(found["regions"][0]["box"]))[0] >= 0.5
+    anything = look(shop, scene.image, top_regions=5, k=1)
+    boxes = np.array([r["box"] for r in anything["regions"]])
+    assert sum(box_iou(p.box, boxes).max() >= 0.5 for p in scene.products) >= 2  # of 4
+    scores = [r["score"] for r in anything["regions"]]
+    assert scores == sorted(scores, reverse=True) and 0 <= min(scores) <= max(scores) <= 1
+    windows = look(shop, scene.image, like=target, top_regions=3, k=2, localiser="windows")
+    assert windows["localiser"] == "windows"
+    with pytest.raises(LookalikeError, match="unknown localiser 'boxes'"):
+        look(shop, scene.image, like=target, localiser="boxes")
 
 
 def test_project_methods_equal_the_functions(shop: Project, products: pd.DataFrame) -> None:

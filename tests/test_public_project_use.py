@@ -1,5 +1,5 @@
-"""Issue 18: the words+photo search, words understanding, the one query verb and the exact-product
-re-rank build on the project's public API only (no ``project._index`` / ``_recommendations``)."""
+"""Issue 15/18: every module of recommend/ (the words+photo search, words understanding, the one
+query verb, the exact-product re-rank, shop the look, ...) builds on the project's public API only (no ``project._index`` / ``_recommendations``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ RECOMMEND = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "recomme
 PRIVATE = re.compile(r"\bproject\._\w+")
 
 
-@pytest.mark.parametrize("module", ["text_search.py", "text_index.py", "understood.py",
-                                    "query.py", "photo_match.py"])
+@pytest.mark.parametrize("module", sorted(p.name for p in RECOMMEND.glob("*.py")))
 def test_module_uses_only_public_project_members(module: str) -> None:
     source = (RECOMMEND / module).read_text()
     assert PRIVATE.findall(source) == []

@@ -119,11 +119,6 @@ class Project(CatalogueVerbs, IndexVerbs, QueryVerbs, AnalysisVerbs):
         since the index was saved are left out)."""
         return recommendations(self.store, ids, scores)
 
-    # Older names of the two above, still used by recommend/regions.py and text_search.py
-    # (their owners switch them over; issue 15).
-    _index = searcher
-    _recommendations = recommendations
-
     def index_name(self, name: str | None = None) -> str:
         """The index a query naming ``name`` uses (None: the project's default), checked to
         exist; a one-line UnknownNameError otherwise."""
@@ -200,8 +195,6 @@ class Project(CatalogueVerbs, IndexVerbs, QueryVerbs, AnalysisVerbs):
         """A one-line ``StoreError`` when this project was opened read-only."""
         if self.read_only:
             raise StoreError(f"{self.path}: opened read-only; cannot {what}")
-
-    _require_writable = require_writable  # older name (recommend/text_search.py)
 
     def _write_settings(self, settings: dict[str, Any]) -> None:
         atomic_write_text(self.layout.settings_file,

@@ -100,6 +100,7 @@ def look(
         features: Annotated[str, typer.Option("--features", help="Embedder of the fast pass over every window; 'index' = the index's own.")] = "phog+hsv-histogram",
         rerank: Annotated[int, typer.Option("--rerank", min=0, max=1000, help="How many of the best windows the index's embedder re-scores from their crops (0: none).")] = 50,
         refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Move the boxes onto the products with the learned box regressor (`lookalike train-boxes`, else the packaged one).")] = True,
+        localiser: Annotated[str, typer.Option("--localiser", help="How products are found: 'segmenter' (the packaged product-vs-background net) or 'windows' (sliding windows only).")] = "segmenter",
         index: IndexOption = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Shop the look: regions of a scene photo with the most similar products for each."""
@@ -109,12 +110,13 @@ def look(
     found = proj.look(photo, history=_id_list(history or []) or None, like=like, k=k,
                       stride=stride, top_regions=top_regions,
                       features=None if features == "index" else features, method=method,
-                      index=index, aspect=aspect, rerank=rerank, refine=refine, **chosen)
+                      index=index, aspect=aspect, rerank=rerank, refine=refine,
+                      localiser=localiser, **chosen)
     if as_json:
         out.print_json(json.dumps(found))
         return
-    out.print(f"{photo}: {found['windows']['count']} windows ({found['features']}, "
-              f"ranked by {found['mode']}) in {found['seconds']:.2f} s")
+    out.print(f"{photo}: found by {found['localiser']} ({found['windows']['count']} windows, "
+              f"{found['features']}), ranked by {found['mode']} in {found['seconds']:.2f} s")
     table = Table(title_justify="left")
     for column in ("#", "box [x0, y0, x1, y1]", "score", "products"):
         table.add_column(column, overflow="fold")

@@ -140,7 +140,8 @@ def image_instances(embedder: Any, image: Any, whole: np.ndarray | None = None, 
                     caches: ProjectCaches | None = None) -> np.ndarray:
     """The bag of one photo: its whole-image vector first, then its latent windows' vectors
     (``caches``: a project's, for what window features share between photos)."""
-    from lookalike.recommend.windows import prepare_scene, windowed_features
+    from lookalike.recommend.feature_maps import windowed_features
+    from lookalike.recommend.windows import prepare_scene
 
     scene = prepare_scene(image, max_side=LATENT_MAX_SIDE)
     if whole is None:

@@ -27,29 +27,33 @@ from PIL import Image
 from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
 from lookalike.models.base import Embedder, l2_normalise
+from lookalike.recommend.feature_maps import (  # noqa: F401 - also re-exported from here
+    EfficientNetMaps,
+    FeatureMapWindows,
+    FusionWindows,
+    has_fast_windows,
+    naive_window_features,
+    windowed_features,
+)
+from lookalike.recommend.window_features import (  # noqa: F401 - also re-exported from here
+    ColourWindows,
+    CropWindows,
+    GISTWindows,
+    HSVHistogramAdapter,
+    PHOGWindows,
+    WindowFeatures,
+)
 from lookalike.recommend.windows import (  # noqa: F401 - also re-exported from here
     DEFAULT_MAX_SIDE,
     DEFAULT_WINDOWS,
     SCORING_THREADS,
-    ColourWindows,
-    CropWindows,
-    EfficientNetMaps,
-    FeatureMapWindows,
-    FusionWindows,
-    GISTWindows,
-    HSVHistogramAdapter,
-    PHOGWindows,
     PreparedScene,
     SceneError,
-    WindowFeatures,
     WindowGrid,
     box_iou,
-    has_fast_windows,
-    naive_window_features,
     nms,
     prepare_scene,
     window_grids,
-    windowed_features,
 )
 
 
@@ -269,209 +273,28 @@ def find_regions(embedder: Embedder, scene: PreparedScene,
     return [Region(boxes[i], float(scores[i]), vectors[n]) for n, i in enumerate(keep)]
 
 
-# ---- the public verb ------------------------------------------------------------------------------
-#: The fast pass's default features: PHOG + HSV colour, paper 000's best pair (Table 3), whose
-#: windows are pooled in well under a second; the project's index then checks the best windows.
-DEFAULT_LOOK_FEATURES = "phog+hsv-histogram"
-#: Catalogue prototypes (k-means centres) for product-likeness.
-PROTOTYPES = 32
-#: Catalogue photos whose windows are the latent SVM's negatives in shop-the-look.
-LOOK_NEGATIVES = 60
-
-
-class _Space:
-    """One vector space windows are scored in: an index's (its stored vectors) or a registry
-    embedder's (catalogue photos embedded on the fly, only the few a query needs). Photos'
-    window bags and catalogue prototypes are kept in the project's caches."""
-
-    def __init__(self, project: Any, loaded: Any, embedder: Embedder | None = None) -> None:
-        self.project, self.loaded = project, loaded
-        self.caches: ProjectCaches = project.caches
-        self.embedder = embedder or loaded.embedder
-        self.is_index = embedder is None
-
-    def vectors(self, ids: Sequence[str]) -> np.ndarray:
-        if self.is_index:
-            return self.loaded.vectors_of(list(ids), self.project.store)
-        return self.embedder.embed(self.project.store.open_image(i) for i in ids)
-
-    def bags(self, ids: Sequence[str]) -> list[np.ndarray]:
-        from lookalike.recommend.personal import image_instances
-
-        out = []
-        for item_id in ids:
-            key = (self.embedder.embedder_id, item_id)
-            bag = self.caches.look_bags.get(key)
-            if bag is None:
-                whole = self.vectors([item_id])[0]
-                bag = self.caches.look_bags.put(key, image_instances(
-                    self.embedder, self.project.store.open_image(item_id), whole,
-                    caches=self.caches))
-            out.append(bag)
-        return out
-
-    def prototypes(self, seed: int, sample: int = 4000) -> np.ndarray:
-        """Unit k-means centres of a sample of the catalogue (fewer photos when embedded on the
-        fly), cached per index version and embedder."""
-        key = f"{self.loaded.folder}:{self.embedder.embedder_id}:{seed}"
-        found = self.caches.prototypes.get(key)
-        if found is None:
-            from sklearn.cluster import KMeans
-
-            ids = sorted(self.loaded.hashes)
-            size = sample if self.is_index else min(sample, 600)
-            if len(ids) > size:
-                rng = np.random.default_rng(seed)
-                ids = [ids[i] for i in sorted(rng.choice(len(ids), size, replace=False))]
-            vectors = self.vectors(ids)
-            centres = KMeans(n_clusters=min(PROTOTYPES, len(vectors)), n_init=1,
-                             random_state=seed).fit(vectors).cluster_centers_
-            found = self.caches.prototypes.put(key, l2_normalise(centres))
-        return found
-
-    def scorer(self, history: list[str] | None, like: str | None, method: str, seed: int,
-               scene_windows: Callable[[], np.ndarray], negatives: int = LOOK_NEGATIVES,
-               C: float | None = None) -> Callable[[np.ndarray], np.ndarray]:
-        """The window scorer of a query in this space.
-
-        For the latent SVM, ``scene_windows()`` describes a sample of the scene's windows: the
-        model learns from catalogue photos, which never show a background, so the scene's own
-        windows (nearly all of which are not what the shopper wants) are negatives too.
-        """
-        from lookalike.recommend.personal import DEFAULT_C, fit_latent_svm
-
-        if like is not None:
-            target = self.vectors([like])[0]
-            return lambda v: v @ target
-        if history is None:
-            prototypes = self.prototypes(seed)
-            return lambda v: (v @ prototypes.T).max(axis=1)
-        if method == "centroid":
-            centre = l2_normalise(self.vectors(history).mean(axis=0, keepdims=True))[0]
-            return lambda v: v @ centre
-        if method == "knn-vote":
-            seen = self.vectors(history)
-            return lambda v: (v @ seen.T).max(axis=1)
-        pool = sorted(set(self.loaded.hashes) - set(history))
-        rng = np.random.default_rng(seed)
-        picks = rng.choice(len(pool), size=min(negatives, len(pool)), replace=False)
-        negative = np.concatenate(self.bags([pool[i] for i in sorted(picks)]) + [scene_windows()])
-        model = fit_latent_svm(self.bags(history), negative,
-                               C=DEFAULT_C if C is None else C, seed=seed)
-        return model.score
-
-
-def _screen_embedder(name: str, caches: ProjectCaches) -> Embedder:
-    """A registry embedder for the fast pass, built once per project (filter banks, networks)."""
-    from lookalike.models.base import create
-
-    return caches.screen_embedders.get_or_make(name, lambda: create(name))
-
-
-def _sample_boxes(grids: Sequence[WindowGrid], n: int, seed: int) -> np.ndarray:
-    boxes = np.concatenate([g.boxes() for g in grids])
-    rng = np.random.default_rng(seed)
-    return boxes[rng.choice(len(boxes), size=min(n, len(boxes)), replace=False)]
-
-
-def look(project: Any, scene_image: Any, history: Any = None, like: str | None = None,
-         k: int = 5, windows: Sequence[int] = DEFAULT_WINDOWS, stride: int | None = None,
-         top_regions: int = 5, features: str | None = DEFAULT_LOOK_FEATURES, *,
-         method: str = "centroid", rerank: int = DEFAULT_RERANK, aspect: float = DEFAULT_ASPECT,
-         filters: Any = None, index: str | None = None, iou_threshold: float = 0.3,
-         max_side: int = DEFAULT_MAX_SIDE, fast: bool = True, scene_negatives: int = 500,
-         seed: int = 0, refine: bool = True, **model_options: Any) -> dict[str, Any]:
-    """Shop the look: the regions of a scene photo worth shopping, each with similar products.
-
-    Regions are ranked
-
-    - by the shopper's model when ``history`` is given (``method``: ``centroid``, the default
-      and the best on the scene benchmark; ``knn-vote``, the best similarity to any history
-      item; or ``latent-svm``, paper 000's eqs. 10-11, the window maximising ``w . x``, fitted
-      against catalogue photos and ``scene_negatives`` windows of the scene);
-    - by cosine similarity to one catalogue product when ``like`` is given;
-    - otherwise by *product-likeness*: the best cosine similarity to one of
-      :data:`PROTOTYPES` k-means centres of the catalogue (a cheap, training-free stand-in for
-      "how much does this window look like something we sell").
-
-    Two stages. The **fast pass** describes every window with ``features`` (a registry name,
-    default PHOG + HSV colour; the query's photos are embedded with it on the fly; ``None``: the
-    index's own embedder) and scores it. The ``rerank`` best windows are then cropped and
-    **checked** with the embedder of ``index`` (the project's default), which also finds each
-    region's products. Windows are ``N`` px wide and ``aspect * N`` high (default 3:4, the
-    catalogue photos' shape; ``aspect=1`` gives paper 000's squares) for ``N`` in ``windows``,
-    on a ``stride`` grid (default: a quarter of the smallest), over the scene scaled to at most
-    ``max_side`` px; boxes are in the original photo's ``[x0, y0, x1, y1]`` pixels. With
-    ``refine`` (the default) a learned box regressor moves the checked windows onto the objects
-    in them (:mod:`lookalike.recommend.box_regression`: the project's own from
-    ``lookalike train-boxes``, else the one shipped with the package).
-    Returns ``{"regions": [{"box", "score", "items": [...]}, ...], "mode", "scene", ...}``.
-    """
-    import time
-
-    from lookalike.errors import UnknownItemError
-    from lookalike.catalogue.images import as_image
-    from lookalike.recommend.box_regression import box_regressor_for
-    from lookalike.recommend.personal import _check_method, check_history, parse_history
-
-    started = time.perf_counter()
-    if k < 1:
-        raise LookalikeError(f"k must be at least 1, got {k}")
-    if history is not None and like is not None:
-        raise LookalikeError("give either a history or a `like` product, not both")
-    _check_method(method)
-    loaded = project._index(index)
-    ids = parse_history(history) if history is not None else None
-    if ids is not None:
-        check_history(project, ids, index)
-    like = str(like).strip() if like is not None else None
-    if like is not None and like not in loaded.hashes:
-        raise UnknownItemError(f"unknown item {like!r} for `like`")
-    own = features is None or features == loaded.embedder.name
-    checker = _Space(project, loaded)
-    screen = checker if own else _Space(project, loaded, _screen_embedder(features, project.caches))
-    image = scene_image if isinstance(scene_image, Image.Image) else as_image(scene_image)
-    scene = prepare_scene(image, max_side=max_side)
-    grids = window_grids(scene.height, scene.width, windows, stride, aspect)
-    window_features = windowed_features(screen.embedder, scene.pixels, grid_block(grids),
-                                        fast=fast, caches=project.caches)
-    sample = _sample_boxes(grids, scene_negatives, seed)
-    scorer = screen.scorer(ids, like, method, seed, lambda: window_features.for_boxes(sample),
-                           **model_options)
-    verifier = None
-    if not own:
-        crops = sample[:max(1, scene_negatives // 5)]  # crops through the checker cost more
-        verifier = (checker.embedder, checker.scorer(
-            ids, like, method, seed,
-            lambda: CropWindows(checker.embedder, scene.pixels).for_boxes(crops),
-            **model_options))
-    regressor = box_regressor_for(project) if refine else None
-    regions = find_regions(screen.embedder, scene, scorer, windows=windows, stride=stride,
-                           top_regions=top_regions, iou_threshold=iou_threshold, aspect=aspect,
-                           rerank=rerank, verifier=verifier, fast=fast,
-                           features=window_features, box_regressor=regressor)
-    out_regions = []
-    if regions:
-        vectors = np.stack([r.vector for r in regions])  # the checker's (index) vectors
-        exclude = ids or ([like] if like else [])
-        hits = loaded.index.search(vectors, k=k, filters=filters,
-                                   exclude=[exclude] * len(regions))
-        boxes = scene.to_original(np.stack([r.box for r in regions]))
-        for region, box, found in zip(regions, boxes, hits):
-            items = project._recommendations(found.ids, found.scores)
-            out_regions.append({"box": [int(v) for v in box], "score": round(region.score, 6),
-                                "items": [item.to_json() for item in items]})
-    mode = "history" if ids is not None else "like" if like is not None else "product-likeness"
-    return {
-        "mode": mode, "method": method if ids is not None else None,
-        "features": screen.embedder.name, "checked_by": None if own else checker.embedder.name,
-        "index": loaded.name,
-        "scene": {"width": scene.original_size[0], "height": scene.original_size[1],
-                  "working_scale": round(scene.scale, 6)},
-        "windows": {"sizes": [[g.width, g.height] for g in grids], "stride": grids[0].stride,
-                    "count": int(sum(len(g) for g in grids)), "rerank": rerank,
-                    "fast": fast and has_fast_windows(screen.embedder),
-                    "boxes_refined": regressor is not None},
-        "regions": out_regions,
-        "seconds": round(time.perf_counter() - started, 4),
-    }
+def proposal_regions(boxes: np.ndarray, objectness: np.ndarray, pixels: np.ndarray,
+                     embedder: Embedder, scorer: Callable[[np.ndarray], np.ndarray] | None, *,
+                     top_regions: int = 5, iou_threshold: float = 0.3,
+                     box_regressor: Any = None, steps: int = 0,
+                     objectness_weight: float = 0.0) -> list[Region]:
+    """Regions from a localiser's proposals (``boxes`` ``[n, 4]`` in ``pixels``' coordinates,
+    e.g. :meth:`~lookalike.recommend.segmenter.SceneSegmenter.proposals`), checked like the
+    window cascade's shortlist: each box is cropped and embedded with ``embedder``, scored by
+    ``scorer`` plus ``objectness_weight`` x its objectness (``scorer=None``: by objectness
+    alone, "what in this photo is a product?"), then the best ``top_regions`` after NMS. With a
+    ``box_regressor`` the boxes first get ``steps`` steps of it."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    if not len(boxes):
+        return []
+    if box_regressor is not None and steps > 0:
+        boxes = box_regressor.refine(pixels, boxes, steps=steps)
+    vectors = CropWindows(embedder, pixels).for_boxes(boxes)
+    objectness = np.asarray(objectness, dtype=np.float64).ravel()
+    if scorer is None:
+        scores = objectness
+    else:
+        scores = np.asarray(scorer(vectors), dtype=np.float64).ravel()
+        scores = scores + objectness_weight * objectness
+    keep = nms(boxes, scores, iou_threshold, max_keep=top_regions)
+    return [Region(boxes[i], float(scores[i]), vectors[i]) for i in keep]

@@ -96,8 +96,8 @@ class QueryVerbs:
     def look(self, scene: Photo, *, history: Any = None, like: str | None = None, k: int = 5,
              **options: Any) -> dict[str, Any]:
         """Shop the look: the regions of a scene photo worth shopping, each with the most similar
-        products. See :func:`lookalike.recommend.regions.look` for the options."""
-        from lookalike.recommend.regions import look
+        products. See :func:`lookalike.recommend.look.look` for the options."""
+        from lookalike.recommend.look import look
 
         return look(self, as_image(scene), history=history, like=like, k=k, **options)
 

@@ -1,0 +1,265 @@
+"""Shop the look, the public verb: the regions of a scene photo worth shopping, each with the
+catalogue products most similar to it (:func:`look`).
+
+Two localisers find *where* products are (``localiser``):
+
+- ``segmenter`` (the default, chosen on the validation split of generated scenes): a small
+  fully convolutional net (:mod:`lookalike.recommend.segmenter`) marks product pixels; its
+  connected components and a watershed of them are the candidate boxes. Scenes smaller than
+  :data:`MIN_SEGMENT_SIDE` px, or a segmenter that finds fewer than ``top_regions`` distinct
+  boxes, add the windows' regions below as further candidates;
+- ``windows``: paper 000's sliding windows (:mod:`lookalike.recommend.regions`), a fast pass
+  over every window, a crop-and-embed check of the best ones, a learned box regressor;
+- ``both``: the segmenter's and the windows' candidates together.
+
+Every candidate is then cropped and embedded with the index's embedder and scored by the query
+(a ``like`` product, a shopper's history, or -- with neither -- the segmenter's objectness,
+"what in this photo is a product?").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lookalike.errors import LookalikeError
+from lookalike.recommend.look_space import QuerySpace, screen_embedder
+from lookalike.recommend.regions import (
+    DEFAULT_ASPECT,
+    DEFAULT_RERANK,
+    Region,
+    find_regions,
+    grid_block,
+    proposal_regions,
+)
+from lookalike.recommend.window_features import CropWindows
+from lookalike.recommend.feature_maps import has_fast_windows, windowed_features
+from lookalike.recommend.windows import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_WINDOWS,
+    PreparedScene,
+    WindowGrid,
+    nms,
+    prepare_scene,
+    window_grids,
+)
+
+#: The fast pass's default features: PHOG + HSV colour, paper 000's best pair (Table 3), whose
+#: windows are pooled in well under a second; the project's index then checks the best windows.
+DEFAULT_LOOK_FEATURES = "phog+hsv-histogram"
+LOCALISERS = ("segmenter", "windows", "both")
+#: Chosen on the validation split (benchmarks/look_wild_bench.py, benchmarks/RESULTS.md).
+DEFAULT_LOCALISER = "segmenter"
+#: Box-regressor steps applied to the segmenter's boxes (chosen on validation).
+PROPOSAL_STEPS = 0
+#: Weight of objectness added to the query's similarity (chosen on validation).
+OBJECTNESS_WEIGHT = 0.0
+#: Scenes whose shorter side is below this are searched with windows only.
+MIN_SEGMENT_SIDE = 64
+
+
+@dataclass
+class _Query:
+    """A checked query: the index, the history or ``like`` ids, and its vector spaces."""
+
+    loaded: Any
+    ids: list[str] | None
+    like: str | None
+    checker: QuerySpace
+    screen: QuerySpace
+    own: bool
+
+
+def _sample_boxes(grids: Sequence[WindowGrid], n: int, seed: int) -> np.ndarray:
+    boxes = np.concatenate([g.boxes() for g in grids])
+    rng = np.random.default_rng(seed)
+    return boxes[rng.choice(len(boxes), size=min(n, len(boxes)), replace=False)]
+
+
+def _check_query(project: Any, history: Any, like: str | None, k: int, method: str,
+                 index: str | None, features: str | None, localiser: str) -> _Query:
+    from lookalike.errors import UnknownItemError
+    from lookalike.recommend.personal import _check_method, check_history, parse_history
+
+    if k < 1:
+        raise LookalikeError(f"k must be at least 1, got {k}")
+    if history is not None and like is not None:
+        raise LookalikeError("give either a history or a `like` product, not both")
+    if localiser not in LOCALISERS:
+        raise LookalikeError(f"unknown localiser {localiser!r}; use one of "
+                             f"{', '.join(LOCALISERS)}")
+    _check_method(method)
+    loaded = project.searcher(index)
+    ids = parse_history(history) if history is not None else None
+    if ids is not None:
+        check_history(project, ids, index)
+    like = str(like).strip() if like is not None else None
+    if like is not None and like not in loaded.hashes:
+        raise UnknownItemError(f"unknown item {like!r} for `like`")
+    own = features is None or features == loaded.embedder.name
+    checker = QuerySpace(project, loaded)
+    screen = checker if own else QuerySpace(project, loaded,
+                                            screen_embedder(features, project.caches))
+    return _Query(loaded, ids, like, checker, screen, own)
+
+
+def _window_regions(project: Any, query: _Query, scene: PreparedScene,
+                    grids: list[WindowGrid], sample: np.ndarray, regressor: Any,
+                    options: dict[str, Any], model_options: dict[str, Any]) -> list[Region]:
+    """The windows localiser: fast pass, CNN check, box regressor."""
+    ids, like, method, seed = query.ids, query.like, options["method"], options["seed"]
+    window_features = windowed_features(query.screen.embedder, scene.pixels, grid_block(grids),
+                                        fast=options["fast"], caches=project.caches)
+    scorer = query.screen.scorer(ids, like, method, seed,
+                                 lambda: window_features.for_boxes(sample), **model_options)
+    verifier = None
+    if not query.own:
+        crops = sample[:max(1, options["scene_negatives"] // 5)]  # crops cost more
+        verifier = (query.checker.embedder, query.checker.scorer(
+            ids, like, method, seed,
+            lambda: CropWindows(query.checker.embedder, scene.pixels).for_boxes(crops),
+            **model_options))
+    return find_regions(query.screen.embedder, scene, scorer, windows=options["windows"],
+                        stride=options["stride"], top_regions=options["top_regions"],
+                        iou_threshold=options["iou_threshold"], aspect=options["aspect"],
+                        rerank=options["rerank"], verifier=verifier, fast=options["fast"],
+                        features=window_features, box_regressor=regressor)
+
+
+def _segmenter_regions(project: Any, query: _Query, scene: PreparedScene, sample: np.ndarray,
+                       regressor: Any, options: dict[str, Any],
+                       model_options: dict[str, Any]) -> tuple[list[Region], Any, Any]:
+    """The segmenter localiser's regions, their scorer (None: objectness) and the
+    objectness map (None when the segmenter is not used for this scene)."""
+    from lookalike.recommend.segmenter import packaged_segmenter
+
+    segmenter = packaged_segmenter(project.caches)
+    if segmenter is None or min(scene.width, scene.height) < MIN_SEGMENT_SIDE:
+        return [], None, None
+    boxes, objectness, scored = segmenter.proposals(Image.fromarray(scene.pixels))
+    scorer = None
+    if query.ids is not None or query.like is not None:
+        crops = sample[:max(1, options["scene_negatives"] // 5)]
+        checker = query.checker
+        scorer = checker.scorer(
+            query.ids, query.like, options["method"], options["seed"],
+            lambda: CropWindows(checker.embedder, scene.pixels).for_boxes(crops), **model_options)
+    regions = proposal_regions(boxes, objectness, scene.pixels, query.checker.embedder, scorer,
+                               top_regions=options["top_regions"],
+                               iou_threshold=options["iou_threshold"], box_regressor=regressor,
+                               steps=options["steps"],
+                               objectness_weight=options["objectness_weight"])
+    return regions, scorer, scored
+
+
+def _merged(found: list[Region], extra: list[Region], scorer: Any, scored: Any,
+            top_regions: int, iou_threshold: float, weight: float) -> list[Region]:
+    """The segmenter's regions topped up with windows' regions, all scored the same way."""
+    if not extra:
+        return found
+    vectors = np.stack([r.vector for r in extra])
+    boxes = np.stack([r.box for r in extra])
+    objectness = scored.of(boxes)
+    scores = objectness if scorer is None else \
+        np.asarray(scorer(vectors), np.float64).ravel() + weight * objectness
+    pool = found + [Region(b, float(s), v) for b, s, v in zip(boxes, scores, vectors)]
+    keep = nms(np.stack([r.box for r in pool]), np.array([r.score for r in pool]),
+               iou_threshold, max_keep=top_regions)
+    return [pool[i] for i in keep]
+
+
+def look(project: Any, scene_image: Any, history: Any = None, like: str | None = None,
+         k: int = 5, windows: Sequence[int] = DEFAULT_WINDOWS, stride: int | None = None,
+         top_regions: int = 5, features: str | None = DEFAULT_LOOK_FEATURES, *,
+         method: str = "centroid", rerank: int = DEFAULT_RERANK, aspect: float = DEFAULT_ASPECT,
+         filters: Any = None, index: str | None = None, iou_threshold: float = 0.3,
+         max_side: int = DEFAULT_MAX_SIDE, fast: bool = True, scene_negatives: int = 500,
+         seed: int = 0, refine: bool = True, localiser: str = DEFAULT_LOCALISER,
+         proposal_steps: int = PROPOSAL_STEPS, objectness_weight: float = OBJECTNESS_WEIGHT,
+         **model_options: Any) -> dict[str, Any]:
+    """Shop the look: the regions of a scene photo worth shopping, each with similar products.
+
+    Regions are ranked by the shopper's model when ``history`` is given (``method``:
+    ``centroid``, the default; ``knn-vote``; or ``latent-svm``, paper 000's eqs. 10-11), by
+    cosine similarity to one catalogue product when ``like`` is given, otherwise by
+    *product-likeness* (the segmenter's objectness; with ``localiser="windows"`` the best
+    similarity to one of the catalogue's k-means centres).
+
+    ``localiser``: ``segmenter`` (default), ``windows`` or ``both`` (see the module's docstring);
+    ``proposal_steps`` box-regressor steps on the segmenter's boxes (with ``refine``) and
+    ``objectness_weight`` x objectness added to the query's similarity. The
+    windows are ``N`` px wide and ``aspect * N`` high for ``N`` in ``windows`` on a ``stride``
+    grid, described by ``features`` in the fast pass (``None``: the index's embedder) and the
+    ``rerank`` best checked with the index's embedder; ``refine`` applies the learned box
+    regressor. The scene is scaled to at most ``max_side`` px; boxes are in the original
+    photo's ``[x0, y0, x1, y1]`` pixels. Returns ``{"regions": [{"box", "score", "items"}, ...],
+    "mode", "scene", "localiser", ...}``.
+    """
+    from lookalike.catalogue.images import as_image
+    from lookalike.recommend.box_regression import box_regressor_for
+
+    started = time.perf_counter()
+    query = _check_query(project, history, like, k, method, index, features, localiser)
+    image = scene_image if isinstance(scene_image, Image.Image) else as_image(scene_image)
+    scene = prepare_scene(image, max_side=max_side)
+    grids = window_grids(scene.height, scene.width, windows, stride, aspect)
+    sample = _sample_boxes(grids, scene_negatives, seed)
+    regressor = box_regressor_for(project) if refine else None
+    options = {"method": method, "seed": seed, "fast": fast, "scene_negatives": scene_negatives,
+               "windows": windows, "stride": stride, "top_regions": top_regions,
+               "iou_threshold": iou_threshold, "aspect": aspect, "rerank": rerank,
+               "steps": proposal_steps, "objectness_weight": float(objectness_weight)}
+    regions: list[Region] = []
+    used, scorer, scored = "windows", None, None
+    if localiser in ("segmenter", "both"):
+        regions, scorer, scored = _segmenter_regions(project, query, scene, sample, regressor,
+                                                     options, model_options)
+        used = "segmenter" if scored is not None else "windows"
+    if len(regions) < top_regions or localiser == "both":
+        extra = _window_regions(project, query, scene, grids, sample, regressor, options,
+                                model_options)
+        if used == "segmenter":
+            regions = _merged(regions, extra, scorer, scored, top_regions, iou_threshold,
+                              float(objectness_weight))
+        else:
+            regions = extra
+    return _answer(project, query, scene, grids, regions, k, filters, used, regressor, options,
+                   fast, started)
+
+
+def _answer(project: Any, query: _Query, scene: PreparedScene, grids: list[WindowGrid],
+            regions: list[Region], k: int, filters: Any, used: str, regressor: Any,
+            options: dict[str, Any], fast: bool, started: float) -> dict[str, Any]:
+    ids, like = query.ids, query.like
+    out_regions = []
+    if regions:
+        vectors = np.stack([r.vector for r in regions])  # the checker's (index) vectors
+        exclude = ids or ([like] if like else [])
+        hits = query.loaded.index.search(vectors, k=k, filters=filters,
+                                         exclude=[exclude] * len(regions))
+        boxes = scene.to_original(np.stack([r.box for r in regions]))
+        for region, box, found in zip(regions, boxes, hits):
+            items = project.recommendations(found.ids, found.scores)
+            out_regions.append({"box": [int(v) for v in box], "score": round(region.score, 6),
+                                "items": [item.to_json() for item in items]})
+    mode = "history" if ids is not None else "like" if like is not None else "product-likeness"
+    return {
+        "mode": mode, "method": options["method"] if ids is not None else None,
+        "localiser": used, "features": query.screen.embedder.name,
+        "checked_by": None if query.own else query.checker.embedder.name,
+        "index": query.loaded.name,
+        "scene": {"width": scene.original_size[0], "height": scene.original_size[1],
+                  "working_scale": round(scene.scale, 6)},
+        "windows": {"sizes": [[g.width, g.height] for g in grids], "stride": grids[0].stride,
+                    "count": int(sum(len(g) for g in grids)), "rerank": options["rerank"],
+                    "fast": fast and has_fast_windows(query.screen.embedder),
+                    "boxes_refined": regressor is not None},
+        "regions": out_regions,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+
