@@ -42,6 +42,7 @@ bench: install-test system-deps
 	# imagededup is only compared against in benchmarks/dedup_bench.py; --no-deps keeps its
 	# tensorflow/torchvision pins out (its hashing methods need only what lookalike already has).
 	$(PIP) install --quiet --no-deps "imagededup==0.3.3.post2"
+	LOOKALIKE_SCENE_PHOTOS=1 bash scripts/system-deps.sh
 	$(PY) benchmarks/run_all.py
 
 clean:

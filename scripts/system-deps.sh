@@ -8,11 +8,14 @@ need=()
 # own browser download is never used.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)  # text in screenshots
-# Background photos for generated shop-the-look scenes (recommend/scene_backgrounds.py); scenes
-# still generate without them (scikit-image's photos and procedural textures).
-[ -d /usr/share/backgrounds/gnome ] || need+=(gnome-backgrounds)
-[ -d /usr/share/backgrounds/mate ] || need+=(mate-backgrounds)
-[ -d /usr/share/desktop-base ] || need+=(desktop-base)
+# Background photos for generated shop-the-look scenes (recommend/scene_backgrounds.py), for the
+# benchmarks only (`make bench` sets LOOKALIKE_SCENE_PHOTOS=1): tests and the demo generate scenes
+# without them (scikit-image's photos and procedural textures).
+if [ "${LOOKALIKE_SCENE_PHOTOS:-0}" = 1 ]; then
+  [ -d /usr/share/backgrounds/gnome ] || need+=(gnome-backgrounds)
+  [ -d /usr/share/backgrounds/mate ] || need+=(mate-backgrounds)
+  [ -d /usr/share/desktop-base ] || need+=(desktop-base)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
