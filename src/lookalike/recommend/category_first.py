@@ -25,6 +25,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
 from lookalike.index.base import Filters, Hits, VectorIndex
+from lookalike.recommend.contract import Recommender
 from lookalike.recommend.results import Recommendation
 from lookalike.storage import atomic_write_text, current_version, versioned_folder
 
@@ -38,10 +39,12 @@ TOP2_CONFIDENCE = 0.7
 
 
 @dataclass
-class CategoryProbe:
+class CategoryProbe(Recommender):
     """A linear classifier over embeddings: ``softmax(vectors @ coef.T + intercept)``.
 
     Binary problems keep scikit-learn's single row of ``coef`` and use the logistic function.
+    A :class:`~lookalike.recommend.contract.Recommender`: :meth:`fit` (re)trains it on labelled
+    rows, :meth:`score` is how sure it is of each row's category.
     """
 
     classes: list[str]
@@ -83,6 +86,35 @@ class CategoryProbe:
     def predict(self, vectors: np.ndarray) -> list[str]:
         """The most probable class of each row."""
         return [self.classes[i] for i in self.predict_proba(vectors).argmax(axis=1)]
+
+    @classmethod
+    def learn(cls, vectors: np.ndarray, labels: Sequence[Any], *, C: float = 1.0,
+              max_iter: int = 300, **fields: Any) -> "CategoryProbe":
+        """A probe fitted on ``vectors`` and their ``labels`` (scikit-learn's
+        ``LogisticRegression``); ``fields``: column, embedder_id, info."""
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=C, max_iter=max_iter).fit(vectors, np.asarray(labels))
+        info = {"C": C, "max_iter": max_iter, "iterations": int(np.max(model.n_iter_)),
+                "train_accuracy": float(model.score(vectors, np.asarray(labels))),
+                **fields.pop("info", {})}
+        return cls(classes=[str(c) for c in model.classes_], coef=model.coef_,
+                   intercept=model.intercept_, info=info, **fields)
+
+    def fit(self, vectors: np.ndarray, labels: Sequence[Any] | None = None) -> "CategoryProbe":
+        """Retrain on labelled rows, with this probe's C and max_iter."""
+        if labels is None:
+            raise LookalikeError("a category probe learns from rows with their categories")
+        again = self.learn(vectors, labels, C=self.info.get("C", 1.0),
+                           max_iter=self.info.get("max_iter", 300), column=self.column,
+                           embedder_id=self.embedder_id)
+        self.classes, self.coef, self.intercept = again.classes, again.coef, again.intercept
+        self.info = {**self.info, **again.info}
+        return self
+
+    def score(self, vectors: np.ndarray) -> np.ndarray:
+        """How sure the probe is of each row's category (its highest class probability)."""
+        return self.predict_proba(vectors).max(axis=1)
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -240,8 +272,6 @@ def train_category_probe(project, *, column: str = "category", index: str | None
     no such split) with a value in ``column``; classes with fewer than ``min_class_size`` items
     are left out (they can still be found by the whole-catalogue fallback).
     """
-    from sklearn.linear_model import LogisticRegression
-
     loaded = project.searcher(index)
     frame = project.store.frame()
     if column not in frame.columns:
@@ -259,16 +289,11 @@ def train_category_probe(project, *, column: str = "category", index: str | None
                              f">= {min_class_size} indexed items each; found {len(set(labels))}")
     vectors = loaded.vectors_of(list(frame.index), project.store)
     started = time.perf_counter()
-    model = LogisticRegression(C=C, max_iter=max_iter)
-    model.fit(vectors, labels)
-    seconds = time.perf_counter() - started
-    probe = CategoryProbe(
-        classes=[str(c) for c in model.classes_], coef=model.coef_, intercept=model.intercept_,
-        column=column, embedder_id=loaded.embedder.embedder_id,
-        info={"index": loaded.name, "split": split, "n_train": int(len(labels)), "C": C,
-              "max_iter": max_iter, "iterations": int(np.max(model.n_iter_)),
-              "train_accuracy": float(model.score(vectors, labels)),
-              "fit_seconds": round(seconds, 2)})
+    probe = CategoryProbe.learn(vectors, labels, C=C, max_iter=max_iter, column=column,
+                                embedder_id=loaded.embedder.embedder_id,
+                                info={"index": loaded.name, "split": split,
+                                      "n_train": int(len(labels))})
+    probe.info["fit_seconds"] = round(time.perf_counter() - started, 2)
     if save:
         project.require_writable("train a category probe")
         with versioned_folder(probe_folder(project, column, loaded.name)) as staging:

@@ -28,6 +28,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, UnknownNameError
 from lookalike.index.base import Filters
+from lookalike.recommend.contract import Recommender
 from lookalike.recommend.results import Recommendation
 from lookalike.storage import atomic_write_text, current_version, versioned_folder
 
@@ -67,6 +68,35 @@ def kmeans(vectors: np.ndarray, k: int, *, seed: int = 0, method: str = "faiss",
         norms = np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         return labels, np.ascontiguousarray(centroids / norms)
     raise UnknownNameError(f"unknown k-means method {method!r}; use one of {', '.join(METHODS)}")
+
+
+@dataclass
+class ClusterModel(Recommender):
+    """K-means as a :class:`~lookalike.recommend.contract.Recommender`: :meth:`fit` groups rows
+    (:func:`kmeans`), :meth:`score` is each row's cosine to its nearest centre, so :meth:`rank`
+    gives the most typical rows and :meth:`assign` each row's cluster."""
+
+    k: int
+    seed: int = 0
+    method: str = "faiss"
+    niter: int = 25
+    centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def fit(self, vectors: np.ndarray, labels: Sequence[Any] | None = None) -> "ClusterModel":
+        """Cluster ``vectors`` (``labels`` are not used: K-means learns without them)."""
+        self.labels, self.centroids = kmeans(vectors, self.k, seed=self.seed,
+                                             method=self.method, niter=self.niter)
+        return self
+
+    def score(self, vectors: np.ndarray) -> np.ndarray:
+        if not len(self.centroids):
+            raise LookalikeError("cluster model: fit it before scoring")
+        return (np.asarray(vectors, dtype=np.float32) @ self.centroids.T).max(axis=1)
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """The nearest centre of each row."""
+        return (np.asarray(vectors, dtype=np.float32) @ self.centroids.T).argmax(axis=1)
 
 
 def purity(clusters_of: Sequence[int] | np.ndarray, classes: Sequence[Any]) -> float:
@@ -145,7 +175,8 @@ def clusters(project, k: int = 50, seed: int = 0, *, index: str | None = None,
         raise LookalikeError(f"index {loaded.name!r} holds no catalogue items to cluster")
     vectors = loaded.vectors_of(ids, project.store)
     started = time.perf_counter()
-    labels, centroids = kmeans(vectors, k, seed=seed, method=method, niter=niter)
+    model = ClusterModel(k, seed=seed, method=method, niter=niter).fit(vectors)
+    labels, centroids = model.labels, model.centroids
     seconds = time.perf_counter() - started
     sizes = np.bincount(labels, minlength=k).tolist()
     report = ClusterReport(index=loaded.name, k=k, seed=seed, method=method, ids=ids,

@@ -39,6 +39,7 @@ from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError, UnknownItemError, UnknownNameError
 from lookalike.index.base import Filters
 from lookalike.models.base import l2_normalise
+from lookalike.recommend.contract import Recommender
 from lookalike.recommend.results import Recommendation
 
 #: A :class:`lookalike.project.Project` (not imported: project.py calls this module, so the
@@ -89,18 +90,37 @@ def check_history(project: "Project", history: Sequence[str], index: str | None 
 
 # ---- shopper models -----------------------------------------------------------------------------
 @dataclass
-class ShopperModel:
+class ShopperModel(Recommender):
     """A linear scorer ``score(x) = x . w + b`` over unit-length vectors of one embedder.
 
     ``centroid`` gives ``w`` = the history's mean vector; ``latent-svm`` the SVM's weights;
     ``knn-vote`` keeps the history vectors and scores a vector by its best similarity to them.
+    A :class:`~lookalike.recommend.contract.Recommender`: ``ShopperModel("centroid").fit(rows)``.
     """
 
     method: str
-    weights: np.ndarray
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     bias: float = 0.0
     history_vectors: np.ndarray | None = field(default=None, repr=False)
     info: dict[str, Any] = field(default_factory=dict)
+
+    def fit(self, vectors: np.ndarray, labels: Sequence[Any] | None = None) -> "ShopperModel":
+        """Learn from a history's rows: ``labels`` 1 = viewed, 0 = a negative (None: all
+        viewed). centroid and knn-vote use the viewed rows; latent-svm also needs negatives
+        (one instance per photo here; :func:`fit_latent_svm` takes windows)."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        marks = np.ones(len(vectors)) if labels is None else np.asarray(labels)
+        viewed = vectors[marks == 1]
+        if not len(viewed):
+            raise LookalikeError("a shopper model needs at least one viewed item")
+        _check_method(self.method)
+        self.history_vectors = viewed
+        if self.method == "latent-svm":
+            fitted = fit_latent_svm([row[None, :] for row in viewed], vectors[marks == 0])
+            self.weights, self.bias, self.info = fitted.weights, fitted.bias, fitted.info
+        else:
+            self.weights, self.bias = l2_normalise(viewed.mean(axis=0, keepdims=True))[0], 0.0
+        return self
 
     def score(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -272,11 +292,8 @@ def fit_shopper_model(project: "Project", history: str | Sequence[str], method: 
     check_history(project, ids, index)
     loaded = project.searcher(index)
     vectors = loaded.vectors_of(ids, project.store)
-    if method == "centroid":
-        return ShopperModel("centroid", l2_normalise(vectors.mean(axis=0, keepdims=True))[0])
-    if method == "knn-vote":
-        return ShopperModel("knn-vote", l2_normalise(vectors.mean(axis=0, keepdims=True))[0],
-                            history_vectors=vectors)
+    if method in ("centroid", "knn-vote"):
+        return ShopperModel(method).fit(vectors)
     cache = cache if cache is not None else instance_cache(project, index)
     seen = set(ids)
     pool = [i for i in loaded.hashes if i not in seen]
