@@ -75,14 +75,8 @@ CATEGORY = {"jittered": "Sneaker", "real": "Tshirts"}  # ~6% and ~16% of the ind
 SLOW_QUERIES = 1000  # brute-force variants at large sizes search only this many queries
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def recall_at_10(found: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(row[:10]) & set(t[:10].tolist())) / min(10, len(t))
-                          for row, t in zip(found, truth)]))
+rss_bytes = protocol.rss_bytes
+recall_at_10 = protocol.recall_at_10
 
 
 def set_threads(threads: int) -> None:

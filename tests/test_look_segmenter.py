@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from scene_products import common_products
+
 from lookalike.recommend.scene_generator import EVALUATION_SPEC, SceneGenerator, SceneSpec
 from lookalike.recommend.segmenter import (
     OUTPUT_STRIDE,
@@ -26,12 +28,7 @@ from lookalike.recommend.windows import box_iou
 
 @pytest.fixture(scope="module")
 def frame(products_parquet: Path) -> pd.DataFrame:
-    data = pd.read_parquet(products_parquet, columns=["id", "split", "article_type",
-                                                      "base_colour", "image_jpeg"])
-    data["id"] = data["id"].astype(str)
-    common = data["article_type"].value_counts().index[:8]
-    data = data[data["article_type"].isin(common)].sort_values("id")
-    return data.groupby("split").head(600).reset_index(drop=True)
+    return common_products(products_parquet)
 
 
 def test_objectness_is_the_mean_probability_in_a_box() -> None:

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from scene_products import common_products
+
 from lookalike.recommend.scene_backgrounds import (
     SPLITS,
     BackgroundError,
@@ -31,13 +33,8 @@ from lookalike.recommend.scene_generator import (
 
 @pytest.fixture(scope="module")
 def frame(products_parquet: Path) -> pd.DataFrame:
-    """120 real products per catalogue split, enough article types for like-scenes."""
-    data = pd.read_parquet(products_parquet, columns=["id", "split", "article_type",
-                                                      "base_colour", "image_jpeg"])
-    data["id"] = data["id"].astype(str)
-    common = data["article_type"].value_counts().index[:8]
-    data = data[data["article_type"].isin(common)].sort_values("id")
-    return data.groupby("split").head(600).reset_index(drop=True)
+    """Real products per catalogue split, enough article types for like-scenes."""
+    return common_products(products_parquet)
 
 
 def test_every_background_is_in_exactly_one_split() -> None:

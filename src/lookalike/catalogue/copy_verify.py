@@ -23,6 +23,7 @@ left:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,12 +82,18 @@ def is_copy(scores: PairScores, min_texture: float = MIN_TEXTURE,
 def score_pairs(first: np.ndarray, second: np.ndarray, *, batch: int = 128) -> PairScores:
     """:class:`PairScores` of thumbnail pairs ``first[k]`` / ``second[k]`` (``[n, 3, H, W]``
     uint8 each, from :func:`thumbnails`)."""
+    return scores_in_batches(_score_batch, first, second, batch=batch, few=_FEW_PAIRS)
+
+
+def scores_in_batches(score_batch: Callable[[np.ndarray, np.ndarray], PairScores],
+                      first: np.ndarray, second: np.ndarray, *, batch: int,
+                      few: int) -> PairScores:
+    """``score_batch`` over the pairs ``first[k]`` / ``second[k]``, ``batch`` pairs at a time;
+    ``few`` pairs or fewer run on one thread (hundreds of tiny ops: threads only wait)."""
     if len(first) != len(second):
-        raise ValueError("score_pairs needs as many first as second thumbnails")
-    few = len(first) <= _FEW_PAIRS
-    # a handful of pairs is hundreds of tiny ops: threads only wait for each other
-    with torch_threads(1 if few else None):
-        parts = [_score_batch(first[s:s + batch], second[s:s + batch])
+        raise ValueError("scoring pairs needs as many first as second thumbnails")
+    with torch_threads(1 if len(first) <= few else None):
+        parts = [score_batch(first[s:s + batch], second[s:s + batch])
                  for s in range(0, len(first), batch)]
     if not parts:
         empty = np.zeros(0, dtype=np.float32)

@@ -70,6 +70,7 @@ from lookalike.models.finetune_network import (
     onnx_session,
     size_pair,
 )
+from lookalike.models.weights import restore_module
 from lookalike.models.finetune_training import (
     HEAD_OPTIONS,
     LossSettings,
@@ -363,21 +364,7 @@ class FinetuneEmbedder(TensorLearner, Embedder):
     def load_state_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         if not tensors:
             return
-        network = self._skeleton(pretrained=False)
-        expected = network.state_dict()
-        if set(expected) != set(tensors):
-            missing = sorted(set(expected) - set(tensors))[:3]
-            extra = sorted(set(tensors) - set(expected))[:3]
-            raise ModelMismatchError(f"{self.name}: saved weights do not fit the config "
-                                     f"(missing {missing}, unexpected {extra})")
-        restored = {}
-        for name, array in tensors.items():
-            shape = tuple(expected[name].shape)
-            if tuple(array.shape) != shape and not (shape == () and array.size == 1):
-                raise ModelMismatchError(f"{self.name}: weight {name} has shape {array.shape}, "
-                                         f"the config needs {shape}")
-            restored[name] = torch.from_numpy(np.array(array).reshape(shape))
-        network.load_state_dict(restored)
+        network = restore_module(self._skeleton(pretrained=False), tensors, self.name)
         for parameter in network.parameters():
             parameter.requires_grad_(False)
         self._network = network.eval()

@@ -30,8 +30,7 @@ from lookalike.errors import LookalikeError
 from lookalike.index.base import Filters
 from lookalike.recommend.results import Recommendation
 from lookalike.catalogue.copy_verify import (PairScores, foreground, gauss, gauss_channels,
-                                             masked_ncc)
-from lookalike.threads import torch_threads
+                                             masked_ncc, scores_in_batches)
 
 #: Thumbnail size (width, height) the match is computed at: the catalogue's 60 x 80 photos.
 MATCH_SIZE = (60, 80)
@@ -136,16 +135,7 @@ def score_matches(first: np.ndarray, second: np.ndarray, *, batch: int = 64) -> 
     """Texture and colour agreement of thumbnail pairs ``first[k]`` (the catalogue photo) /
     ``second[k]`` (the query photo), both ``[n, 3, H, W]`` uint8 from
     :func:`match_thumbnails`; ``scale`` is the fitted (a11, a22)."""
-    if len(first) != len(second):
-        raise ValueError("score_matches needs as many first as second thumbnails")
-    with torch_threads(1 if len(first) <= 8 else None):
-        parts = [_score_batch(first[s:s + batch], second[s:s + batch])
-                 for s in range(0, len(first), batch)]
-    if not parts:
-        empty = np.zeros(0, dtype=np.float32)
-        return PairScores(empty, empty, np.zeros((0, 2), dtype=np.float32))
-    return PairScores(*(np.concatenate([getattr(p, name) for p in parts])
-                        for name in ("texture", "colour", "scale")))
+    return scores_in_batches(_score_batch, first, second, batch=batch, few=8)
 
 
 def _score_batch(first: np.ndarray, second: np.ndarray) -> PairScores:

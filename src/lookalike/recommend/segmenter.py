@@ -298,16 +298,12 @@ class SceneSegmenter:
     # -- persistence -------------------------------------------------------------------------------
     def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """``config.json`` + ``weights.safetensors`` into ``folder`` (written atomically)."""
-        from safetensors.torch import save_file
-
+        from lookalike.models.weights import state_arrays, write_tensors
         from lookalike.storage import atomic_write_text
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / (WEIGHTS_FILE + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.network.state_dict().items()},
-                  str(temporary))
-        temporary.replace(folder / WEIGHTS_FILE)
+        write_tensors(folder / WEIGHTS_FILE, state_arrays(self.network))
         atomic_write_text(folder / CONFIG_FILE, json.dumps(
             {**self.config, "training": self.training, **(extra or {})}, indent=1))
         return folder
@@ -315,12 +311,12 @@ class SceneSegmenter:
     @classmethod
     def load(cls, folder: str | Path) -> "SceneSegmenter":
         """A segmenter saved with :meth:`save` (JSON and safetensors only; runs no code)."""
-        from safetensors.torch import load_file
+        from lookalike.models.weights import read_tensors, restore_module
 
         folder = Path(folder)
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
-            tensors = load_file(str(folder / WEIGHTS_FILE))
+            tensors = read_tensors(folder / WEIGHTS_FILE)
         except (OSError, ValueError) as error:
             raise SegmenterError(f"{folder}: not a saved scene segmenter ({error})") from None
         if config.get("kind") != KIND:
@@ -330,10 +326,9 @@ class SceneSegmenter:
         if "trained_on" in config:
             segmenter.config["trained_on"] = config["trained_on"]
         try:
-            segmenter.network.load_state_dict(tensors)
-        except RuntimeError as error:
-            raise SegmenterError(f"{folder}: weights do not match the config "
-                                 f"({str(error).splitlines()[0]})") from None
+            restore_module(segmenter.network, tensors, f"{folder}: scene segmenter")
+        except LookalikeError as error:
+            raise SegmenterError(str(error)) from None
         segmenter.network.eval()
         segmenter.training = config.get("training")
         return segmenter
