@@ -122,16 +122,22 @@ def _latency(index: Any, queries: np.ndarray) -> dict:
             "p99_ms": round(float(np.percentile(times, 99)), 3)}
 
 
-def build_all(data: Path, chosen: dict[str, tuple[str, dict]], progress: Any) -> dict[str, dict]:
-    """Build and save every variant (same vectors, same 250k batches); returns build facts."""
-    from lookalike.index.base import create_index
-
+def load_items(data: Path) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
+    """The benchmark data's vectors (memory-mapped), ids and filter attributes."""
     base = np.load(data / "base.npy", mmap_mode="r")
     prices = np.load(data / "prices.npy")
     categories = np.load(data / "categories.npy")
     ids = [f"item-{i:07d}" for i in range(len(base))]
     attributes = [{"price": int(p), "category": c} for p, c in zip(prices.tolist(),
                                                                     categories.tolist())]
+    return base, ids, attributes
+
+
+def build_all(data: Path, chosen: dict[str, tuple[str, dict]], progress: Any) -> dict[str, dict]:
+    """Build and save every variant (same vectors, same 250k batches); returns build facts."""
+    from lookalike.index.base import create_index
+
+    base, ids, attributes = load_items(data)
     out = {}
     for name, (kind, params) in chosen.items():
         progress(f"build {name}")

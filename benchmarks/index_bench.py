@@ -150,12 +150,7 @@ def worker_build(data: Path, variant: str, out: Path, threads: int) -> dict:
 
     set_threads(threads)
     kind, params = VARIANTS[variant]
-    base = np.load(data / "base.npy", mmap_mode="r")
-    prices = np.load(data / "prices.npy")
-    categories = np.load(data / "categories.npy")
-    ids = [f"item-{i:07d}" for i in range(len(base))]
-    attributes = [{"price": int(p), "category": c} for p, c in zip(prices.tolist(),
-                                                                    categories.tolist())]
+    base, ids, attributes = protocol.load_items(data)
     index = create_index(kind, base.shape[1], embedder_id="bench", **params)
     start = time.perf_counter()
     for lo in range(0, len(base), 250_000):  # batches, as a catalogue would be fed
