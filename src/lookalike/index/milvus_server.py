@@ -18,6 +18,10 @@ from typing import Any
 
 from lookalike.errors import LookalikeError
 
+#: The server's internal gRPC ports besides the proxy's and etcd's (names from the package).
+_ROLE_PORTS = ("root_coord_port", "proxy_internal_port", "query_coord_port", "query_node_port",
+               "index_coord_port", "index_node_port", "data_coord_port", "data_node_port")
+
 
 def free_port() -> int:
     """A TCP port nothing listens on right now (the kernel's pick)."""
@@ -81,9 +85,13 @@ class LocalMilvus:
         self.folder = Path(folder)
         self.port = port or free_port()
         etcd_client, etcd_peer = free_port(), free_port()
+        # Every port is the kernel's pick, not the package's fixed defaults (53100, 19529, ...):
+        # two servers starting at once would otherwise both check a default as free, then race.
+        roles = {key: free_port() for key in _ROLE_PORTS}
         self._server = MilvusServer(config=_config(self.folder / "lookalike", etcd_client,
                                                    etcd_peer, time_tick_ms),
-                                    proxy_port=self.port, etcd_port=etcd_client)
+                                    proxy_port=self.port, etcd_port=etcd_client, **roles)
+        self._server.webservice_port = free_port()  # health and metrics (default 9091)
         self._server.set_base_dir(str(self.folder))
 
     @property
