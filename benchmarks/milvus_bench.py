@@ -17,6 +17,9 @@ growth when reading the index; Milvus: the server process tree's RSS before the 
 the collection loaded), and an ef sweep (recall@10 against exact search, q/s, p50/p99, one query
 at a time from one thread); the reported point is the smallest ef reaching recall@10 >= 0.95.
 Milvus reads use Session consistency (the default); Strong at the same ef is measured beside it.
+Before any Milvus timing the server is left to settle (``settle``: its process tree under 0.25
+cores over 5 s), because it keeps handing segments over and compacting for minutes after the
+index reports Finished; the JSON records the wait and the idle cores.
 
 ``end_to_end``: what a user waits for. ``Project.search(photo bytes, k=10)`` -- decode, embed
 with Lite0, search, item details from the catalogue store -- over a FAISS HNSW index and over a
@@ -91,7 +94,7 @@ def side_by_side(base: np.ndarray, queries: np.ndarray, server, collection: str,
 
 
 def end_to_end(project, photos: list[bytes], server, ef_faiss: int, ef_milvus: int) -> dict:
-    from _milvus_parts import wait_indexed
+    from _milvus_parts import settle, tree_cpu_s, wait_indexed
 
     renice(0)
     renice(0, [server.pid])
@@ -103,11 +106,12 @@ def end_to_end(project, photos: list[bytes], server, ef_faiss: int, ef_milvus: i
                   index_options={"uri": server.uri, "collection": "e2e", "timeout": 600,
                                  "ef_construction": 100, "ef_search": ef_milvus})
     wait_indexed(server.uri, "e2e")
+    settled = settle(server.pid)
     times: dict[str, list[float]] = {"faiss": [], "milvus": [], "embed_only": []}
     cpu = dict.fromkeys(times, 0.0)  # this process's CPU seconds (all threads) per phase
     for side in ("faiss", "milvus"):
         project.search(photos[0], k=10, index=names[side])  # load + warm up
-    server_cpu = _tree_cpu_s(server.pid)
+    server_cpu = tree_cpu_s(server.pid)
     for n, photo in enumerate(photos):
         for side in (("faiss", "milvus") if n % 2 else ("milvus", "faiss")):
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -118,7 +122,7 @@ def end_to_end(project, photos: list[bytes], server, ef_faiss: int, ef_milvus: i
         project.embed_query(photo, index=names["faiss"])
         times["embed_only"].append(time.perf_counter() - start)
         cpu["embed_only"] += time.process_time() - cpu_start
-    server_cpu = _tree_cpu_s(server.pid) - server_cpu
+    server_cpu = tree_cpu_s(server.pid) - server_cpu
     out: dict = {}
     for side, values in times.items():
         ms = np.array(values) * 1000
@@ -131,15 +135,7 @@ def end_to_end(project, photos: list[bytes], server, ef_faiss: int, ef_milvus: i
         out[f"milvus_overhead_{stat[:-3]}_pct"] = round(
             100 * (out["milvus"][stat] / out["faiss"][stat] - 1), 1)
     return {"photos": len(photos), "k": 10, "ef": {"faiss": ef_faiss, "milvus": ef_milvus},
-            "consistency": "Session", **out}
-
-
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its children so far."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    return sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
+            "consistency": "Session", **settled, **out}
 
 
 def main() -> None:
