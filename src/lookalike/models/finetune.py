@@ -225,10 +225,10 @@ class FinetuneEmbedder(TensorLearner, Embedder):
         width, height = self.input_size
         backbone = EfficientNet.from_name(VARIANT, image_size=[height, width])
         if pretrained:
-            from lookalike.models.efficientnet import (_packaged_weights_path, check_state,
+            from lookalike.models.efficientnet import (check_state, packaged_weights_path,
                                                        read_state_dict)
 
-            state = read_state_dict(_packaged_weights_path())
+            state = read_state_dict(packaged_weights_path())
             check_state(state, VARIANT, "packaged EfficientNet-Lite0 weights")
             backbone.load_state_dict(state, strict=True)
         backbone._fc = nn.Identity()  # the ImageNet classifier is cut off (paper 002, step 1)
