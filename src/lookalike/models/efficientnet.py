@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import os
 import tempfile
 import threading
@@ -263,11 +264,20 @@ class EfficientNetLite0Embedder(Embedder):
               progress: Callable[[int], None] | None = None) -> np.ndarray:
         """As :meth:`Embedder.embed`, but the next batch is resized in a helper thread while the
         model runs on the current one (Pillow releases the GIL while it resizes)."""
-        size = batch_size or self.batch_size
+        batches = _batches(images, batch_size or self.batch_size)
+        first = next(batches, None)
+        second = None if first is None else next(batches, None)
+        if second is None:  # one batch (a query photo): no helper thread to start
+            if first is None:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            vectors = self.embed_prepared([self.prepare(image) for image in first])
+            if progress:
+                progress(len(vectors))
+            return vectors
         out: list[np.ndarray] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-prepare") as pool:
             pending = None
-            for batch in _batches(images, size):
+            for batch in itertools.chain([first, second], batches):
                 prepared = pool.submit(lambda b: [self.prepare(image) for image in b], batch)
                 if pending is not None:
                     out.append(self.embed_prepared(pending.result()))
