@@ -16,10 +16,13 @@ so a killed driver or worker loses at most the chunk in flight and a re-run embe
 missing. Images that fail to decode are reported per key with the catalogue's own rejection
 message (and are never cached, so the core path rejects them again the same way).
 
-Two entry points:
+Entry points:
 
 * :func:`embed_missing` -- what ``Project.index(engine="ray")`` calls: the catalogue store's
   missing content hashes with their stored image files.
+* :func:`embed_to_shards` -- ``Project.index(engine="ray", shards=DIR)``: each actor writes its
+  batch as one Parquet vector shard (:mod:`lookalike.models.vector_shards`) instead of sending
+  the vectors to the driver; a rerun embeds only the ids no shard holds.
 * :func:`embed_manifest` -- a plain function over manifest shards (Parquet with inline image
   bytes or paths, or CSV with paths) read with ``ray.data.read_parquet`` / ``read_csv``; the
   content hash is computed as the catalogue computes it.
