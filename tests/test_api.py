@@ -145,6 +145,18 @@ def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 180.0) -> N
 
 
 @contextlib.contextmanager
+def _service_url(project: Path, backend: str) -> Iterator[str]:
+    """The URL of a writable service over ``project``: in a thread of this process over FAISS,
+    ``lookalike serve --workers 2`` over Milvus."""
+    if backend == "milvus":
+        with _two_workers(project, read_only=False) as http:
+            yield str(http.base_url).rstrip("/")
+        return
+    with BackgroundServer(create_app(_settings(project))) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
 def _two_workers(project: Path, read_only: bool) -> Iterator[httpx.Client]:
     """``lookalike serve --workers 2`` over ``project`` in its own process group, and an HTTP
     client for it (the same interface as a TestClient)."""
@@ -811,20 +823,20 @@ def test_a_version_replaced_while_loading_is_read_again(project_copy: Path,
 
 
 @OVER_BOTH
-def test_concurrent_reads_during_updates_never_fail(project_copy: Path,
-                                                    products: pd.DataFrame) -> None:
-    """Readers hammer the server (real HTTP, several threads) while items are added and
-    removed; every read succeeds and every write lands."""
+def test_concurrent_reads_during_updates_never_fail(project_copy: Path, products: pd.DataFrame,
+                                                    backend: str) -> None:
+    """Readers hammer the server (real HTTP, several threads; over Milvus, two worker
+    processes) while items are added and removed; every read succeeds and every write lands."""
     ids = list(products.iloc[:N_ITEMS]["id"].astype(str))
     photos = [_photo(products, row) for row in range(0, 40, 4)]
     failures: list[str] = []
     reads = 0
     stop = threading.Event()
 
-    with BackgroundServer(create_app(_settings(project_copy))) as server:
+    with _service_url(project_copy, backend) as url:
         def read_loop(seed: int) -> None:
             nonlocal reads
-            with httpx.Client(base_url=server.url, timeout=60) as http:
+            with httpx.Client(base_url=url, timeout=60) as http:
                 n = seed
                 while not stop.is_set():
                     n += 1
@@ -848,7 +860,7 @@ def test_concurrent_reads_during_updates_never_fail(project_copy: Path,
         for thread in threads:
             thread.start()
         try:
-            with httpx.Client(base_url=server.url, timeout=120,
+            with httpx.Client(base_url=url, timeout=120,
                               headers={"X-API-Key": API_KEY}) as http:
                 for n in range(4):
                     photo = _photo(products, N_ITEMS + 20 + n)
@@ -863,7 +875,7 @@ def test_concurrent_reads_during_updates_never_fail(project_copy: Path,
             stop.set()
             for thread in threads:
                 thread.join(timeout=60)
-        with httpx.Client(base_url=server.url, timeout=60) as http:
+        with httpx.Client(base_url=url, timeout=60) as http:
             summary = http.get("/v1/catalogue").json()
     assert not failures, failures[:5]
     assert reads > 20
