@@ -183,3 +183,27 @@ def test_cli_indexes_milvus_from_shards_without_embedding(sharded, manifest, mil
     other = _project(tmp_path / "q", manifest)
     with pytest.raises(ModelMismatchError, match="shard vectors are from embedder"):
         other.index("pixels", progress=False, shards=shards)
+
+
+def test_shard_writes_are_atomic_and_replace_their_own(tmp_path) -> None:
+    """No Ray needed: a half-written shard (a kill -9 mid-write leaves its hidden temporary
+    file) is never read; the same ids written again replace their shard; a damaged shard is a
+    one-line error."""
+    from lookalike import StoreError
+    from lookalike.models.vector_shards import write_shard
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(5, 8)).astype(np.float32)
+    ids = [f"i{n}" for n in range(5)]
+    first = write_shard(tmp_path, ids, [f"k{n}" for n in range(5)], "e", vectors)
+    (tmp_path / f".{first.name}.dead.tmp").write_bytes(b"PAR1 cut short")
+    again = write_shard(tmp_path, ids, [f"k{n}" for n in range(5)], "e", vectors[::-1])
+    assert again == first and shard_files(tmp_path) == [first]
+    rows = list(read_shards(tmp_path, "e", 8))
+    assert len(rows) == 1 and rows[0].ids == ids
+    np.testing.assert_array_equal(rows[0].vectors, vectors[::-1])
+    with pytest.raises(ModelMismatchError, match="holds 8-d vectors, not 16-d"):
+        list(read_shards(tmp_path, "e", 16))
+    first.write_bytes(b"not parquet at all")
+    with pytest.raises(StoreError, match="unreadable vector shard"):
+        list(read_shards(tmp_path))
