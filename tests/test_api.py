@@ -97,8 +97,18 @@ def _index(project: Project, backend: str, request: pytest.FixtureRequest,
 
 
 @pytest.fixture(scope="session")
+def built_projects() -> dict[str, Path]:
+    """backend -> its base project, so the FAISS one is built once, whether a test is
+    parametrised (``backend=faiss``) or not (pytest makes a fixture instance for each)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
 def base_project(products: pd.DataFrame, backend: str, request: pytest.FixtureRequest,
+                 built_projects: dict[str, Path],
                  tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if backend in built_projects:
+        return built_projects[backend]
     folder = tmp_path_factory.mktemp(f"api-{backend}")
     project = Project(folder / "project")
     report = project.ingest(_manifest(products.iloc[:N_ITEMS], folder / "m.parquet"),
@@ -106,6 +116,7 @@ def base_project(products: pd.DataFrame, backend: str, request: pytest.FixtureRe
     assert report.added == N_ITEMS and not report.rejected
     _index(project, backend, request, "api_base")
     project.close()
+    built_projects[backend] = folder / "project"
     return folder / "project"
 
 
