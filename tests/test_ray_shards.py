@@ -120,6 +120,19 @@ def test_rerun_after_removing_a_shard_redoes_only_it(sharded, tmp_path) -> None:
     np.testing.assert_allclose(np.stack([_by_id(copy)[i] for i in sorted(lost_ids)]),
                                np.stack([_by_id(shards)[i] for i in sorted(lost_ids)]), atol=1e-3)
 
+    # An item whose image changed (here: item a now shows item b's photo) is embedded again into
+    # a row of its own; `current` hashes pick that row when loading an index.
+    a, b = sorted(images)[:2]
+    images[a] = images[b]
+    assert embed_to_shards(images, model_dir, copy, RAY, progress=False) == {}
+    fresh = [p for p in shard_files(copy) if p.name not in before]
+    assert len(fresh) == 1 and _ids_of(fresh[0]) == {a}
+    vectors = _by_id(copy)
+    index = create_index("exact", vectors[b].shape[0], project.searcher(None).embedder.embedder_id)
+    current = {i: key for i, (key, _) in images.items()}
+    assert add_shards(index, copy, current=current) == SLICE
+    np.testing.assert_allclose(index.get_vectors([a])[0], vectors[b], atol=1e-3)
+
 
 def _ids_of(path: Path) -> set[str]:
     import pyarrow.parquet as pq

@@ -307,15 +307,15 @@ def embed_to_shards(images: Mapping[str, tuple[str, str | Path]], model_dir: str
     """Embed the items of ``images`` (item id -> (content hash, image file)) that no shard in
     ``folder`` holds yet into vector shards there (:mod:`lookalike.models.vector_shards`): each
     actor writes the rows of its batch as one shard, so no vector passes through the driver.
-    A rerun embeds only the ids missing from the shards. Returns the ids whose image failed
+    A rerun embeds only the (id, hash) pairs missing from them. Returns the ids whose image failed
     (``"<reason>: <the catalogue's message>"``). ``embedder`` as in :func:`embed_missing`."""
     import pyarrow as pa
 
-    from lookalike.models.vector_shards import shard_ids
+    from lookalike.models.vector_shards import shard_rows
 
     options = options if isinstance(options, RayOptions) else RayOptions.of(options)
-    done = shard_ids(folder)
-    missing = sorted(i for i in images if i not in done)
+    done = shard_rows(folder)
+    missing = sorted(i for i in images if (i, images[i][0]) not in done)
     if not missing:
         return {}
     Path(folder).mkdir(parents=True, exist_ok=True)

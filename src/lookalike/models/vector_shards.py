@@ -15,8 +15,9 @@ Layout: ``DIR/part-<16 hex>.parquet``, columns ``id`` (the item id), ``key`` (th
 of its image, as the catalogue computes it), ``embedder_id`` and ``vector`` (``float32`` list of
 the embedder's dimension, unit length). A shard is written to a hidden temporary file, synced and
 renamed into place, so a reader sees a whole shard or none; its name is a hash of its ids, so a
-retried batch replaces its own shard rather than adding a copy. Resuming: :func:`shard_ids` says
-which ids are done; a rerun embeds only the others.
+retried batch replaces its own shard rather than adding a copy. Resuming: :func:`shard_rows`
+says which (id, content hash) pairs are done; a rerun embeds only the others, so an item whose
+image changed gets a new row (the old one stays: :func:`add_shards` takes ``current`` hashes).
 """
 
 from __future__ import annotations
@@ -105,6 +106,17 @@ def shard_ids(folder: str | Path) -> set[str]:
     return done
 
 
+def shard_rows(folder: str | Path) -> set[tuple[str, str]]:
+    """Every (item id, content hash) pair the committed shards in ``folder`` hold."""
+    import pyarrow.parquet as pq
+
+    done: set[tuple[str, str]] = set()
+    for path in shard_files(folder):
+        table = pq.read_table(path, columns=["id", "key"])
+        done.update(zip(table.column("id").to_pylist(), table.column("key").to_pylist()))
+    return done
+
+
 def read_shards(folder: str | Path, embedder_id: str | None = None, dim: int | None = None,
                 batch_rows: int = READ_BATCH) -> Iterator[ShardRows]:
     """The rows of every shard in ``folder``, ``batch_rows`` at a time. With ``embedder_id`` or
@@ -155,14 +167,22 @@ def import_shards(cache: Any, folder: str | Path) -> int:
 
 def add_shards(index: Any, folder: str | Path,
                attributes: Callable[[list[str]], Sequence[Mapping[str, Any]]] | None = None,
-               batch_rows: int = READ_BATCH) -> int:
-    """Upsert every shard row into ``index`` (a :class:`~lookalike.index.base.VectorIndex`, e.g.
+               current: Mapping[str, str] | None = None, batch_rows: int = READ_BATCH) -> int:
+    """Upsert the shard rows into ``index`` (a :class:`~lookalike.index.base.VectorIndex`, e.g.
     ``create_index("milvus", dim, embedder_id, uri=...)``), a batch at a time. ``attributes``
     maps a batch's ids to their filter attributes (category, price, title, ...); without it the
-    rows have none. The shards must be from the index's embedder. Returns the rows added."""
+    rows have none. ``current`` (id -> content hash, e.g. the catalogue's) keeps only rows of
+    those ids with that hash: an item whose image changed has a row per image in the shards.
+    The shards must be from the index's embedder. Returns the rows added."""
     added = 0
     for rows in read_shards(folder, getattr(index, "embedder_id", None),
                             getattr(index, "dim", None), batch_rows):
+        if current is not None:
+            keep = [n for n, (i, k) in enumerate(zip(rows.ids, rows.keys)) if current.get(i) == k]
+            rows = ShardRows([rows.ids[n] for n in keep], [rows.keys[n] for n in keep],
+                             rows.vectors[keep])
+            if not rows.ids:
+                continue
         found = list(attributes(rows.ids)) if attributes is not None else [{}] * len(rows.ids)
         index.add(rows.ids, rows.vectors, found)
         added += len(rows.ids)
