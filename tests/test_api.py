@@ -23,11 +23,13 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -38,9 +40,9 @@ from typer.testing import CliRunner
 
 from lookalike import Project, StoreError
 from lookalike.cli import app as cli_app
+from lookalike.index.milvus_server import free_port
 from lookalike.serve.app import create_app
 from lookalike.serve.run import BackgroundServer, settings_env
-from lookalike.index.milvus_server import free_port
 from lookalike.serve.settings import ServeConfigError, ServeSettings, load_settings
 
 API_KEY = "test-key-0123456789abcdef"
@@ -141,11 +143,12 @@ def _settings(project: Path, **overrides: object) -> ServeSettings:
     return ServeSettings(**values)
 
 
-def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 180.0) -> None:
+def _wait_ready(url: str, server: subprocess.Popen, log: Any, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"lookalike serve exited: {server.stderr.read().decode()[-800:]}")
+            log.seek(0)
+            raise AssertionError(f"lookalike serve exited: {log.read().decode()[-800:]}")
         try:
             if httpx.get(f"{url}/v1/ready", timeout=5).status_code == 200:
                 return
@@ -174,20 +177,21 @@ def _two_workers(project: Path, read_only: bool) -> Iterator[httpx.Client]:
     port = free_port()
     env = {**os.environ, "LOOKALIKE_API_KEY": API_KEY,
            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    log = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the server runs
     server = subprocess.Popen(
         [sys.executable, "-m", "lookalike", "serve", "--project", str(project), "--workers", "2",
          "--port", str(port), "--log-level", "warning",
          "--read-only" if read_only else "--writable"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, server)
+        _wait_ready(url, server, log)
         with httpx.Client(base_url=url, timeout=60) as http:
             yield http
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # uvicorn and its two workers
         server.wait(timeout=60)
-        server.stderr.close()
+        log.close()
 
 
 @pytest.fixture(scope="module")
