@@ -220,3 +220,43 @@ def test_shard_writes_are_atomic_and_replace_their_own(tmp_path) -> None:
     first.write_bytes(b"not parquet at all")
     with pytest.raises(StoreError, match="unreadable vector shard"):
         list(read_shards(tmp_path))
+
+
+def test_a_killed_actor_loses_nothing_and_duplicates_nothing(sharded, reference, tmp_path) -> None:
+    """SIGKILL one model actor once the first shard is in: Ray restarts it and retries its
+    batch, whose shard (named by its ids) replaces any copy: every id once, right vectors."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    project, _ = sharded
+    images = {item.id: (item.content_hash, item.image_path) for item in project.store.items()}
+    model_dir = project.searcher(None).cache.folder / "model"
+    out = tmp_path / "shards"
+    done: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: done.update(failed=embed_to_shards(
+        images, model_dir, out, {"num_actors": 2, "batch_size": 4}, progress=False)))
+    runner.start()
+    killed, at, deadline = False, 0, time.monotonic() + 240
+    while not killed and runner.is_alive() and time.monotonic() < deadline:
+        at = len(shard_files(out))
+        if at:
+            for proc in psutil.Process().children(recursive=True):
+                try:
+                    if "MapWorker" in " ".join(proc.cmdline()):
+                        proc.send_signal(signal.SIGKILL)
+                        killed = True
+                        break
+                except psutil.Error:  # exited meanwhile
+                    continue
+        time.sleep(0.02)
+    runner.join(timeout=300)
+    assert killed and 0 < at < SLICE // 4  # mid-run: some of the 16 shards were in
+    assert not runner.is_alive() and done["failed"] == {}
+    ids = [i for rows in read_shards(out) for i in rows.ids]
+    assert sorted(ids) == reference[0]  # every id, each once
+    vectors = _by_id(out)
+    got = np.stack([vectors[i] for i in reference[0]])
+    assert np.sum(got * reference[1], axis=1).min() >= 0.999
