@@ -9,7 +9,9 @@ the whole catalogue from an empty embedding cache, in its own subprocess, with
 
 * ``local`` -- the single-process path (decode threads + one ONNX Runtime session);
 * ``ray``   -- ``engine="ray"``: a local Ray started in the subprocess (timed separately as
-               ``ray_start_s``) and one model actor per CPU.
+               ``ray_start_s``) and one model actor per CPU;
+* ``ray-shards`` (with ``--shards``) -- the same, the actors writing Parquet vector shards
+               (``shards=``) that the project then reads into its cache.
 
 Measured per run: wall seconds of ``Project.index`` and img/s; for Ray also the end-to-end
 figure with the cluster start; CPU seconds of the whole process tree (driver, Ray's GCS and
@@ -47,6 +49,8 @@ def worker(engine: str, project_dir: str, image_size: int, cpus: int) -> None:
     from lookalike import Project
 
     options: dict[str, Any] = {}
+    shards = Path(project_dir) / "vector-shards" if engine == "ray-shards" else None
+    engine = "ray" if shards is not None else engine
     start = time.perf_counter()
     ray_start = 0.0
     if engine == "ray":
@@ -58,7 +62,8 @@ def worker(engine: str, project_dir: str, image_size: int, cpus: int) -> None:
     began = time.perf_counter()
     summary = Project(project_dir).index("efficientnet-lite0", progress=False,
                                          embedder_options={"image_size": image_size},
-                                         engine=engine, engine_options=options or None)
+                                         engine=engine, engine_options=options or None,
+                                         shards=shards)
     index_s = time.perf_counter() - began
     if engine == "ray":
         session.__exit__(None, None, None)
@@ -113,7 +118,7 @@ class TreeSampler:
 def run_engine(engine: str, project: Path, image_size: int, cpus: int) -> dict[str, Any]:
     import shutil
 
-    for folder in ("embeddings", "indexes"):  # start from an empty cache every time
+    for folder in ("embeddings", "indexes", "vector-shards"):  # from an empty cache each time
         shutil.rmtree(project / folder, ignore_errors=True)
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     began = time.perf_counter()
@@ -158,7 +163,7 @@ def _marginal(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     steady-state img/s and img per CPU-second once start-up costs (Ray's daemons, actors
     loading the model, the model's first call) are paid."""
     out = {}
-    for engine in ("local", "ray"):
+    for engine in sorted({r["engine"] for r in rows}):
         runs = [r for r in rows if r["engine"] == engine]
         sizes = sorted({r["images"] for r in runs})
         small = min((r for r in runs if r["images"] == sizes[0]), key=lambda r: r["index_s"])
@@ -180,6 +185,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="default 112 / 224")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--shards", action="store_true",
+                        help="also time --engine ray --shards (engine ray-shards)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -208,7 +215,7 @@ def main() -> None:
         rows = []
         for _ in range(args.repeats):
             for count, project in projects.items():
-                for engine in ("local", "ray"):
+                for engine in ("local", "ray") + (("ray-shards",) if args.shards else ()):
                     rows.append(run_engine(engine, project, size, args.cpus))
                     print(rows[-1], flush=True)
     big = max(projects)
@@ -217,6 +224,10 @@ def main() -> None:
                                        / marginal["local"]["img_per_s"], 4)
     cost["marginal_img_per_cpu_s"] = round(1 - marginal["ray"]["img_per_cpu_s"]
                                            / marginal["local"]["img_per_cpu_s"], 4)
+    if "ray-shards" in marginal:  # the same cost with the actors writing shards
+        for key in ("img_per_s", "img_per_cpu_s"):
+            cost[f"shards_marginal_{key}"] = round(1 - marginal["ray-shards"][key]
+                                                   / marginal["local"][key], 4)
     print_table(f"Ray vs single process ({big} products, {size} px)", rows)
     print("Ray cost (fraction of throughput lost):", cost)
     name = "ray_bench-quick" if args.quick else "ray_bench"

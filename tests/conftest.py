@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real data lives.
+"""Shared fixtures: where the real data lives, and one real Milvus server per session.
 
 The products Parquet is looked up the way the library does (LOOKALIKE_PRODUCTS_PARQUET, then
 ../shared/data/ above the working directory); a test that needs it fails with a clear message
@@ -7,7 +7,9 @@ when it is missing rather than skipping itself into green.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +32,16 @@ def fashion_mnist_dir() -> Path:
         pytest.fail("Fashion-MNIST is missing: `apt-get install dataset-fashion-mnist` "
                     "(make test does this)")
     return path
+
+
+@pytest.fixture(scope="session")
+def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Milvus standalone server (PyPI ``milvus``) on a free port, its data in tmp; started
+    on first use, shared by every test of the session and stopped at the end."""
+    from lookalike.index.milvus_server import LocalMilvus
+
+    server = LocalMilvus(tmp_path_factory.mktemp("milvus-server")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

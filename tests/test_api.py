@@ -2,22 +2,34 @@
 
 One project (300 real products, indexed with the fast ``pixels`` embedder) is built per session
 and shared by the read-only tests; tests that write get their own copy of it.
+
+The tests that touch the index (search, similar, filters, writes, restarts, concurrent workers)
+run twice (``OVER_BOTH``): over the project's FAISS index served in-process, and over a
+``milvus`` index in the session's real Milvus server (tests/conftest.py). There the shared
+read-only ``client`` and the ``writer`` are real ``lookalike serve --workers 2`` processes,
+reached over HTTP; each project copy gets its own collection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import shutil
+import signal
 import sqlite3
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -28,6 +40,7 @@ from typer.testing import CliRunner
 
 from lookalike import Project, StoreError
 from lookalike.cli import app as cli_app
+from lookalike.index.milvus_server import free_port
 from lookalike.serve.app import create_app
 from lookalike.serve.run import BackgroundServer, settings_env
 from lookalike.serve.settings import ServeConfigError, ServeSettings, load_settings
@@ -35,6 +48,9 @@ from lookalike.serve.settings import ServeConfigError, ServeSettings, load_setti
 API_KEY = "test-key-0123456789abcdef"
 CATEGORIES = ["Tshirts", "Watches", "Casual Shoes", "Handbags", "Kurtas", "Sunglasses"]
 N_ITEMS = 300
+#: Run a test over both index backends: FAISS in-process, and Milvus behind 2 serve workers.
+OVER_BOTH = pytest.mark.parametrize("backend", ["faiss", "milvus"], indirect=True)
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 # ---- building a real project -------------------------------------------------------------------
@@ -64,22 +80,60 @@ def products(products_parquet: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def base_project(products: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("api")
+def backend(request: pytest.FixtureRequest) -> str:
+    """The index backend: ``faiss`` unless a test is parametrised with ``OVER_BOTH``."""
+    return getattr(request, "param", "faiss")
+
+
+def _index(project: Project, backend: str, request: pytest.FixtureRequest,
+           collection: str) -> None:
+    """Index ``project`` with ``pixels``: the automatic FAISS kind, or into ``collection`` of the
+    session's real Milvus server."""
+    if backend == "milvus":
+        uri = request.getfixturevalue("milvus").uri
+        summary = project.index("pixels", kind="milvus", progress=False,
+                                index_options={"uri": uri, "collection": collection})
+        assert summary.kind == "milvus"
+    else:
+        project.index("pixels", progress=False)
+
+
+@pytest.fixture(scope="session")
+def built_projects() -> dict[str, Path]:
+    """backend -> its base project, so the FAISS one is built once, whether a test is
+    parametrised (``backend=faiss``) or not (pytest makes a fixture instance for each)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
+def base_project(products: pd.DataFrame, backend: str, request: pytest.FixtureRequest,
+                 built_projects: dict[str, Path],
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if backend in built_projects:
+        return built_projects[backend]
+    folder = tmp_path_factory.mktemp(f"api-{backend}")
     project = Project(folder / "project")
     report = project.ingest(_manifest(products.iloc[:N_ITEMS], folder / "m.parquet"),
                             progress=False)
     assert report.added == N_ITEMS and not report.rejected
-    project.index("pixels", progress=False)
+    _index(project, backend, request, "api_base")
     project.close()
+    built_projects[backend] = folder / "project"
     return folder / "project"
 
 
 @pytest.fixture()
-def project_copy(base_project: Path, tmp_path: Path) -> Path:
-    """A private copy of the shared project, for tests that write."""
+def project_copy(base_project: Path, backend: str, request: pytest.FixtureRequest,
+                 tmp_path: Path) -> Path:
+    """A private copy of the shared project, for tests that write (over Milvus: with the index
+    rebuilt, from the copied embedding cache, in a collection of its own)."""
     target = tmp_path / "project"
     shutil.copytree(base_project, target)
+    if backend == "milvus":
+        shutil.rmtree(target / "indexes")
+        project = Project(target)
+        _index(project, backend, request, f"api_{request.node.name.split('[')[0][5:40]}")
+        project.close()
     return target
 
 
@@ -89,14 +143,73 @@ def _settings(project: Path, **overrides: object) -> ServeSettings:
     return ServeSettings(**values)
 
 
+def _wait_ready(url: str, server: subprocess.Popen, log: Any, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"lookalike serve exited: {log.read().decode()[-800:]}")
+        try:
+            if httpx.get(f"{url}/v1/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("lookalike serve did not become ready")
+
+
+@contextlib.contextmanager
+def _service_url(project: Path, backend: str) -> Iterator[str]:
+    """The URL of a writable service over ``project``: in a thread of this process over FAISS,
+    ``lookalike serve --workers 2`` over Milvus."""
+    if backend == "milvus":
+        with _two_workers(project, read_only=False) as http:
+            yield str(http.base_url).rstrip("/")
+        return
+    with BackgroundServer(create_app(_settings(project))) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def _two_workers(project: Path, read_only: bool) -> Iterator[httpx.Client]:
+    """``lookalike serve --workers 2`` over ``project`` in its own process group, and an HTTP
+    client for it (the same interface as a TestClient)."""
+    port = free_port()
+    env = {**os.environ, "LOOKALIKE_API_KEY": API_KEY,
+           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    log = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the server runs
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lookalike", "serve", "--project", str(project), "--workers", "2",
+         "--port", str(port), "--log-level", "warning",
+         "--read-only" if read_only else "--writable"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, server, log)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            yield http
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # uvicorn and its two workers
+        server.wait(timeout=60)
+        log.close()
+
+
 @pytest.fixture(scope="module")
-def client(base_project: Path) -> Iterator[TestClient]:
+def client(base_project: Path, backend: str) -> Iterator[httpx.Client]:
+    if backend == "milvus":
+        with _two_workers(base_project, read_only=True) as http:
+            yield http
+        return
     with TestClient(create_app(_settings(base_project, read_only=True))) as test_client:
         yield test_client
 
 
 @pytest.fixture()
-def writer(project_copy: Path) -> Iterator[TestClient]:
+def writer(project_copy: Path, backend: str) -> Iterator[httpx.Client]:
+    if backend == "milvus":
+        with _two_workers(project_copy, read_only=False) as http:
+            yield http
+        return
     with TestClient(create_app(_settings(project_copy))) as test_client:
         yield test_client
 
@@ -146,6 +259,7 @@ def _bomb_png(width: int = 20000, height: int = 20000) -> bytes:
 
 # ---- service endpoints --------------------------------------------------------------------------
 
+@OVER_BOTH
 def test_health_and_ready(client: TestClient) -> None:
     assert client.get("/v1/health").json()["status"] == "ok"
     ready = client.get("/v1/ready")
@@ -154,7 +268,9 @@ def test_health_and_ready(client: TestClient) -> None:
     assert ready.json()["index_version"].startswith("v")
 
 
-def test_not_ready_until_the_first_index(products: pd.DataFrame, tmp_path: Path) -> None:
+@OVER_BOTH
+def test_not_ready_until_the_first_index(products: pd.DataFrame, tmp_path: Path, backend: str,
+                                         request: pytest.FixtureRequest) -> None:
     """A catalogue without an index: alive, not ready, queries 503; once `lookalike index` has
     run (here: by another Project, as another process would), the same service becomes ready."""
     project = Project(tmp_path / "project")
@@ -167,19 +283,20 @@ def test_not_ready_until_the_first_index(products: pd.DataFrame, tmp_path: Path)
         assert test_client.get("/v1/catalogue").json()["index"] is None
         _error(test_client.get(f"/v1/items/{item_id}/similar"), 503, "not_ready")
         _error(_search(test_client, _photo(products, 0)), 503, "not_ready")
-        project.index("pixels", progress=False)
+        _index(project, backend, request, "api_first_index")
         assert test_client.get("/v1/ready").status_code == 200
         assert len(test_client.get(f"/v1/items/{item_id}/similar").json()["results"]) == 5
         assert test_client.get("/v1/catalogue").json()["index"]["embedder"] == "pixels"
     project.close()
 
 
-def test_catalogue_summary(client: TestClient, products: pd.DataFrame) -> None:
+@OVER_BOTH
+def test_catalogue_summary(client: TestClient, products: pd.DataFrame, backend: str) -> None:
     summary = client.get("/v1/catalogue").json()
     head = products.iloc[:N_ITEMS]
     assert summary["items"] == N_ITEMS
     assert summary["index"]["embedder"] == "pixels"
-    assert summary["index"]["kind"] in ("exact", "hnsw")
+    assert summary["index"]["kind"] in (("milvus",) if backend == "milvus" else ("exact", "hnsw"))
     assert summary["filters"]["category"] == sorted(head["article_type"].unique())
     assert summary["filters"]["colour"] == sorted(head["base_colour"].dropna().unique())
     prices = (head["id"] % 97 + 3).astype(float)
@@ -206,6 +323,7 @@ def test_unknown_route_and_method_are_json_errors(client: TestClient) -> None:
 
 # ---- search by photo ----------------------------------------------------------------------------
 
+@OVER_BOTH
 def test_search_by_photo_finds_the_product(client: TestClient, products: pd.DataFrame,
                                            base_project: Path) -> None:
     item_id = str(products.iloc[42]["id"])
@@ -225,6 +343,7 @@ def test_search_by_photo_finds_the_product(client: TestClient, products: pd.Data
     assert image.content == _stored_photo(base_project, item_id)
 
 
+@OVER_BOTH
 def test_search_k_and_filters(client: TestClient, products: pd.DataFrame) -> None:
     photo = _photo(products, 7)
     assert len(_search(client, photo, k=3).json()["results"]) == 3
@@ -326,6 +445,7 @@ def test_streamed_oversize_upload_is_cut_off(base_project: Path) -> None:
 
 # ---- more like this and items ---------------------------------------------------------------------
 
+@OVER_BOTH
 def test_similar(client: TestClient, products: pd.DataFrame) -> None:
     item_id = str(products.iloc[5]["id"])
     body = client.get(f"/v1/items/{item_id}/similar", params={"k": 8}).json()
@@ -338,6 +458,7 @@ def test_similar(client: TestClient, products: pd.DataFrame) -> None:
     assert [r["id"] for r in default] == ids[:5]
 
 
+@OVER_BOTH
 def test_similar_with_filters(client: TestClient, products: pd.DataFrame) -> None:
     item_id = str(products.iloc[5]["id"])
     women = client.get(f"/v1/items/{item_id}/similar",
@@ -352,12 +473,14 @@ def test_similar_with_filters(client: TestClient, products: pd.DataFrame) -> Non
     _error(client.get(f"/v1/items/{item_id}/similar", params={"price_max": "-inf"}), 422)
 
 
+@OVER_BOTH
 def test_unknown_item_is_404(client: TestClient) -> None:
     for path in ("/v1/items/no-such-item", "/v1/items/no-such-item/similar",
                  "/v1/items/no-such-item/image"):
         assert "no-such-item" in _error(client.get(path), 404, "not_found")["message"]
 
 
+@OVER_BOTH
 def test_item_details_and_image(client: TestClient, products: pd.DataFrame,
                                 base_project: Path) -> None:
     row = products.iloc[9]
@@ -512,6 +635,7 @@ def test_unexpected_errors_are_a_plain_json_500(base_project: Path,
     assert any("RuntimeError" in (r.exc_text or "") or r.exc_info for r in caplog.records)
 
 
+@OVER_BOTH
 def test_two_writers_on_one_project_serialise(project_copy: Path,
                                                products: pd.DataFrame) -> None:
     """Two writable services on one directory (as two worker processes would be) writing at
@@ -568,6 +692,7 @@ def _put(client: TestClient, item_id: str, photo: bytes, attributes: dict | str 
                       data=data, headers={"X-API-Key": key})
 
 
+@OVER_BOTH
 def test_add_search_replace_delete(writer: TestClient, products: pd.DataFrame,
                                    project_copy: Path) -> None:
     new_row = products.iloc[N_ITEMS + 3]  # a real product that is not in the catalogue
@@ -633,6 +758,7 @@ def test_put_rejects_bad_images_before_writing(writer: TestClient) -> None:
     assert writer.get("/v1/catalogue").json()["items"] == N_ITEMS
 
 
+@OVER_BOTH
 def test_restart_gives_the_same_results(project_copy: Path, products: pd.DataFrame) -> None:
     photo = _photo(products, N_ITEMS + 7)
     settings = _settings(project_copy)
@@ -667,6 +793,7 @@ def test_serving_a_named_index(project_copy: Path, products: pd.DataFrame) -> No
     assert (project_copy / "indexes" / "default" / "CURRENT").read_text() == default_before
 
 
+@OVER_BOTH
 def test_other_workers_pick_up_a_write(project_copy: Path, products: pd.DataFrame) -> None:
     """A read-only worker on the same directory sees another worker's write on its next query."""
     photo = _photo(products, N_ITEMS + 9)
@@ -678,6 +805,7 @@ def test_other_workers_pick_up_a_write(project_copy: Path, products: pd.DataFram
         assert reader.get("/v1/items/from-other").status_code == 200
 
 
+@OVER_BOTH
 def test_a_version_replaced_while_loading_is_read_again(project_copy: Path,
                                                         products: pd.DataFrame) -> None:
     """A writer may swap CURRENT and prune the folder a reader is loading; the reader then
@@ -709,20 +837,21 @@ def test_a_version_replaced_while_loading_is_read_again(project_copy: Path,
         _error(test_client.get(f"/v1/items/{item_id}/similar"), 500, "server_error")
 
 
-def test_concurrent_reads_during_updates_never_fail(project_copy: Path,
-                                                    products: pd.DataFrame) -> None:
-    """Readers hammer the server (real HTTP, several threads) while items are added and
-    removed; every read succeeds and every write lands."""
+@OVER_BOTH
+def test_concurrent_reads_during_updates_never_fail(project_copy: Path, products: pd.DataFrame,
+                                                    backend: str) -> None:
+    """Readers hammer the server (real HTTP, several threads; over Milvus, two worker
+    processes) while items are added and removed; every read succeeds and every write lands."""
     ids = list(products.iloc[:N_ITEMS]["id"].astype(str))
     photos = [_photo(products, row) for row in range(0, 40, 4)]
     failures: list[str] = []
     reads = 0
     stop = threading.Event()
 
-    with BackgroundServer(create_app(_settings(project_copy))) as server:
+    with _service_url(project_copy, backend) as url:
         def read_loop(seed: int) -> None:
             nonlocal reads
-            with httpx.Client(base_url=server.url, timeout=60) as http:
+            with httpx.Client(base_url=url, timeout=60) as http:
                 n = seed
                 while not stop.is_set():
                     n += 1
@@ -746,7 +875,7 @@ def test_concurrent_reads_during_updates_never_fail(project_copy: Path,
         for thread in threads:
             thread.start()
         try:
-            with httpx.Client(base_url=server.url, timeout=120,
+            with httpx.Client(base_url=url, timeout=120,
                               headers={"X-API-Key": API_KEY}) as http:
                 for n in range(4):
                     photo = _photo(products, N_ITEMS + 20 + n)
@@ -761,7 +890,7 @@ def test_concurrent_reads_during_updates_never_fail(project_copy: Path,
             stop.set()
             for thread in threads:
                 thread.join(timeout=60)
-        with httpx.Client(base_url=server.url, timeout=60) as http:
+        with httpx.Client(base_url=url, timeout=60) as http:
             summary = http.get("/v1/catalogue").json()
     assert not failures, failures[:5]
     assert reads > 20

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,15 +33,6 @@ from lookalike.models.base import create as create_embedder
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "data" / "demo.parquet"
 TOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMilvus]:
-    server = LocalMilvus(tmp_path_factory.mktemp("milvus-server")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ and the service (``lookalike.serve``) are allowed to call, and all a Python user
   (docs/architecture.md lists where each lives).
 * plain functions that need no project: :func:`run_report` (``lookalike report``: embedders side
   by side), :func:`trainable_methods` / :func:`ready_made_embedders` (``lookalike train
-  --list``), :func:`decode_image` (a safe decode of untrusted bytes), :func:`parse_history`.
+  --list``), :func:`decode_image` (a safe decode of untrusted bytes), :func:`parse_history`,
+  :func:`add_shards` (load Parquet vector shards, e.g. from ``--engine ray --shards``, into an
+  index such as a Milvus collection).
 * the types those return or take: :class:`Filters`, :class:`Recommendation`, :class:`Answer`,
   :class:`IndexSummary`, and the errors of :mod:`lookalike.errors`.
 
@@ -33,6 +35,7 @@ from lookalike.errors import (  # noqa: F401  (re-exported)
 )
 from lookalike.index.base import Filters, Hits
 from lookalike.models.methods import format_value, ready_made_embedders, trainable_methods
+from lookalike.models.vector_shards import add_shards
 from lookalike.models.text import TextModelMissing
 from lookalike.project import (
     DEFAULT_EMBEDDER,
@@ -70,7 +73,7 @@ __all__ = [
     "Project", "IndexSummary", "Filters", "Hits", "Recommendation", "Answer", "remove_project",
     "DEFAULT_PROJECT_DIR", "DEFAULT_EMBEDDER", "DEFAULT_INDEX_NAME", "RECOMMEND_METHODS",
     "run_report", "comparison_table", "trainable_methods", "ready_made_embedders",
-    "format_value", "decode_image", "parse_history", "TextModelMissing",
+    "format_value", "decode_image", "parse_history", "TextModelMissing", "add_shards",
     "LookalikeError", "ImageRejected", "CatalogueError", "UnknownItemError", "UnknownNameError",
     "ModelMismatchError", "StoreError",
 ]

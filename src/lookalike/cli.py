@@ -101,6 +101,7 @@ def index_command(
         num_actors: Annotated[Optional[int], typer.Option("--num-actors", min=1, help="Ray model replicas (default: one per CPU).")] = None,
         uri: Annotated[Optional[str], typer.Option("--uri", help="Milvus server for --kind milvus (default: $LOOKALIKE_MILVUS_URI).")] = None,
         collection: Annotated[Optional[str], typer.Option("--collection", help="Milvus collection for --kind milvus (default: lookalike).")] = None,
+        shards: Annotated[Optional[Path], typer.Option("--shards", help="Folder of Parquet vector shards: --engine ray writes the missing vectors there; any engine reads them first (docs/scale-out-ray.md).")] = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Embed the catalogue and build or update an index."""
     options = dict(parse_option(text) for text in option or [])
@@ -112,7 +113,7 @@ def index_command(
                                                    embedder_options=options, progress=not as_json,
                                                    text_columns=text_column, engine=engine,
                                                    engine_options=ray_options,
-                                                   index_options=index_options)
+                                                   index_options=index_options, shards=shards)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
         return

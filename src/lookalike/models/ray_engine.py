@@ -16,10 +16,13 @@ so a killed driver or worker loses at most the chunk in flight and a re-run embe
 missing. Images that fail to decode are reported per key with the catalogue's own rejection
 message (and are never cached, so the core path rejects them again the same way).
 
-Two entry points:
+Entry points:
 
 * :func:`embed_missing` -- what ``Project.index(engine="ray")`` calls: the catalogue store's
   missing content hashes with their stored image files.
+* :func:`embed_to_shards` -- ``Project.index(engine="ray", shards=DIR)``: each actor writes its
+  batch as one Parquet vector shard (:mod:`lookalike.models.vector_shards`) instead of sending
+  the vectors to the driver; a rerun embeds only the ids no shard holds.
 * :func:`embed_manifest` -- a plain function over manifest shards (Parquet with inline image
   bytes or paths, or CSV with paths) read with ``ray.data.read_parquet`` / ``read_csv``; the
   content hash is computed as the catalogue computes it.
@@ -126,13 +129,16 @@ def ray_session(options: RayOptions) -> Iterator[Any]:
 class EmbedBatches:
     """The ``map_batches`` callable: one per actor, holding the model it loaded once.
 
-    A batch has ``image`` (a file path or image bytes) and either ``key`` (the content hash,
-    catalogue rows) or ``id`` (manifest rows, whose hash is computed here like the catalogue
-    does). The result has ``key``, ``vector`` (unit rows, zeros where not embedded), ``status``
-    (``embedded``, ``cached`` or ``failed``), ``error`` and, for manifest rows, ``id``.
+    A batch has ``image`` (a file path or image bytes) and ``key`` (the content hash, catalogue
+    rows) and/or ``id`` (manifest rows without ``key``, whose hash is computed here like the
+    catalogue does). The result has ``key``, ``vector`` (unit rows, zeros where not embedded),
+    ``status`` (``embedded``, ``cached`` or ``failed``), ``error`` and ``id`` if given. With
+    ``shards_dir`` the embedded rows are written there as one vector shard
+    (:mod:`lookalike.models.vector_shards`) and the result has no ``vector``.
     """
 
-    def __init__(self, model_dir: str, threads: int = 1, cache_dir: str | None = None) -> None:
+    def __init__(self, model_dir: str, threads: int = 1, cache_dir: str | None = None,
+                 shards_dir: str | None = None) -> None:
         from lookalike.models import base
 
         self.embedder = base.load(model_dir)
@@ -143,6 +149,7 @@ class EmbedBatches:
         self.threads = max(1, int(threads))
         self.cache = (EmbeddingCache(cache_dir, self.embedder.embedder_id, self.embedder.dim)
                       if cache_dir else None)
+        self.shards_dir = shards_dir
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = list(batch["image"])
@@ -153,9 +160,11 @@ class EmbedBatches:
         errors = np.array([""] * n, dtype=object)
         prepared: dict[int, Any] = {}
 
+        hashed = "key" in batch
+
         def load(row: str) -> Any:
             image = images[int(row)]
-            if ids is None:
+            if hashed:
                 return decode_image(_image_source(image))  # rejected as the core path does
             decoded = decode(_image_source(image), source=f"row {ids[int(row)]}")
             keys[int(row)] = sha256_hex(storable_bytes(_raw_bytes(image), decoded)[0])
@@ -182,7 +191,20 @@ class EmbedBatches:
                "status": status.astype(str), "error": errors.astype(str)}
         if ids is not None:
             out["id"] = np.array(ids, dtype=str)
+        if self.shards_dir is not None:
+            self._write_shard(out)
         return out
+
+    def _write_shard(self, out: dict[str, np.ndarray]) -> None:
+        """Write the embedded rows of ``out`` as one shard and drop its vectors."""
+        from lookalike.models.vector_shards import write_shard
+
+        vectors = out.pop("vector")
+        good = np.flatnonzero(out["status"] == "embedded")
+        if len(good):
+            write_shard(str(self.shards_dir), [str(i) for i in out["id"][good]],
+                        [str(k) for k in out["key"][good]], self.embedder.embedder_id,
+                        vectors[good])
 
 
 def _image_source(image: Any) -> bytes | str:
@@ -203,7 +225,8 @@ def _actor_count(ray: Any, options: RayOptions) -> int:
 
 
 def _run(ray: Any, dataset: Any, model_dir: Path, options: RayOptions, batch_size: int,
-         cache_dir: Path | None = None, max_actors: int | None = None) -> Any:
+         cache_dir: Path | None = None, max_actors: int | None = None,
+         shards_dir: Path | None = None) -> Any:
     """``dataset`` through a pool of at most ``max_actors`` actors (lazy results)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -212,7 +235,8 @@ def _run(ray: Any, dataset: Any, model_dir: Path, options: RayOptions, batch_siz
     return dataset.map_batches(
         EmbedBatches, batch_size=batch_size, batch_format="numpy",
         fn_constructor_kwargs={"model_dir": str(model_dir), "threads": options.cpus_per_actor,
-                               "cache_dir": str(cache_dir) if cache_dir else None},
+                               "cache_dir": str(cache_dir) if cache_dir else None,
+                               "shards_dir": str(shards_dir) if shards_dir else None},
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=options.cpus_per_actor)
 
 
@@ -246,10 +270,8 @@ def embed_missing(cache: EmbeddingCache, model_dir: str | Path, images: Mapping[
     if not missing:
         return {}
     import pyarrow as pa
-    from PIL import Image
 
-    if embedder is not None:
-        embedder.embed_prepared([embedder.prepare(Image.new("RGB", (64, 64), "white"))])
+    _warm(embedder)
     failed: dict[str, str] = {}
     size = options.batch_size or _saved_batch_size(model_dir)
     with ray_session(options) as ray:
@@ -267,6 +289,51 @@ def embed_missing(cache: EmbeddingCache, model_dir: str | Path, images: Mapping[
                             failed[str(key)] = str(error)
             finally:
                 writer.close()
+    return failed
+
+
+def _warm(embedder: Any) -> None:
+    """Run ``embedder`` (if given) once on a blank image, so files it builds on first use
+    (ONNX) are built here once, not by every actor."""
+    from PIL import Image
+
+    if embedder is not None:
+        embedder.embed_prepared([embedder.prepare(Image.new("RGB", (64, 64), "white"))])
+
+
+def embed_to_shards(images: Mapping[str, tuple[str, str | Path]], model_dir: str | Path,
+                    folder: str | Path, options: RayOptions | Mapping[str, Any] | None = None,
+                    *, progress: bool = True, embedder: Any = None) -> dict[str, str]:
+    """Embed the items of ``images`` (item id -> (content hash, image file)) that no shard in
+    ``folder`` holds yet into vector shards there (:mod:`lookalike.models.vector_shards`): each
+    actor writes the rows of its batch as one shard, so no vector passes through the driver.
+    A rerun embeds only the (id, hash) pairs missing from them. Returns the ids whose image failed
+    (``"<reason>: <the catalogue's message>"``). ``embedder`` as in :func:`embed_missing`."""
+    import pyarrow as pa
+
+    from lookalike.models.vector_shards import shard_rows
+
+    options = options if isinstance(options, RayOptions) else RayOptions.of(options)
+    done = shard_rows(folder)
+    missing = sorted(i for i in images if (i, images[i][0]) not in done)
+    if not missing:
+        return {}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    _warm(embedder)
+    size = options.batch_size or _saved_batch_size(model_dir)
+    failed: dict[str, str] = {}
+    with ray_session(options) as ray:
+        blocks = [pa.table({"id": part, "key": [images[i][0] for i in part],
+                            "image": [str(images[i][1]) for i in part]})
+                  for part in (missing[s:s + size] for s in range(0, len(missing), size))]
+        results = _run(ray, ray.data.from_arrow(blocks), Path(model_dir), options, size,
+                       max_actors=len(blocks), shards_dir=Path(folder))
+        with ProgressBar(progress, len(missing), "ray shards") as advance:
+            for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+                for item_id, state, error in zip(batch["id"], batch["status"], batch["error"]):
+                    if str(state) == "failed":
+                        failed[str(item_id)] = str(error)
+                advance(len(batch["status"]))
     return failed
 
 

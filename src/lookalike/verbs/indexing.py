@@ -58,7 +58,8 @@ class IndexVerbs:
               name: str = DEFAULT_INDEX_NAME, embedder_options: Mapping[str, Any] | None = None,
               index_options: Mapping[str, Any] | None = None, progress: bool = True,
               text_columns: Sequence[str] | None = None, engine: str = "local",
-              engine_options: Mapping[str, Any] | None = None) -> IndexSummary:
+              engine_options: Mapping[str, Any] | None = None,
+              shards: str | Path | None = None) -> IndexSummary:
         """Embed the catalogue and build (or incrementally update) the index ``name``.
 
         ``embedder`` is a registry name (see ``lookalike.models.base.available()``) or the folder
@@ -70,6 +71,9 @@ class IndexVerbs:
         ``add_item``/``remove_items``) keep it up to date.
         ``engine="ray"`` embeds what is missing with Ray Data first (``engine_options``:
         ``address``, ``num_actors``, ... see :class:`lookalike.models.ray_engine.RayOptions`).
+        ``shards`` is a folder of Parquet vector shards (:mod:`lookalike.models.vector_shards`):
+        with ``engine="ray"`` the actors write the missing vectors there (resumable); with any
+        engine the shards' vectors are read into the embedding cache before indexing.
         """
         self.require_writable("index")
         if engine not in ("local", "ray"):
@@ -78,7 +82,8 @@ class IndexVerbs:
             summary = self._index_locked(embedder, kind=kind, name=name,
                                          embedder_options=embedder_options,
                                          index_options=index_options, progress=progress,
-                                         engine=engine, engine_options=engine_options)
+                                         engine=engine, engine_options=engine_options,
+                                         shards=shards)
             if text_columns:
                 from lookalike.recommend.text_search import build_text_index
 
@@ -115,17 +120,12 @@ class IndexVerbs:
     def _index_locked(self, embedder: str, *, kind: str, name: str,
                       embedder_options: Mapping[str, Any] | None,
                       index_options: Mapping[str, Any] | None, progress: bool,
-                      engine: str = "local", engine_options: Mapping[str, Any] | None = None
-                      ) -> IndexSummary:
+                      engine: str = "local", engine_options: Mapping[str, Any] | None = None,
+                      shards: str | Path | None = None) -> IndexSummary:
         self.reload_settings()  # another process may have added an index meanwhile
         model, cache = self._embedder_and_cache(embedder, embedder_options or {})
         hashes = self.store.content_hashes()
-        if engine == "ray":  # fill the cache on Ray; the steps below then find it all cached
-            from lookalike.models.ray_engine import embed_missing
-
-            embed_missing(cache, self.layout.embeddings(model.embedder_id) / "model",
-                          {item.content_hash: item.image_path for item in self.store.items()},
-                          engine_options, progress=progress, embedder=model)
+        self._fill_cache(model, cache, engine, engine_options, shards, progress)
         previous = current_version(self.layout.index(name))
         live = self._live_index(name, previous, model.embedder_id, kind)
         if live is not None:  # this process holds that version already: update it in place
@@ -162,6 +162,30 @@ class IndexVerbs:
                             embedder_id=model.embedder_id, dim=model.dim, size=len(index),
                             added=len(added), removed=len(gone), unchanged=unchanged,
                             failed=failed)
+
+    def _fill_cache(self, model, cache, engine: str, engine_options: Mapping[str, Any] | None,
+                    shards: str | Path | None, progress: bool) -> None:
+        """Fill the cache before indexing: on Ray (into it, or into ``shards``) and from
+        ``shards``; the steps after then find those vectors cached."""
+        model_dir = self.layout.embeddings(model.embedder_id) / "model"
+        if engine == "ray":
+            from lookalike.models import ray_engine
+
+            if shards is not None:
+                ray_engine.embed_to_shards(
+                    {item.id: (item.content_hash, item.image_path) for item in self.store.items()},
+                    model_dir, shards, engine_options, progress=progress, embedder=model)
+            else:
+                ray_engine.embed_missing(
+                    cache, model_dir,
+                    {item.content_hash: item.image_path for item in self.store.items()},
+                    engine_options, progress=progress, embedder=model)
+        if shards is not None:
+            from lookalike.models.vector_shards import import_shards, shard_files
+
+            if not shard_files(shards) and engine != "ray":
+                raise LookalikeError(f"no vector shards (part-*.parquet) in {shards}")
+            import_shards(cache, shards)
 
     def _embedder_and_cache(self, embedder: str, options: Mapping[str, Any]) -> tuple[Any, Any]:
         """The embedder to index with and its embedding cache (its model saved there once)."""
