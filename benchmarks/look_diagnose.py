@@ -66,13 +66,15 @@ def diagnose_scene(scene: Any, like: str, target_vector: np.ndarray, embedder: A
                best_iou=float(ious.max()))
     if row["hit"]:
         return {**row, "loss": ""}
-    if row["recall"]:
-        return {**row, "loss": "ranking"}
-    best = boxes[int(np.argmax(ious))]
     area = lambda b: max(1, (b[2] - b[0]) * (b[3] - b[1]))  # noqa: E731
+    if row["recall"]:  # a good box was there: did another product win, or a worse box of it?
+        other = box_iou(top, truth).argmax() != target or ious[keep[0]] < 0.1
+        kind = "other product" if other else \
+            "larger box" if area(top) > area(truth[target]) else "smaller box"
+        return {**row, "loss": f"ranking: {kind}"}
+    best = boxes[int(np.argmax(ious))]
     ratio = area(best) / area(truth[target])
     loss = "merged" if ratio > 1.5 else "fragmented" if ratio < 0.67 else "shifted"
-    del top
     return {**row, "loss": loss}
 
 

@@ -118,7 +118,7 @@ def category_vote(project: Any, loaded: Any, like: str, neighbours: int = VOTE_N
         return None
 
     def vote(vectors: np.ndarray) -> np.ndarray:
-        vectors = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
+        vectors = np.asarray(vectors, np.float32)
         if not len(vectors):
             return np.zeros(0)
         hits = loaded.index.search(vectors, k=neighbours)
