@@ -16,6 +16,7 @@ Per like-scene (cut-out and pasted modes), with the packaged segmenter (or ``--s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from _common import write_results  # noqa: E402
 from look_wild_bench import SEEDS, build_project, make_scenes  # noqa: E402
 
 from lookalike.recommend.look_space import category_vote  # noqa: E402
-from lookalike.recommend.segmenter import SPLIT_DISTANCE, SceneSegmenter, \
-    packaged_segmenter  # noqa: E402
+from lookalike.recommend.segmenter import PACKAGED, SPLIT_DISTANCE, WEIGHTS_FILE, \
+    SceneSegmenter, packaged_segmenter  # noqa: E402
 from lookalike.recommend.window_features import CropWindows  # noqa: E402
 from lookalike.recommend.windows import box_iou, nms  # noqa: E402
 
@@ -124,6 +125,8 @@ def main() -> None:
         print(mode, out[mode], flush=True)
     payload = {"stage": "validation", "scenes": args.scenes,
                "segmenter": str(args.segmenter or "packaged"),
+               "segmenter_weights": hashlib.sha256(
+                   ((args.segmenter or PACKAGED) / WEIGHTS_FILE).read_bytes()).hexdigest()[:10],
                "category_weight": args.category_weight,
                "split_distance": args.split_distance, "results": out}
     print(write_results(args.name, payload, quick=False, seeds=[SEEDS["validation"]]))
