@@ -13,8 +13,9 @@ Two localisers find *where* products are (``localiser``):
 - ``both``: the segmenter's and the windows' candidates together.
 
 Every candidate is then cropped and embedded with the index's embedder and scored by the query
-(a ``like`` product, a shopper's history, or -- with neither -- the segmenter's objectness,
-"what in this photo is a product?").
+(a ``like`` product -- its cosine plus a vote of the candidate's catalogue neighbours for the
+like's category, :func:`~lookalike.recommend.look_space.category_vote` --, a shopper's history,
+or -- with neither -- the segmenter's objectness, "what in this photo is a product?").
 """
 
 from __future__ import annotations
