@@ -44,7 +44,8 @@ def on_white(scene: Any, index: int) -> Image.Image:
 
 def diagnose_scene(scene: Any, like: str, target_vector: np.ndarray, embedder: Any,
                    segmenter: SceneSegmenter, vote: Any = None,
-                   weight: float = 0.0, **proposal_options: Any) -> dict[str, Any]:
+                   weight: float = 0.0, tight: float = 0.0,
+                   **proposal_options: Any) -> dict[str, Any]:
     truth = np.array([p.box for p in scene.products])
     target = next(i for i, p in enumerate(scene.products) if p.role == "target")
     pixels = np.asarray(scene.image.convert("RGB"))
@@ -53,7 +54,7 @@ def diagnose_scene(scene: Any, like: str, target_vector: np.ndarray, embedder: A
 
     gt_scores = score(CropWindows(embedder, pixels).for_boxes(truth))
     white_scores = score(embedder.embed([on_white(scene, i) for i in range(len(truth))]))
-    boxes, _, _ = segmenter.proposals(scene.image, **proposal_options)
+    boxes, objectness, _ = segmenter.proposals(scene.image, **proposal_options)
     row: dict[str, Any] = {"ceiling": bool(np.argmax(gt_scores) == target),
                            "ceiling_white": bool(np.argmax(white_scores) == target),
                            "proposals": int(len(boxes))}
@@ -62,6 +63,9 @@ def diagnose_scene(scene: Any, like: str, target_vector: np.ndarray, embedder: A
     ious = box_iou(truth[target], boxes)
     scores = score(CropWindows(embedder, pixels).for_boxes(boxes))
     keep = nms(boxes, scores, 0.3, max_keep=5)
+    if tight > 0:  # the product by score, then its box by objectness
+        near = (box_iou(boxes[keep[0]], boxes) >= 0.3) & (scores >= scores[keep[0]] - tight)
+        keep = [int(np.flatnonzero(near)[np.argmax(objectness[near])])] + list(keep[1:])
     top = boxes[keep[0]]
     row.update(recall=bool(ious.max() >= 0.5), hit=bool(ious[keep[0]] >= 0.5),
                best_iou=float(ious.max()))
@@ -97,6 +101,9 @@ def main() -> None:
     parser.add_argument("--segmenter", type=Path, default=None)
     parser.add_argument("--name", default="look_diagnosis")
     parser.add_argument("--split-distance", type=int, default=SPLIT_DISTANCE)
+    parser.add_argument("--tight", type=float, default=0.0,
+                        help="experiment: among boxes overlapping the top one (IoU >= 0.3) and "
+                             "scoring within this of it, take the most objectness")
     parser.add_argument("--category-weight", type=float, default=0.0,
                         help="add this x look's category vote to the similarity")
     args = parser.parse_args()
@@ -119,7 +126,7 @@ def main() -> None:
             vector = loaded.vectors_of([like], project.store)[0]
             vote = category_vote(project, loaded, like) if args.category_weight else None
             rows.append(diagnose_scene(scene, like, vector, loaded.embedder, segmenter, vote,
-                                       args.category_weight,
+                                       args.category_weight, args.tight,
                                        split_distance=args.split_distance))
         out[mode] = summarise(rows)
         print(mode, out[mode], flush=True)
@@ -128,7 +135,8 @@ def main() -> None:
                "segmenter_weights": hashlib.sha256(
                    ((args.segmenter or PACKAGED) / WEIGHTS_FILE).read_bytes()).hexdigest()[:10],
                "category_weight": args.category_weight,
-               "split_distance": args.split_distance, "results": out}
+               "split_distance": args.split_distance, "tight": args.tight,
+               "results": out}
     print(write_results(args.name, payload, quick=False, seeds=[SEEDS["validation"]]))
 
 
