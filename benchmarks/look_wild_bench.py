@@ -44,16 +44,23 @@ INDEX_EMBEDDER = "efficientnet-lite0"
 GALLERY = 600
 #: Pipeline variants compared on validation (look() keyword arguments).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "windows (old default)": {"localiser": "windows"},
-    "segmenter": {"localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.0},
+    "windows (old default)": {"localiser": "windows", "category_weight": 0.0},
+    "segmenter": {"localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.0,
+                  "category_weight": 0.0},
     "segmenter + 1 box step": {"localiser": "segmenter", "proposal_steps": 1,
-                               "objectness_weight": 0.0},
+                               "objectness_weight": 0.0, "category_weight": 0.0},
     "segmenter + objectness 0.2": {"localiser": "segmenter", "proposal_steps": 0,
-                                   "objectness_weight": 0.2},
+                                   "objectness_weight": 0.2, "category_weight": 0.0},
     "segmenter + objectness 0.5": {"localiser": "segmenter", "proposal_steps": 0,
-                                   "objectness_weight": 0.5},
+                                   "objectness_weight": 0.5, "category_weight": 0.0},
     "segmenter and windows": {"localiser": "both", "proposal_steps": 0,
-                              "objectness_weight": 0.0},
+                              "objectness_weight": 0.0, "category_weight": 0.0},
+    **{f"segmenter + category vote {w:g}": {"localiser": "segmenter", "proposal_steps": 0,
+                                            "objectness_weight": 0.0, "category_weight": w}
+       for w in (0.5, 1.0, 2.0)},
+    "segmenter + category vote 1 + objectness 0.2": {
+        "localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.2,
+        "category_weight": 1.0},
 }
 LIKENESS_VARIANTS = {"windows (old default)": {"localiser": "windows"},
                      "segmenter": {"localiser": "segmenter"}}
@@ -116,11 +123,21 @@ def build_project(frame: Any, like_ids: set[str], folder: Path | None = None) ->
     return project
 
 
+def segmenter_digest() -> str:
+    """The first 10 hex digits of the packaged segmenter's weights (checkpoints are per model)."""
+    from lookalike.recommend.segmenter import PACKAGED, WEIGHTS_FILE
+
+    path = PACKAGED / WEIGHTS_FILE
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:10] if path.is_file() else "none"
+
+
 class PerScene:
-    """Per-scene records of one (stage, variant, mode) in a JSONL checkpoint: a rerun skips the
-    scenes already measured, and a summary can be written at any time."""
+    """Per-scene records of one (stage, variant, mode, packaged segmenter) in a JSONL
+    checkpoint: a rerun skips the scenes already measured, and a summary can be written at any
+    time."""
 
     def __init__(self, key: str) -> None:
+        key = f"{key}/{segmenter_digest()}"
         self.path = CACHE / "checkpoints" / (hashlib.sha256(key.encode()).hexdigest()[:16]
                                              + ".jsonl")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +298,9 @@ def main() -> None:
         payload["warm_look"] = stage_speed(frame, 12, n, args.project)
         payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
                                "proposal_steps": look_module.PROPOSAL_STEPS,
-                               "objectness_weight": look_module.OBJECTNESS_WEIGHT}
+                               "objectness_weight": look_module.OBJECTNESS_WEIGHT,
+                               "category_weight": look_module.CATEGORY_WEIGHT}
+        payload["segmenter_weights"] = segmenter_digest()
         print(payload["warm_look"])
         name = f"look_wild_speed{suffix}"
     else:
@@ -295,14 +314,17 @@ def main() -> None:
             variants = likeness = {"default (segmenter)": {}}
         payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
                                "proposal_steps": look_module.PROPOSAL_STEPS,
-                               "objectness_weight": look_module.OBJECTNESS_WEIGHT}
+                               "objectness_weight": look_module.OBJECTNESS_WEIGHT,
+                               "category_weight": look_module.CATEGORY_WEIGHT}
+        payload["segmenter_weights"] = segmenter_digest()
         name = f"look_wild_{'validation' if args.stage == 'validation' else 'bench'}{suffix}"
         earlier = RESULTS / f"{name}.json"
 
         def save(out: dict[str, Any]) -> None:  # re-read: parallel runs add up
             old = json.loads(earlier.read_text()) if earlier.is_file() else {}
-            payload["results"] = merge(old.get("results", {}) if old.get("scenes") == n else {},
-                                       out)
+            same = old.get("scenes") == n and \
+                old.get("segmenter_weights") == payload["segmenter_weights"]
+            payload["results"] = merge(old.get("results", {}) if same else {}, out)
             write_results(name, payload, quick=args.quick,
                           seeds=[SEEDS["validation"], SEEDS["test"], 0])
 

@@ -59,21 +59,39 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=1600)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--more", default="",
+                        help="further scene sets 'N:SEED,...' (each cached) trained on as well")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from a saved segmenter (e.g. the packaged one)")
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--crop", type=int, default=None,
+                        help="train on random crop x crop windows of the net's input")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="end after this many epochs (the schedule stays that of --epochs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images, targets = training_scenes(args.scenes, args.seed)
-    segmenter = SceneSegmenter(seed=args.seed)
+    sets = [(args.scenes, args.seed)] + [(int(n), int(s)) for n, s in
+                                          (part.split(":") for part in args.more.split(",") if part)]
+    loaded = [training_scenes(n, seed) for n, seed in sets]
+    images = np.concatenate([pair[0] for pair in loaded])
+    targets = np.concatenate([pair[1] for pair in loaded])
+    del loaded
+    segmenter = SceneSegmenter.load(args.init) if args.init else SceneSegmenter(seed=args.seed)
+    previous = segmenter.training
     CACHE.mkdir(parents=True, exist_ok=True)
-    checkpoint = CACHE / f"checkpoint-{args.scenes}-{args.epochs}-{args.seed}.safetensors"
+    tag = "+".join(f"{n}:{seed}" for n, seed in sets) + ("-init" if args.init else "") + \
+        (f"-crop{args.crop}" if args.crop else "")
+    checkpoint = CACHE / f"checkpoint-{tag}-{args.epochs}-{args.seed}.safetensors"
     segmenter.fit(images, targets, epochs=args.epochs, seed=args.seed, checkpoint=checkpoint,
+                  learning_rate=args.learning_rate, crop=args.crop,
                   stop_after=args.stop_after,
                   on_epoch=lambda row: print(f"epoch {row['epoch']}: loss {row['loss']:.4f} "
                                              f"({row['seconds']:.0f} s)", flush=True))
     manifest = split_manifest()
-    extra = {"trained_on": {"split": "train", "split_seed": SPLIT_SEED,
+    extra = {"trained_on": {"split": "train", "scene_sets": [list(x) for x in sets],
+                            "initialised_from": args.init.name if args.init else None,
+                            "previous_training": previous, "split_seed": SPLIT_SEED,
                             "spec": SceneSpec().to_json(),
                             "train_photos": manifest["splits"]["train"]["photos"],
                             "train_procedural": manifest["splits"]["train"]["procedural"]}}

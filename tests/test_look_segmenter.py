@@ -22,6 +22,7 @@ from lookalike.recommend.segmenter import (
     packaged_segmenter,
     scene_input,
     scene_targets,
+    split_touching,
 )
 from lookalike.recommend.windows import box_iou
 
@@ -51,6 +52,25 @@ def test_targets_mark_products_and_their_cores() -> None:
     assert 0 < targets[1].sum() < 0.3 * targets[0].sum()  # the core is the product's middle
     pixels, scale = scene_input(Image.new("RGB", (640, 480)))
     assert pixels.shape == (3, 192, 256) and scale == 0.4
+
+
+def test_touching_products_are_split_at_their_neck() -> None:
+    yy, xx = np.mgrid[0:80, 0:140]
+    left = (yy - 40) ** 2 + (xx - 40) ** 2 < 30 ** 2
+    right = (yy - 40) ** 2 + (xx - 95) ** 2 < 28 ** 2  # overlaps the left disc a little
+    labels = split_touching(left | right, min_distance=8)
+    assert labels.max() == 2 and set(np.unique(labels)) == {0, 1, 2}
+    assert labels[40, 40] != labels[40, 95] and labels[40, 40] > 0 and labels[40, 95] > 0
+    assert split_touching(np.zeros((10, 10), bool), 8).max() == 0
+
+
+def test_training_on_crops_sees_windows_on_the_pad_grid(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 3, 64, 96), np.uint8)
+    targets = (rng.random((4, 2, 16, 24)) > 0.5).astype(np.float16)
+    result = SceneSegmenter(seed=0).fit(images, targets, epochs=1, batch_size=2, crop=32)
+    assert result["crop"] == 32 and len(result["history"]) == 1
+    assert np.isfinite(result["history"][0]["loss"])
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:

@@ -289,6 +289,19 @@ def test_look_with_the_segmenter_finds_products(shop: Project, products: pd.Data
         look(shop, scene.image, like=target, localiser="boxes")
 
 
+def test_the_category_vote_is_the_share_of_neighbours_of_the_like_category(shop: Project) -> None:
+    from lookalike.recommend.look_space import category_vote
+
+    loaded = shop.searcher()
+    bags, watches = _of(shop, "Handbags", 6), _of(shop, "Watches", 5)
+    vote = category_vote(shop, loaded, bags[0])
+    assert vote is not None
+    shares = vote(loaded.vectors_of(bags[1:] + watches, shop.store))
+    assert shares.shape == (10,) and 0 <= shares.min() and shares.max() <= 1
+    assert shares[:5].mean() > shares[5:].mean() + 0.3, shares
+    assert vote(np.zeros((0, len(loaded.vectors_of(bags[:1], shop.store)[0])))).shape == (0,)
+
+
 def test_project_methods_equal_the_functions(shop: Project, products: pd.DataFrame) -> None:
     """The Python API mirrors the CLI: Project.recommend / Project.look call the same code."""
     history = _of(shop, "Watches", 3)

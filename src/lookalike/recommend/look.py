@@ -13,8 +13,9 @@ Two localisers find *where* products are (``localiser``):
 - ``both``: the segmenter's and the windows' candidates together.
 
 Every candidate is then cropped and embedded with the index's embedder and scored by the query
-(a ``like`` product, a shopper's history, or -- with neither -- the segmenter's objectness,
-"what in this photo is a product?").
+(a ``like`` product -- its cosine plus a vote of the candidate's catalogue neighbours for the
+like's category, :func:`~lookalike.recommend.look_space.category_vote` --, a shopper's history,
+or -- with neither -- the segmenter's objectness, "what in this photo is a product?").
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.errors import LookalikeError
-from lookalike.recommend.look_space import QuerySpace, screen_embedder
+from lookalike.recommend.look_space import QuerySpace, category_vote, screen_embedder
 from lookalike.recommend.regions import (
     DEFAULT_ASPECT,
     DEFAULT_RERANK,
@@ -59,6 +60,9 @@ DEFAULT_LOCALISER = "segmenter"
 PROPOSAL_STEPS = 0
 #: Weight of objectness added to the query's similarity (chosen on validation).
 OBJECTNESS_WEIGHT = 0.0
+#: Weight of the category vote (:func:`~lookalike.recommend.look_space.category_vote`) added to
+#: a ``like`` query's similarity (chosen on validation).
+CATEGORY_WEIGHT = 1.0
 #: Scenes whose shorter side is below this are searched with windows only.
 MIN_SEGMENT_SIDE = 64
 
@@ -108,6 +112,15 @@ def _check_query(project: Any, history: Any, like: str | None, k: int, method: s
     return _Query(loaded, ids, like, checker, screen, own)
 
 
+def _voted(project: Any, query: _Query, scorer: Any, weight: float) -> Any:
+    """A ``like`` query's checker-space scorer plus ``weight`` x the category vote."""
+    vote = category_vote(project, query.loaded, query.like) \
+        if query.like is not None and weight > 0 else None
+    if vote is None:
+        return scorer
+    return lambda vectors: np.asarray(scorer(vectors), np.float64).ravel() + weight * vote(vectors)
+
+
 def _window_regions(project: Any, query: _Query, scene: PreparedScene,
                     grids: list[WindowGrid], sample: np.ndarray, regressor: Any,
                     options: dict[str, Any], model_options: dict[str, Any]) -> list[Region]:
@@ -120,10 +133,10 @@ def _window_regions(project: Any, query: _Query, scene: PreparedScene,
     verifier = None
     if not query.own:
         crops = sample[:max(1, options["scene_negatives"] // 5)]  # crops cost more
-        verifier = (query.checker.embedder, query.checker.scorer(
+        verifier = (query.checker.embedder, _voted(project, query, query.checker.scorer(
             ids, like, method, seed,
             lambda: CropWindows(query.checker.embedder, scene.pixels).for_boxes(crops),
-            **model_options))
+            **model_options), options["category_weight"]))
     return find_regions(query.screen.embedder, scene, scorer, windows=options["windows"],
                         stride=options["stride"], top_regions=options["top_regions"],
                         iou_threshold=options["iou_threshold"], aspect=options["aspect"],
@@ -149,6 +162,7 @@ def _segmenter_regions(project: Any, query: _Query, scene: PreparedScene, sample
         scorer = checker.scorer(
             query.ids, query.like, options["method"], options["seed"],
             lambda: CropWindows(checker.embedder, scene.pixels).for_boxes(crops), **model_options)
+        scorer = _voted(project, query, scorer, options["category_weight"])
     regions = proposal_regions(boxes, objectness, scene.pixels, query.checker.embedder, scorer,
                                top_regions=options["top_regions"],
                                iou_threshold=options["iou_threshold"], box_regressor=regressor,
@@ -181,7 +195,7 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
          max_side: int = DEFAULT_MAX_SIDE, fast: bool = True, scene_negatives: int = 500,
          seed: int = 0, refine: bool = True, localiser: str = DEFAULT_LOCALISER,
          proposal_steps: int = PROPOSAL_STEPS, objectness_weight: float = OBJECTNESS_WEIGHT,
-         **model_options: Any) -> dict[str, Any]:
+         category_weight: float = CATEGORY_WEIGHT, **model_options: Any) -> dict[str, Any]:
     """Shop the look: the regions of a scene photo worth shopping, each with similar products.
 
     Regions are ranked by the shopper's model when ``history`` is given (``method``:
@@ -192,7 +206,9 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
 
     ``localiser``: ``segmenter`` (default), ``windows`` or ``both`` (see the module's docstring);
     ``proposal_steps`` box-regressor steps on the segmenter's boxes (with ``refine``) and
-    ``objectness_weight`` x objectness added to the query's similarity. The
+    ``objectness_weight`` x objectness added to the query's similarity; with ``like``,
+    ``category_weight`` x the share of a region's nearest catalogue items that are of the like
+    product's category is added too (0: similarity alone). The
     windows are ``N`` px wide and ``aspect * N`` high for ``N`` in ``windows`` on a ``stride``
     grid, described by ``features`` in the fast pass (``None``: the index's embedder) and the
     ``rerank`` best checked with the index's embedder; ``refine`` applies the learned box
@@ -213,7 +229,8 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
     options = {"method": method, "seed": seed, "fast": fast, "scene_negatives": scene_negatives,
                "windows": windows, "stride": stride, "top_regions": top_regions,
                "iou_threshold": iou_threshold, "aspect": aspect, "rerank": rerank,
-               "steps": proposal_steps, "objectness_weight": float(objectness_weight)}
+               "steps": proposal_steps, "objectness_weight": float(objectness_weight),
+               "category_weight": float(category_weight)}
     regions: list[Region] = []
     used, scorer, scored = "windows", None, None
     if localiser in ("segmenter", "both"):

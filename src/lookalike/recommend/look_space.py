@@ -16,6 +16,10 @@ from lookalike.models.base import Embedder, l2_normalise
 PROTOTYPES = 32
 #: Catalogue photos whose windows are the latent SVM's negatives in shop-the-look.
 LOOK_NEGATIVES = 60
+#: Category vote: a region's nearest catalogue neighbours and the softmax temperature of their
+#: similarities (chosen on the validation split of generated scenes).
+VOTE_NEIGHBOURS = 10
+VOTE_TEMPERATURE = 0.05
 
 
 class QuerySpace:
@@ -98,6 +102,38 @@ class QuerySpace:
         model = fit_latent_svm(self.bags(history), negative,
                                C=DEFAULT_C if C is None else C, seed=seed)
         return model.score
+
+
+def category_vote(project: Any, loaded: Any, like: str, neighbours: int = VOTE_NEIGHBOURS,
+                  temperature: float = VOTE_TEMPERATURE
+                  ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """How much each region (index vectors ``[n, dim]``) looks like the ``like`` product's
+    *category*: the share of its ``neighbours`` nearest catalogue items (searched in the index,
+    weighted by a softmax of their similarities) whose category is the like's, in ``[0, 1]``.
+    A different photo of the same kind of product is often not the region nearest to the like
+    photo itself, while its catalogue neighbours still agree on what it is. None when the like
+    product has no category."""
+    category = project.store.get(like).category
+    if not category:
+        return None
+
+    def vote(vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, np.float32)
+        if not len(vectors):
+            return np.zeros(0)
+        hits = loaded.index.search(vectors, k=neighbours)
+        found = sorted({i for h in hits for i in h.ids})
+        categories = {item.id: item.category for item in project.store.items(found)}
+        out = np.zeros(len(vectors))
+        for row, h in enumerate(hits):
+            if not len(h):
+                continue
+            weights = np.exp((np.asarray(h.scores, np.float64) - max(h.scores)) / temperature)
+            same = np.array([categories.get(i) == category for i in h.ids], np.float64)
+            out[row] = float((weights * same).sum() / weights.sum())
+        return out
+
+    return vote
 
 
 def screen_embedder(name: str, caches: ProjectCaches) -> Embedder:

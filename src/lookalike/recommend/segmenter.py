@@ -46,6 +46,9 @@ PACKAGED = Path(__file__).resolve().parent.parent / "data" / "scene-segmenter"
 #: Core of a product: the part of its box within this share of the box's half-sides of the
 #: centre (and visible).
 CORE_SHARE = 0.45
+#: Peaks of the product mask's distance transform at least this many input pixels apart seed a
+#: watershed that splits touching products (0: off; chosen on validation).
+SPLIT_DISTANCE = 0
 
 
 class SegmenterError(LookalikeError):
@@ -121,6 +124,24 @@ def scene_targets(instances: np.ndarray, boxes: Sequence[Sequence[int]], scale: 
     return out
 
 
+def split_touching(mask: np.ndarray, min_distance: int) -> np.ndarray:
+    """Labels ``[H, W]`` of a binary mask split at its necks: a watershed of the distance
+    transform seeded by its peaks at least ``min_distance`` px apart (0 = background)."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    distance = ndimage.distance_transform_edt(mask)
+    components, _ = ndimage.label(mask)
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=components,
+                           exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=mask)
+
+
 def _boxes_of(labels: np.ndarray, min_side: int) -> list[tuple[float, float, float, float]]:
     from scipy import ndimage
 
@@ -182,7 +203,8 @@ class SceneSegmenter:
 
     def proposals(self, image: Image.Image, thresholds: Sequence[float] = (0.3, 0.5, 0.7),
                   core_thresholds: Sequence[float] = (0.25, 0.5), min_side: int = 6,
-                  dedupe: float = 0.9) -> tuple[np.ndarray, np.ndarray, "ObjectnessMap"]:
+                  dedupe: float = 0.9, split_distance: int = SPLIT_DISTANCE
+                  ) -> tuple[np.ndarray, np.ndarray, "ObjectnessMap"]:
         """Boxes ``[n, 4]`` (int, photo pixels) of likely products, best first, their
         objectness ``[n]`` and the :class:`ObjectnessMap` that scores any other box.
 
@@ -190,7 +212,9 @@ class SceneSegmenter:
         for each of ``core_thresholds``, a watershed of the product map seeded by the core
         map's components, and each core component's box grown about its centre by
         ``1 / CORE_SHARE`` (a core is the middle of a product, so this is the product's box even
-        when products touch). Near-duplicates (IoU > ``dedupe``) are dropped."""
+        when products touch); with ``split_distance``, the product mask (> 0.5) split by a
+        watershed of its distance transform seeded by peaks ``split_distance`` px apart (touching
+        products meet at a neck). Near-duplicates (IoU > ``dedupe``) are dropped."""
         from scipy import ndimage
         from skimage.segmentation import watershed
 
@@ -213,6 +237,8 @@ class SceneSegmenter:
                 cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
                 hw, hh = (x1 - x0) / 2 / CORE_SHARE, (y1 - y0) / 2 / CORE_SHARE
                 found.append((cx - hw, cy - hh, cx + hw, cy + hh))
+        if split_distance > 0:
+            found += _boxes_of(split_touching(product > 0.5, split_distance), min_side)
         if not found:
             return np.zeros((0, 4), np.int64), np.zeros(0), scored
         boxes = np.array(found, np.float64) / scale
@@ -230,13 +256,15 @@ class SceneSegmenter:
     def fit(self, images: np.ndarray, targets: np.ndarray, *, epochs: int = 8,
             batch_size: int = 16, learning_rate: float = 3e-3, seed: int = 0,
             checkpoint: str | Path | None = None, stop_after: int | None = None,
-            on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
+            crop: int | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
         """Train on uint8 scenes ``[n, 3, H, W]`` and float targets ``[n, 2, H/4, W/4]``
         (:func:`scene_targets`): binary cross-entropy plus soft Dice on the product map, half
         of each batch mirrored, AdamW with a one-cycle schedule over ``epochs``. With
         ``checkpoint`` (a file) each epoch is saved there and a rerun resumes after the last
         saved epoch; ``stop_after`` ends training after that many epochs (the schedule stays
-        the one of ``epochs``)."""
+        the one of ``epochs``); ``crop`` trains on random ``crop`` x ``crop`` input windows (one
+        per batch, on the :data:`PAD` grid): the net is fully convolutional, and a window costs a
+        fraction of a whole scene."""
         from rich.progress import Progress
         from safetensors.torch import load_file, save_file
 
@@ -270,6 +298,8 @@ class SceneSegmenter:
                     rows = order[begin:begin + batch_size].numpy()
                     x = torch.from_numpy(images[rows]).float().div_(127.5).sub_(1.0)
                     y = torch.from_numpy(targets[rows].astype(np.float32))
+                    if crop is not None:
+                        x, y = _crop_batch(x, y, crop, generator)
                     flip = torch.rand(len(rows), generator=generator) < 0.5
                     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
                     y = torch.where(flip[:, None, None, None], y.flip(-1), y)
@@ -291,7 +321,7 @@ class SceneSegmenter:
                 progress.update(bar, advance=1)
         self.network.eval()
         self.training = {"epochs": len(history), "scheduled_epochs": epochs,
-                         "scenes": int(len(images)), "history": history,
+                         "scenes": int(len(images)), "history": history, "crop": crop,
                          "batch_size": batch_size, "learning_rate": learning_rate}
         return self.training
 
@@ -332,6 +362,17 @@ class SceneSegmenter:
         segmenter.network.eval()
         segmenter.training = config.get("training")
         return segmenter
+
+
+def _crop_batch(x: torch.Tensor, y: torch.Tensor, crop: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random ``crop`` x ``crop`` window (on the :data:`PAD` grid) of inputs and targets."""
+    height, width = x.shape[-2:]
+    top = int(torch.randint(0, max(1, (height - crop) // PAD + 1), (1,), generator=generator)) * PAD
+    left = int(torch.randint(0, max(1, (width - crop) // PAD + 1), (1,), generator=generator)) * PAD
+    s = OUTPUT_STRIDE
+    return (x[..., top:top + crop, left:left + crop],
+            y[..., top // s:(top + crop) // s, left // s:(left + crop) // s])
 
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
