@@ -69,6 +69,15 @@ def reject_sources(project: Path) -> set[str]:
         return {reject.source for reject in store.rejects()}
 
 
+def source_hash(project: Path, item_id: str) -> str | None:
+    """The hash of the file an item was last read from (None before it exists)."""
+    try:
+        with CatalogueStore(project, create=False) as store:
+            return store.get(item_id).source_hash
+    except LookalikeError:
+        return None
+
+
 def folder_ids(folder: Path) -> set[str]:
     """The ids the folder source gives (whatever its id rule)."""
     return {record.id for record in FolderSource(folder)}
@@ -158,6 +167,9 @@ def test_renamed_changed_and_deleted_files_are_reflected(tmp_path: Path, photos,
         (folder / "c.jpg").write_bytes(photos[3][1])  # same name, another photo
         after = folder_ids(folder)
         wait_for(lambda: set(store_ids(project)) == after, "the catalogue to follow the folder")
+        # The ids can follow before the rewritten c.jpg is read (polling may see it a scan later).
+        wait_for(lambda: source_hash(project, "c") == hashlib.sha256(photos[3][1]).hexdigest(),
+                 "the rewritten photo to be read again")
         wait_for(in_step(project, folder), "the index to follow the catalogue")
     # The watcher has stopped: every batch has been reported.
     [moved] = after - before
