@@ -106,7 +106,8 @@ def select_then_test(*, name: str, dataset: str, train_ids: Sequence[str],
                                                "train-minus-validation items (also the gallery)",
                       "rows": rows,
                       "chosen": {"config": chosen["config"], "variant": chosen["variant"]}},
-        "test": {"split": "test", "read": "once per seed", "trained_on": "full train split",
+        "test": {"split": "test", "read": "once per seed", "trained_on": f"all {len(train_labels):,} train items"
+                 + (" (the quick run's train sample)" if quick else " (the full train split)"),
                  "per_seed": per_seed,
                  **{metric: summary([row[metric] for row in per_seed])
                     for metric in ("P@10", "mAP@100")}},
