@@ -176,7 +176,7 @@ class MatchSettings:
     ``min_score`` come first (best score first); the others keep their embedding order.
     Defaults chosen on validation queries by benchmarks/photo_robust_bench.py."""
 
-    depth: int = 50
+    depth: int = 30
     min_score: float = 0.4
     margin: float = MARGIN  # the white margin of the second query view (0: one view)
 
