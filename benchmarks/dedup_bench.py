@@ -171,7 +171,10 @@ def main() -> None:
                         help="copies with 1-4 combined edits: the copies detector vs baselines, "
                              "thresholds chosen on validation copies (see _dedup_combined.py)")
     parser.add_argument("--full", action="store_true",
-                        help="--combined on whole splits instead of 2,000-product catalogues")
+                        help="--combined at full size: validation on the whole train split, "
+                             "test on the whole catalogue (44,072) with copies of test products "
+                             "(writes dedup_combined_full.json; the default writes "
+                             "dedup_combined_quick.json)")
     parser.add_argument("--embeddings-from", default=None,
                         help="a lookalike project whose embedding cache (same embedder) supplies "
                              "the catalogue photos' vectors (--combined; copies are embedded)")
@@ -419,7 +422,7 @@ def run_combined(args: argparse.Namespace) -> None:
     for group, row in payload["test"]["copies"]["by_edits"].items():
         print(f"copies {group}: recall {row['recall']} precision {row['precision']} "
               f"pairs {row['pairs']} of {row['copies']} planted")
-    print(write_results("dedup_combined" + ("" if args.full else "_quick"), payload,
+    print(write_results("dedup_combined_" + ("full" if args.full else "quick"), payload,
                         quick=not args.full, seeds=[payload["sets"]["validation"]["seed"],
                                                     payload["sets"]["test"]["seed"]]))
 

@@ -372,6 +372,36 @@ def test_search_without_an_image_is_422(client: TestClient) -> None:
     _error(client.post("/v1/search", data={"k": "5"}), 422, "invalid_request")
 
 
+def test_exact_search_finds_the_product_in_a_shoppers_photo(client: TestClient,
+                                                            products: pd.DataFrame,
+                                                            base_project: Path) -> None:
+    """``exact`` is the REST twin of ``answer(exact=True)`` / ``lookalike search --exact``."""
+    import numpy as np
+
+    from lookalike.catalogue.copy_edits import shopper_photo
+    from lookalike.recommend.photo_match import search_exact
+
+    photo = Image.open(io.BytesIO(_photo(products, 42))).convert("RGB")
+    shot, _ = shopper_photo(photo, np.random.default_rng(5))
+    buffer = io.BytesIO()
+    shot.save(buffer, format="JPEG", quality=90)
+    response = _search(client, buffer.getvalue(), exact="true", k=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["query"]["exact"] is True
+    assert body["results"][0]["id"] == str(products.iloc[42]["id"])
+    reader = Project(base_project, create=False, read_only=True)
+    try:  # the same answer as the Python call
+        same = search_exact(reader, Image.open(io.BytesIO(buffer.getvalue())), 3)
+    finally:
+        reader.close()
+    assert [r["id"] for r in body["results"]] == [r.id for r in same]
+    _error(_search(client, buffer.getvalue(), exact="true", text="in red"), 422,
+           "invalid_request")
+    _error(client.post("/v1/search", data={"text": "red shirt", "exact": "true"}), 422,
+           "invalid_request")
+
+
 # ---- bad uploads ----------------------------------------------------------------------------------
 
 def test_text_named_jpg_is_rejected(client: TestClient) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from lookalike import Project
 from lookalike.errors import LookalikeError
 from lookalike.catalogue.copy_edits import SHOPPER, shopper_photo
+from lookalike.recommend.photo_frame import frame_turn, query_views, straighten
 from lookalike.recommend.photo_match import (MatchSettings, match_scores, rerank,
                                              search_exact)
 from lookalike.recommend.query import answer
@@ -93,3 +94,28 @@ def test_rerank_moves_only_matches_and_keeps_the_rest_in_order() -> None:
     values = np.array([0.1, 0.9, 0.2, 0.75, -np.inf])
     assert rerank(values, 0.7) == [1, 3, 0, 2, 4]
     assert rerank(values, 2.0) == [0, 1, 2, 3, 4]
+
+
+def test_a_shoppers_photo_is_framed_again_before_the_search(shop: Project) -> None:
+    """The turn of a shopper's photo is read off its grey frame and undone; a catalogue-like
+    photo (white background, no frame) is left as it is."""
+    rng = np.random.default_rng(4)
+    errors = []
+    for item_id in shop.store.ids()[::15]:
+        original = _photo(shop, item_id)
+        query, edits = shopper_photo(original, rng)
+        turn = frame_turn(query)
+        assert turn is not None
+        errors.append(abs(turn - edits["degrees"]))
+        level = edits["grey"] * edits["brightness"]
+        framed = [np.mean(np.abs(np.asarray(image, dtype=np.float32) - level).max(-1) < 8)
+                  for image in (query, straighten(query))]
+        assert framed[1] < 0.5 * framed[0]  # the grey frame is (mostly) gone
+    assert np.median(errors) < 0.5 and max(errors) < 2.0
+    plain = _photo(shop, shop.store.ids()[0])
+    assert frame_turn(plain) is None and straighten(plain).size == plain.size
+    views = query_views(plain)
+    assert len(views) == 2 and views[1].width > plain.width
+    assert len(query_views(plain, margin=0)) == 1
+    with pytest.raises(LookalikeError, match="margin"):
+        search_exact(shop, plain, settings=MatchSettings(margin=0.9))

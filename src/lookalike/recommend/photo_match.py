@@ -14,7 +14,9 @@ fine, so a turned and re-framed photo lines up with its original:
    photos show (as in the copies verifier).
 3. *Colour*: the mean CIELAB Delta-E over the product's pixels after the fitted gain.
 
-:func:`match_scores` scores one query photo against many candidate photos.
+:func:`match_scores` scores one query photo against many candidate photos. The candidates are
+the nearest products by embedding of the photo framed again like a catalogue photo
+(:mod:`.photo_frame`: straightened, without its grey frame, and that with a white margin).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from lookalike.index.base import Filters
 from lookalike.recommend.results import Recommendation
 from lookalike.catalogue.copy_verify import (PairScores, foreground, gauss, gauss_channels,
                                              masked_ncc, scores_in_batches)
+from lookalike.recommend.photo_frame import MARGIN, query_views, trim_border
 
 #: Thumbnail size (width, height) the match is computed at: the catalogue's 60 x 80 photos.
 MATCH_SIZE = (60, 80)
@@ -173,12 +176,16 @@ class MatchSettings:
     ``min_score`` come first (best score first); the others keep their embedding order.
     Defaults chosen on validation queries by benchmarks/photo_robust_bench.py."""
 
-    depth: int = 50
+    depth: int = 30
     min_score: float = 0.4
+    margin: float = MARGIN  # the white margin of the second query view (0: one view)
 
     def check(self) -> "MatchSettings":
         if self.depth < 1:
             raise LookalikeError(f"the exact-match depth must be at least 1, not {self.depth}")
+        if not 0.0 <= self.margin <= 0.5:
+            raise LookalikeError(f"the exact-match margin is a share of a side in [0, 0.5], "
+                                 f"not {self.margin}")
         return self
 
 
@@ -206,52 +213,23 @@ def rerank(values: np.ndarray, min_score: float) -> list[int]:
     return matched + [n for n in range(len(values)) if not ok[n]]
 
 
-def trim_border(image: Image.Image, *, tolerance: float = 30.0,
-                share: float = 0.03) -> Image.Image:
-    """``image`` without a plain frame around it (a pad, the corners a rotation filled): cropped
-    to the rows and columns where at least ``share`` of the pixels differ from the median border
-    colour by more than ``tolerance``, and what is left of the frame where it touches the edge
-    painted white (the catalogue's background); unchanged when there is no such frame."""
-    from scipy import ndimage
-
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
-                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
-    frame = np.median(border, axis=0)
-    distance = np.abs(pixels - frame).max(axis=2)
-    differs = distance > tolerance
-    rows = np.flatnonzero(differs.mean(axis=1) >= share)
-    cols = np.flatnonzero(differs.mean(axis=0) >= share)
-    h, w = differs.shape
-    if not len(rows) or not len(cols) or frame.min() > 235:
-        return image  # no frame, or a white one: the catalogue's own framing
-    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    if ((right - left) * (bottom - top) > 0.97 * h * w or right - left < 0.3 * w
-            or bottom - top < 0.3 * h):
-        return image
-    crop = pixels[top:bottom, left:right].copy()
-    labels, _ = ndimage.label(distance[top:bottom, left:right] <= tolerance / 2)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    crop[np.isin(labels, edge[edge > 0])] = 255.0
-    return Image.fromarray(crop.astype(np.uint8))
-
-
 def candidate_matches(project, image: Any, depth: int, filters: Filters | None = None, *,
-                      index: str | None = None, exclude: Iterable[str] = ()
+                      index: str | None = None, exclude: Iterable[str] = (),
+                      margin: float = MARGIN
                       ) -> tuple[list[Recommendation], np.ndarray, np.ndarray]:
-    """The ``depth`` nearest products of a photo by embedding (``project.search``), together with
-    the ``depth`` nearest of the photo without its plain frame (:func:`trim_border`), each one's
-    :func:`match_score` against the photo and its best rank in either list. The plain photo's
-    list comes first, in its order, then the products only the trimmed photo found."""
+    """The ``depth`` nearest products (``project.search``) of each view of a photo
+    (:func:`~.photo_frame.query_views`: straightened and without its plain frame, and that with
+    a white ``margin``), each one's :func:`match_score` against the photo and its best rank in
+    any list. The first view's list comes first, in its order, then the products only the other
+    view found."""
     from lookalike.catalogue.images import as_image
 
     photo = as_image(image)
     exclude = list(exclude)
-    found = project.search(photo, depth, filters, index=index, exclude=exclude)
-    ranks = {r.id: n for n, r in enumerate(found)}
-    trimmed = trim_border(photo)
-    if trimmed is not photo:
-        for n, rec in enumerate(project.search(trimmed, depth, filters, index=index,
+    found: list[Recommendation] = []
+    ranks: dict[str, int] = {}
+    for view in query_views(photo, margin):
+        for n, rec in enumerate(project.search(view, depth, filters, index=index,
                                                exclude=exclude)):
             if rec.id not in ranks:
                 found.append(rec)
@@ -289,7 +267,7 @@ def search_exact(project, image: Any, k: int = 5, filters: Filters | None = None
     embedding, re-ranked so those whose photo lines up with the query photo come first."""
     settings.check()
     found, values, _ = candidate_matches(project, image, max(settings.depth, k), filters,
-                                         index=index, exclude=exclude)
+                                         index=index, exclude=exclude, margin=settings.margin)
     return [found[n] for n in rerank(values, settings.min_score)][:k]
 
 

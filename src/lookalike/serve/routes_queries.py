@@ -34,6 +34,7 @@ from lookalike.serve.deps import (
 )
 from lookalike.serve.errors import error_responses
 from lookalike.serve.schemas import (
+    EXACT_HELP,
     KEEP_TYPE_HELP,
     LITERAL_HELP,
     MAX_K,
@@ -106,6 +107,7 @@ async def search(
         understand: Annotated[bool, Form(description=UNDERSTAND_HELP)] = True,
         literal: Annotated[list[str] | None, Form(description=LITERAL_HELP)] = None,
         keep_type: Annotated[bool, Form(description=KEEP_TYPE_HELP)] = True,
+        exact: Annotated[bool, Form(description=EXACT_HELP)] = False,
         k: Annotated[int | None, Form(ge=1, le=MAX_K, description=(
             "How many results (default: the service's default_k, 5)."))] = None,
         category: Annotated[list[str] | None, Form(
@@ -121,16 +123,20 @@ async def search(
 ) -> Results:
     """Search by photo (the products that look most like an uploaded image), by words
     alone, or by a photo refined by words. Blank words with a photo are a plain photo
-    search; blank words alone, or words the text model cannot read, are a 422."""
+    search; blank words alone, or words the text model cannot read, are a 422. `exact`
+    looks for the very product in the photo (an image and no words, else a 422)."""
     service, settings = service_of(request), settings_of(request)
     words = text if text is not None and text.strip() else None
     if image is None and text is None:
         raise ApiError(422, "invalid_request", "give an image, text, or both")
+    if exact and (image is None or words is not None):
+        raise ApiError(422, "invalid_request",
+                       "exact looks for the product in a photo; give an image and no words")
     data = await read_upload(image, settings.max_upload_bytes) if image is not None else None
     k = k or settings.default_k
     filters = await run_in_threadpool(filters_of, service, category, gender, colour, price_min,
                                       price_max)
-    if words is None and per_cluster is None and data is not None:
+    if words is None and per_cluster is None and data is not None and not exact:
         found = await run_in_threadpool(service.search, data, k, filters)
     else:
         picture = (await run_in_threadpool(decode_upload, data, settings.max_pixels)
@@ -139,9 +145,9 @@ async def search(
             image=picture, text=text, k=k, filters=filters,
             text_weight=text_weight, fusion=fusion, per_cluster=per_cluster,
             index=service.index_name(), understand=understand, literal=literal or [],
-            keep_type=keep_type))
+            keep_type=keep_type, exact=exact))
     return results(found, k, query_echo(filters, text=words, text_weight=text_weight,
-                                        per_cluster=per_cluster))
+                                        per_cluster=per_cluster, exact=exact))
 
 
 @router.get("/v1/items/{item_id}/similar", response_model=Results, tags=["queries"],

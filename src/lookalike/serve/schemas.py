@@ -19,6 +19,9 @@ UNDERSTAND_HELP = ("Understand words naming the catalogue's colours, genders and
                    "text model.")
 LITERAL_HELP = ("Columns whose words stay words for the text model, e.g. `colour` (repeat for "
                 "several): what removing an understood chip on the web page sends.")
+EXACT_HELP = ("Find this very product in a shopper's photo (cropped, turned, padded, re-lit): "
+              "the nearest products are re-ranked so those whose photo lines up with the "
+              "uploaded one come first. Needs an image and no words.")
 KEEP_TYPE_HELP = ("With a photo or item and understood words that name no category, keep its "
                   "category (the photo's: most common among its nearest products).")
 
@@ -85,7 +88,8 @@ class Results(BaseModel):
     results: list[Result]
     k: int
     query: dict[str, Any] = Field(default_factory=dict, description=(
-        "What was asked: item id, words (`text`), `text_weight`, `per_cluster` and the filters."))
+        "What was asked: item id, words (`text`), `text_weight`, `per_cluster`, `exact` and the "
+        "filters."))
     understood: dict[str, list[str]] | None = Field(None, description=(
         "Words understood as the catalogue's own values, column -> values (several values of "
         "one column are alternatives), e.g. `{\"colour\": [\"Red\"]}`; they filter the "
