@@ -7,6 +7,7 @@ when it is missing rather than skipping itself into green.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,17 @@ def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray (2 CPUs, small object store) for one test module, shut down after."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
+             log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -29,7 +29,6 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pandas as pd
@@ -44,6 +43,7 @@ from lookalike.index.milvus_server import free_port
 from lookalike.serve.app import create_app
 from lookalike.serve.run import BackgroundServer, settings_env
 from lookalike.serve.settings import ServeConfigError, ServeSettings, load_settings
+from serve_process import wait_ready
 
 API_KEY = "test-key-0123456789abcdef"
 CATEGORIES = ["Tshirts", "Watches", "Casual Shoes", "Handbags", "Kurtas", "Sunglasses"]
@@ -143,21 +143,6 @@ def _settings(project: Path, **overrides: object) -> ServeSettings:
     return ServeSettings(**values)
 
 
-def _wait_ready(url: str, server: subprocess.Popen, log: Any, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            log.seek(0)
-            raise AssertionError(f"lookalike serve exited: {log.read().decode()[-800:]}")
-        try:
-            if httpx.get(f"{url}/v1/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("lookalike serve did not become ready")
-
-
 @contextlib.contextmanager
 def _service_url(project: Path, backend: str) -> Iterator[str]:
     """The URL of a writable service over ``project``: in a thread of this process over FAISS,
@@ -185,7 +170,7 @@ def _two_workers(project: Path, read_only: bool) -> Iterator[httpx.Client]:
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, server, log)
+        wait_ready(url, server, log)
         with httpx.Client(base_url=url, timeout=60) as http:
             yield http
     finally:

@@ -30,6 +30,7 @@ from lookalike.errors import LookalikeError, ModelMismatchError
 from lookalike.index.base import Filters, Hits, create_index, load_index
 from lookalike.index.milvus_server import LocalMilvus, free_port
 from lookalike.models.base import create as create_embedder
+from serve_process import wait_ready
 
 DEMO = Path(__file__).resolve().parents[1] / "src" / "lookalike" / "data" / "demo.parquet"
 TOL = 1e-4
@@ -321,20 +322,6 @@ def test_milvus_lite_file_target(products, tmp_path) -> None:
 
 # ---- the project, the CLI and the service over one Milvus ---------------------------------------
 
-def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"lookalike serve exited: {server.stderr.read().decode()[-500:]}")
-        try:
-            if httpx.get(f"{url}/v1/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("lookalike serve did not become ready")
-
-
 def _catalogue(demo: pd.DataFrame, path: Path, rows: slice) -> Path:
     frame = demo.iloc[rows]
     pd.DataFrame({"id": frame["id"].astype(str), "image": frame["image_jpeg"],
@@ -387,7 +374,7 @@ def test_project_and_cli_over_milvus(milvus, demo, shop) -> None:
 API_KEY = "milvus-test-key-0123456789"
 
 
-def _until(check, timeout: float = 15.0) -> bool:
+def _until(check, timeout: float = 60.0) -> bool:
     """True once ``check()`` holds for 4 calls in a row (requests land on either worker)."""
     deadline, streak = time.monotonic() + timeout, 0
     while time.monotonic() < deadline and streak < 4:
@@ -397,17 +384,18 @@ def _until(check, timeout: float = 15.0) -> bool:
     return streak >= 4
 
 
-def test_serve_with_two_workers_over_one_milvus(demo, shop) -> None:
+def test_serve_with_two_workers_over_one_milvus(demo, shop, tmp_path) -> None:
     """`lookalike serve --workers 2` over the one Milvus: concurrent searches by photo, similar
     items with filters and item details all answer right; an item PUT through one worker is found
     through both, and gone from both after its DELETE."""
     port = free_port()
+    log = (tmp_path / "serve.log").open("w+b")
     env = {**os.environ, "LOOKALIKE_API_KEY": API_KEY, "PYTHONPATH": os.pathsep.join(
         [str(DEMO.parents[2]), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen(
         [sys.executable, "-m", "lookalike", "serve", "--project", str(shop), "--workers", "2",
          "--port", str(port), "--log-level", "warning"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     errors: list[str] = []
     category = str(demo.iloc[0]["article_type"])
@@ -434,7 +422,7 @@ def test_serve_with_two_workers_over_one_milvus(demo, shop) -> None:
             errors.append(f"row {row}")
 
     try:
-        _wait_ready(url, server)
+        wait_ready(url, server, log)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(ask, range(0, 60)))
         assert not errors
@@ -453,6 +441,7 @@ def test_serve_with_two_workers_over_one_milvus(demo, shop) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # its own session: uvicorn and its two workers
         server.wait(timeout=60)
+        log.close()
 
 
 # ---- last: restarts the server (its first Strong reads afterwards wait ~20 s) --------------------

@@ -7,7 +7,6 @@ catalogue with one stored image damaged after ingest.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -30,19 +29,6 @@ SLICE = 200
 EMBEDDER = "efficientnet-lite0"
 OPTIONS = {"image_size": 112}
 BAD_ID_ROW = 17  # the slice row whose stored image is truncated after ingest
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
-             log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ single-process ``Project.index`` is the reference.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +28,6 @@ EMBEDDER = "efficientnet-lite0"
 OPTIONS = {"image_size": 112}
 RAY = {"num_actors": 2, "batch_size": 16}
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
-             log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, ModelMismatchError, StoreError
 from lookalike.models.base import Embedder
-from lookalike.storage import atomic_write_text
+from lookalike.storage import atomic_file, atomic_write_text
 
 META_FILE = "cache.json"
 MODEL_DIR = "model"
@@ -54,16 +54,8 @@ def _encode_keys(keys: Sequence[str]) -> np.ndarray:
 
 
 def _save_npy_atomically(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 class EmbeddingCache:

@@ -23,9 +23,7 @@ image changed gets a new row (the old one stays: :func:`add_shards` takes ``curr
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.errors import ModelMismatchError, StoreError
+from lookalike.storage import atomic_file
 
 _SHARD = re.compile(r"^part-[0-9a-f]{16}\.parquet$")
 #: Rows per batch when reading shards (bounds memory on big shard sets).
@@ -75,16 +74,8 @@ def write_shard(folder: str | Path, ids: Sequence[str], keys: Sequence[str], emb
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
     })
     path = folder / shard_name(ids)
-    tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        pq.write_table(table, handle)
     return path
 
 
