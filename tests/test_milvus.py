@@ -425,7 +425,7 @@ def test_serve_with_two_workers_over_one_milvus(demo, shop, tmp_path) -> None:
         wait_ready(url, server, log)
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(ask, range(0, 60)))
-        assert not errors
+        assert not errors, f"wrong answers for {errors}"
         photo = bytes(demo.iloc[500]["image_jpeg"])  # not in the shop's catalogue
         assert "served-new" not in top(photo)
         put = httpx.put(f"{url}/v1/items/served-new", files={"image": ("n.jpg", photo,
@@ -433,11 +433,11 @@ def test_serve_with_two_workers_over_one_milvus(demo, shop, tmp_path) -> None:
                         data={"attributes": json.dumps({"title": "new", "category": "New"})},
                         headers={"X-API-Key": API_KEY}, timeout=60)
         assert put.status_code == 201, put.text
-        assert _until(lambda: top(photo)[:1] == ["served-new"])
+        assert _until(lambda: top(photo)[:1] == ["served-new"]), f"after PUT: {top(photo)}"
         gone = httpx.delete(f"{url}/v1/items/served-new", headers={"X-API-Key": API_KEY},
                             timeout=60)
         assert gone.status_code == 200, gone.text
-        assert _until(lambda: "served-new" not in top(photo))
+        assert _until(lambda: "served-new" not in top(photo)), f"after DELETE: {top(photo)}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # its own session: uvicorn and its two workers
         server.wait(timeout=60)
