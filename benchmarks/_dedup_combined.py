@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from lookalike.index.base import create_index
-from lookalike.catalogue.copies import CopySettings, candidate_pairs
+from lookalike.catalogue.copies import (CopySettings, candidate_pairs, descriptor_pairs,
+                                        keep_copies, pair_descriptor_cosines)
 from lookalike.catalogue.copy_edits import EDIT_KINDS, edit_copy, random_edits
 from lookalike.catalogue.copy_verify import score_pairs, thumbnails
 from lookalike.recommend.duplicates import (colour_grid, hamming_pairs, pair_colour_differences,
@@ -34,11 +37,28 @@ from lookalike.recommend.duplicates import (colour_grid, hamming_pairs, pair_col
 
 EDIT_COUNTS = (1, 2, 3, 4)
 TEXTURE_SWEEP = (0.70, 0.74, 0.78, 0.80, 0.82, 0.84, 0.86, 0.88, 0.90, 0.92)
-COLOUR_SWEEP = (6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
+COLOUR_SWEEP = (4.0, 6.0, 8.0, 10.0, 12.0, 15.0)
+#: Copy-descriptor cosines: the floor every copy must reach, and the level that is a copy alone.
+FLOOR_SWEEP = (-1.0, 0.3, 0.4, 0.5, 0.6, 0.7)
+ACCEPT_SWEEP = (2.0, 0.95, 0.9, 0.85, 0.8, 0.75)
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def draw_set(frame, split: str, n_catalogue: int, n_copies: int, seed: int,
+             copy_split: str | None = None) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """``(rng, rows, originals)``: the frame rows of a set's catalogue and the positions (into
+    ``rows``) of the products it copies; ``rng`` is left where the copies' edits are drawn."""
+    rng = np.random.default_rng(seed)
+    splits = frame["split"].to_numpy()
+    rows = np.arange(len(frame)) if split == "all" else np.flatnonzero(splits == split)
+    rows = np.sort(rng.choice(rows, size=min(n_catalogue, len(rows)), replace=False))
+    eligible = np.arange(len(rows)) if copy_split is None else \
+        np.flatnonzero(splits[rows] == copy_split)
+    originals = rng.choice(eligible, size=min(n_copies, len(eligible)), replace=False)
+    return rng, rows, originals
 
 
 def build_set(frame, split: str, n_catalogue: int, n_copies: int, seed: int,
@@ -46,15 +66,9 @@ def build_set(frame, split: str, n_catalogue: int, n_copies: int, seed: int,
     """A catalogue of ``n_catalogue`` products of ``split`` (``"all"``: of both splits) plus
     ``n_copies`` copies of some of them -- of its ``copy_split`` products when given -- (a
     quarter each with 1, 2, 3 and 4 edits), seeded."""
-    rng = np.random.default_rng(seed)
-    splits = frame["split"].to_numpy()
-    rows = np.arange(len(frame)) if split == "all" else np.flatnonzero(splits == split)
-    rows = np.sort(rng.choice(rows, size=min(n_catalogue, len(rows)), replace=False))
+    rng, rows, originals = draw_set(frame, split, n_catalogue, n_copies, seed, copy_split)
     photos = [Image.open(io.BytesIO(frame["image_jpeg"].iat[r])).convert("RGB") for r in rows]
     digest = [hashlib.sha256(frame["image_jpeg"].iat[r]).hexdigest() for r in rows]
-    eligible = np.arange(len(rows)) if copy_split is None else \
-        np.flatnonzero(splits[rows] == copy_split)
-    originals = rng.choice(eligible, size=min(n_copies, len(eligible)), replace=False)
     copies, groups, kinds = [], [], []
     for n, original in enumerate(originals):
         count = EDIT_COUNTS[n % len(EDIT_COUNTS)]
@@ -105,10 +119,26 @@ def score(pairs: np.ndarray, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def prepare(data: dict[str, Any], embedder, threads: int, cache: Any = None) -> dict[str, Any]:
-    """Fingerprints, thumbnails and embeddings of one set, and the timings. ``cache`` (an
-    :class:`~lookalike.models.cache.EmbeddingCache` of the same embedder, keyed by the sha256 of
-    the photo's bytes) supplies the vectors of catalogue photos it holds; the rest are embedded."""
+def describe(images: list, digests: list[str], n_catalogue: int, descriptor) -> np.ndarray:
+    """Copy descriptors of a set's images; the catalogue photos' are cached (by the sha256 of
+    their bytes) under benchmarks/.cache/copy-descriptor/<descriptor id>/."""
+    from lookalike.models.cache import EmbeddingCache, embed_with_cache
+
+    folder = Path(__file__).resolve().parent / ".cache" / "copy-descriptor"
+    cache = EmbeddingCache(folder / descriptor.embedder_id, descriptor.embedder_id,
+                           descriptor.dim)
+    catalogue = embed_with_cache(descriptor, digests, dict(zip(digests, images)).__getitem__,
+                                 cache, progress=False)
+    copies = descriptor.embed(images[n_catalogue:])
+    return np.concatenate([catalogue, copies]).astype(np.float32)
+
+
+def prepare(data: dict[str, Any], embedder, threads: int, cache: Any = None,
+            descriptor: Any = None) -> dict[str, Any]:
+    """Fingerprints, thumbnails, embeddings and copy descriptors of one set, and the timings.
+    ``cache`` (an :class:`~lookalike.models.cache.EmbeddingCache` of the same embedder, keyed by
+    the sha256 of the photo's bytes) supplies the vectors of catalogue photos it holds; the rest
+    are embedded."""
     started = time.perf_counter()
     images = data["images"]
     data["codes"] = phash_codes(images)
@@ -128,6 +158,10 @@ def prepare(data: dict[str, Any], embedder, threads: int, cache: Any = None) -> 
                                    dtype=np.float32)
     data["vectors"], data["embedded"] = vectors, int(len(todo))
     data["seconds_embed"] = time.perf_counter() - started
+    started = time.perf_counter()
+    data["descriptors"] = None if descriptor is None else \
+        describe(images, data["digests"], data["n_catalogue"], descriptor)
+    data["seconds_describe"] = time.perf_counter() - started
     ids = [str(n) for n in range(len(images))]
     index = create_index("exact", embedder.dim, embedder.embedder_id)
     index.add(ids, data["vectors"])
@@ -136,11 +170,14 @@ def prepare(data: dict[str, Any], embedder, threads: int, cache: Any = None) -> 
 
 
 def candidates(data: dict[str, Any], settings: CopySettings) -> np.ndarray:
+    """The detector's candidates (phash + copy-descriptor neighbours, every descriptor cosine:
+    the sweep applies the floor); also the embedding baseline's pairs."""
     vectors = data["vectors"]
-    emb = vector_pairs(data["index"], data["ids"], lambda chunk: vectors[[int(c) for c in chunk]],
-                       settings.min_cosine, neighbours=settings.neighbours)
-    data["embedding_pairs"] = emb
-    return candidate_pairs(data["codes"], settings, emb)
+    data["embedding_pairs"] = vector_pairs(
+        data["index"], data["ids"], lambda chunk: vectors[[int(c) for c in chunk]],
+        settings.min_cosine, neighbours=settings.neighbours)
+    return candidate_pairs(data["codes"], settings,
+                           descriptor_pairs(data["descriptors"], settings.neighbours, -1.0))
 
 
 def candidate_recall(pairs: np.ndarray, data: dict[str, Any]) -> float:
@@ -157,34 +194,51 @@ def choose(rows: list[dict[str, Any]], key: str = "F1") -> dict[str, Any]:
 
 
 def sweep_copies(data: dict[str, Any], settings: CopySettings) -> tuple[list[dict], dict]:
-    """Candidates once, verification scores once, then every (texture, colour) threshold."""
+    """Candidates once, verification scores and descriptor cosines once, then every setting of
+    (texture, colour, descriptor floor, descriptor accept)."""
     started = time.perf_counter()
     pairs = candidates(data, settings)
     seconds_candidates = time.perf_counter() - started
     started = time.perf_counter()
     scores = score_pairs(data["thumbs"][pairs[:, 0]], data["thumbs"][pairs[:, 1]])
+    cosines = pair_descriptor_cosines(data["descriptors"], pairs)
     seconds_verify = time.perf_counter() - started
+    data["copy_scores"], data["copy_cosines"], data["copy_candidates"] = scores, cosines, pairs
     rows = []
-    for texture in TEXTURE_SWEEP:
-        for colour in COLOUR_SWEEP:
-            keep = (scores.texture >= texture) & (scores.colour <= colour)
-            result = score(pairs[keep], data)
-            rows.append({"method": "copies", "min_texture": texture, "max_colour": colour,
-                         "precision": result["precision"], "recall": result["recall"],
-                         "pairs": result["pairs"]})
+    for texture, colour, floor, accept in itertools.product(
+            TEXTURE_SWEEP, COLOUR_SWEEP, FLOOR_SWEEP, ACCEPT_SWEEP):
+        result = score(copies_at(data, _settings(texture, colour, floor, accept)), data)
+        rows.append({"method": "copies", "min_texture": texture, "max_colour": colour,
+                     "min_descriptor": floor, "accept_descriptor": accept,
+                     "precision": result["precision"], "recall": result["recall"],
+                     "pairs": result["pairs"]})
+    floor_candidates = pairs[cosines >= min(FLOOR_SWEEP)]
     timing = {"candidates": int(len(pairs)), "candidate_recall": candidate_recall(pairs, data),
               "candidate_recall_phash_only": candidate_recall(
                   candidate_pairs(data["codes"], settings), data),
+              "candidate_recall_by_edits": candidate_recall_by_group(pairs, data),
+              "candidates_above_lowest_floor": int(len(floor_candidates)),
               "seconds_candidates": round(seconds_candidates, 2),
               "seconds_verify": round(seconds_verify, 2),
               "ms_per_verified_pair": round(1000 * seconds_verify / max(1, len(pairs)), 3)}
-    data["copy_scores"], data["copy_candidates"] = scores, pairs
     return rows, timing
 
 
-def copies_at(data: dict[str, Any], texture: float, colour: float) -> np.ndarray:
-    scores, pairs = data["copy_scores"], data["copy_candidates"]
-    return pairs[(scores.texture >= texture) & (scores.colour <= colour)]
+def _settings(texture: float, colour: float, floor: float, accept: float) -> CopySettings:
+    return CopySettings(min_texture=texture, max_colour=colour, min_descriptor=floor,
+                        accept_descriptor=accept)
+
+
+def candidate_recall_by_group(pairs: np.ndarray, data: dict[str, Any]) -> dict[str, float]:
+    found = set(map(tuple, np.sort(pairs[:, :2], axis=1).tolist()))
+    hit = np.asarray([tuple(sorted(map(int, d))) in found for d in data["designed"]])
+    groups = np.asarray(data["groups"])
+    return {g: round(float(hit[groups == g].mean()), 4) for g in sorted(set(data["groups"]))}
+
+
+def copies_at(data: dict[str, Any], settings: CopySettings) -> np.ndarray:
+    keep = keep_copies(data["copy_scores"], data["copy_cosines"], settings)
+    return data["copy_candidates"][keep]
 
 
 def baselines(data: dict[str, Any], imagededup: Any) -> dict[str, list[dict[str, Any]]]:
@@ -218,11 +272,12 @@ def _brief(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in ("precision", "recall", "pairs")}
 
 
-def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalogue: int,
+def ingest_timing(data: dict[str, Any], descriptor, settings: CopySettings, catalogue: int,
                   queries: int = 30) -> dict[str, Any]:
     """One incoming image checked against ``catalogue`` items: the set's fingerprints and
-    vectors repeated up to that size (so the hash and vector searches scan as many entries as a
-    catalogue that large), timed per image: embed, vector search, hash search + verification."""
+    copy descriptors repeated up to that size (so the hash and descriptor searches scan as many
+    entries as a catalogue that large), timed per image: describe (both backbone views and the
+    head), then fingerprint + candidates + verification (the matcher)."""
     from lookalike.catalogue.copies import CopyMatcher
     from lookalike.catalogue.fingerprints import Fingerprints, fingerprint
 
@@ -231,34 +286,27 @@ def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalo
     take = np.tile(np.arange(n), reps)[:catalogue]
     prints = Fingerprints([str(r) for r in range(catalogue)], data["codes"][take],
                           data["colours"][take], data["thumbs"][take])
-    from lookalike.index.choose import choose_index
-
-    choice = choose_index(catalogue, embedder.dim)  # what `lookalike index` builds at this size
-    index = create_index(choice.kind, embedder.dim, embedder.embedder_id, **choice.params)
-    index.add([str(r) for r in range(catalogue)], data["vectors"][take])
-    matcher = CopyMatcher(prints, settings)
+    matcher = CopyMatcher(prints, settings, descriptors=data["descriptors"][take],
+                          describe=descriptor.embed_one)
     rng = np.random.default_rng(0)
     import faiss
 
     faiss.omp_set_num_threads(1)  # one query: threads would only wait for each other
-    times: dict[str, list[float]] = {"embed": [], "vector_search": [], "match": [], "total": []}
+    times: dict[str, list[float]] = {"describe": [], "match": [], "total": []}
     cpu: dict[str, list[float]] = {key: [] for key in times}
     for row in rng.choice(data["n_catalogue"], size=queries, replace=False):
         image = edit_copy(data["images"][row], random_edits(rng, 4))
         t0, c0 = time.perf_counter(), time.process_time()
-        vector = embedder.embed_one(image)
+        vector = matcher.descriptor_of(image)
         t1, c1 = time.perf_counter(), time.process_time()
-        hits = index.search(vector[None, :], k=settings.neighbours)[0]
-        near = [i for i, s in zip(hits.ids, hits.scores) if s >= settings.min_cosine]
+        matcher.find_fingerprint(fingerprint(image), descriptor=vector)
         t2, c2 = time.perf_counter(), time.process_time()
-        matcher.find_fingerprint(fingerprint(image), near)
-        t3, c3 = time.perf_counter(), time.process_time()
-        for key, value, spent in (("embed", t1 - t0, c1 - c0), ("vector_search", t2 - t1, c2 - c1),
-                                  ("match", t3 - t2, c3 - c2), ("total", t3 - t0, c3 - c0)):
+        for key, value, spent in (("describe", t1 - t0, c1 - c0), ("match", t2 - t1, c2 - c1),
+                                  ("total", t2 - t0, c2 - c0)):
             times[key].append(1000 * value)
             cpu[key].append(1000 * spent)
     return {"catalogue": catalogue, "queries": queries, "faiss_threads": 1,
-            "index": {"kind": choice.kind, **choice.params},
+            "descriptor": descriptor.embedder_id,
             **{f"{k}_ms_median": round(float(np.median(v)), 2) for k, v in times.items()},
             "total_ms_p90": round(float(np.percentile(times["total"], 90)), 2),
             "cpu_ms_median": {k: round(float(np.median(v)), 2) for k, v in cpu.items()},
@@ -266,14 +314,14 @@ def ingest_timing(data: dict[str, Any], embedder, settings: CopySettings, catalo
                         "when the machine is shared"}
 
 
-def run(frame, embedder, imagededup: Any, *, quick: bool, seed: int, threads: int,
+def run(frame, embedder, descriptor, imagededup: Any, *, quick: bool, seed: int, threads: int,
         catalogue_size: int = 44072, cache: Any = None) -> dict[str, Any]:
     """The whole comparison; returns the results payload (see the module docstring)."""
     n_catalogue, n_copies = (1500, 400) if quick else (100_000, 2000)
     settings = CopySettings()
     seeds = {"validation": seed + 101, "test": seed + 202}
     val = prepare(build_set(frame, "train", n_catalogue, n_copies, seeds["validation"]),
-                  embedder, threads, cache)
+                  embedder, threads, cache, descriptor)
     # quick: a 1,500-product test-split catalogue; full: the whole catalogue (both splits,
     # 44,072 products) with copies of test-split products only (never seen on validation)
     test_split, copy_split = ("test", None) if quick else ("all", "test")
@@ -282,28 +330,30 @@ def run(frame, embedder, imagededup: Any, *, quick: bool, seed: int, threads: in
     best = choose(sweep)
     val_base = baselines(val, imagededup)
     chosen_base = {name: choose(rows)["threshold"] for name, rows in val_base.items() if rows}
-    log(f"chosen on validation: texture >= {best['min_texture']}, colour <= "
-        f"{best['max_colour']}; baselines {chosen_base}")
+    chosen = _settings(best["min_texture"], best["max_colour"], best["min_descriptor"],
+                       best["accept_descriptor"])
+    log(f"chosen on validation: {chosen}; baselines {chosen_base}")
     for key in ("images", "thumbs", "index", "vectors", "copy_scores", "copy_candidates",
-                "embedding_pairs", "imagededup_pairs"):
+                "copy_cosines", "descriptors", "embedding_pairs", "imagededup_pairs"):
         val.pop(key, None)  # the test set needs the memory
     test = prepare(build_set(frame, test_split, n_catalogue, n_copies, seeds["test"],
-                             copy_split), embedder, threads, cache)
+                             copy_split), embedder, threads, cache, descriptor)
     log(f"test set: {len(test['images'])} images prepared")
     _, test_timing = sweep_copies(test, settings)
-    test_copies = score(copies_at(test, best["min_texture"], best["max_colour"]), test)
+    test_copies = score(copies_at(test, chosen), test)
     test_base = {name: next(r for r in rows if r["threshold"] == chosen_base[name])
                  for name, rows in baselines(test, imagededup).items() if rows}
-    at_defaults = score(copies_at(test, settings.min_texture, settings.max_colour), test)
+    at_defaults = score(copies_at(test, settings), test)
     log("test set read once with the validation choices")
-    timing = ingest_timing(test, embedder, settings, catalogue_size)
+    timing = ingest_timing(test, descriptor, chosen, catalogue_size)
     return {
         "sets": {name: {"split": data["split"], "copies_of": data["copy_split"],
                         "seed": data["seed"],
                         "catalogue": data["n_catalogue"], "copies": len(data["designed"]),
                         "seconds_fingerprints": round(data["seconds_fingerprints"], 2),
                         "images_embedded": data["embedded"],
-                        "seconds_embed": round(data["seconds_embed"], 2)}
+                        "seconds_embed": round(data["seconds_embed"], 2),
+                        "seconds_describe": round(data["seconds_describe"], 2)}
                  for name, data in (("validation", val), ("test", test))},
         "edits": {"kinds": list(EDIT_KINDS), "counts": list(EDIT_COUNTS)},
         "candidate_settings": {"neighbours": settings.neighbours,
@@ -312,7 +362,9 @@ def run(frame, embedder, imagededup: Any, *, quick: bool, seed: int, threads: in
                                "phash_radius": settings.phash_radius},
         "chosen_on": "validation",
         "chosen": {"copies": {"min_texture": best["min_texture"],
-                              "max_colour": best["max_colour"], "criterion": "F1"},
+                              "max_colour": best["max_colour"],
+                              "min_descriptor": best["min_descriptor"],
+                              "accept_descriptor": best["accept_descriptor"], "criterion": "F1"},
                    **{name: {"threshold": t, "criterion": "F1"}
                       for name, t in chosen_base.items()}},
         "validation": {"copies_sweep": sweep, "baselines": val_base, "timing": val_timing},
@@ -324,13 +376,14 @@ def run(frame, embedder, imagededup: Any, *, quick: bool, seed: int, threads: in
     }
 
 
-def run_ingest_check(frame, embedder, *, seed: int, catalogue_size: int = 44072,
+def run_ingest_check(frame, embedder, descriptor, *, seed: int, catalogue_size: int = 44072,
                      cache: Any = None) -> dict[str, Any]:
     """Only the one-image check of :func:`ingest_timing`, on the quick test set."""
-    test = prepare(build_set(frame, "test", 1500, 400, seed + 202), embedder, 1, cache)
+    test = prepare(build_set(frame, "test", 1500, 400, seed + 202), embedder, 1, cache,
+                   descriptor)
     return {"set": {"split": "test", "seed": seed + 202, "catalogue": test["n_catalogue"]},
             "settings": vars(CopySettings()),
-            "ingest_check": ingest_timing(test, embedder, CopySettings(), catalogue_size)}
+            "ingest_check": ingest_timing(test, descriptor, CopySettings(), catalogue_size)}
 
 
 def _pairs_of(data: dict[str, Any], name: str, row: dict[str, Any]) -> np.ndarray:

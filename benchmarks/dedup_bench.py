@@ -193,7 +193,8 @@ def main() -> None:
         from lookalike.models.base import create
 
         embedder = create(args.embedder)
-        payload = combined.run_ingest_check(load_products_frame(), embedder, seed=args.seed,
+        payload = combined.run_ingest_check(load_products_frame(), embedder,
+                                            create("copy-descriptor"), seed=args.seed,
                                             cache=embedding_cache(args, embedder))
         payload["embedder"] = args.embedder
         print(payload["ingest_check"])
@@ -406,7 +407,7 @@ def run_combined(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     embedder = create(args.embedder)
     cache = embedding_cache(args, embedder)
-    payload = combined.run(load_products_frame(), embedder,
+    payload = combined.run(load_products_frame(), embedder, create("copy-descriptor"),
                            methods["PHash"] if methods else None, quick=not args.full,
                            seed=args.seed, threads=args.threads, cache=cache)
     payload.update({"embedder": args.embedder, "imagededup_unavailable": why_not,

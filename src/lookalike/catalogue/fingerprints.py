@@ -290,10 +290,14 @@ class PHashMatcher:
     def find(self, image: Image.Image) -> list[tuple[str, float]]:
         return self.find_fingerprint(fingerprint(image))
 
-    def find_fingerprint(self, print_: Fingerprint, neighbour_ids: Sequence[str] = ()
-                         ) -> list[tuple[str, float]]:
-        """:meth:`find` for a precomputed :func:`fingerprint` (``neighbour_ids`` are ignored:
-        the hash alone decides)."""
+    def descriptor_of(self, image: Image.Image) -> None:
+        """No copy descriptors here (the same interface as ``CopyMatcher``)."""
+        return None
+
+    def find_fingerprint(self, print_: Fingerprint, neighbour_ids: Sequence[str] = (),
+                         descriptor: Any = None) -> list[tuple[str, float]]:
+        """:meth:`find` for a precomputed :func:`fingerprint` (``neighbour_ids`` and
+        ``descriptor`` are ignored: the hash alone decides)."""
         code, colours, _ = print_
         with self._lock:
             if not self._ids:
@@ -311,8 +315,8 @@ class PHashMatcher:
     def add(self, item_id: str, image: Image.Image) -> None:
         self.add_fingerprint(item_id, fingerprint(image))
 
-    def add_fingerprint(self, item_id: str, print_: Fingerprint) -> None:
-        """:meth:`add` for a precomputed :func:`fingerprint`."""
+    def add_fingerprint(self, item_id: str, print_: Fingerprint, descriptor: Any = None) -> None:
+        """:meth:`add` for a precomputed :func:`fingerprint` (``descriptor`` is ignored)."""
         code, colours, _ = print_
         with self._lock:
             self._index.add(np.ascontiguousarray(code.reshape(1, -1), dtype=np.uint8))

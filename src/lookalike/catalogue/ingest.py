@@ -87,7 +87,8 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
            *, progress: bool = True, batch_size: int = 256, on_duplicate_image: str = "keep",
            max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
            duplicate_threshold: float | None = None, duplicate_method: str = "copies",
-           duplicate_neighbours: Any = None, strict: bool = False) -> IngestReport:
+           duplicate_neighbours: Any = None, duplicate_matcher: Any = None,
+           strict: bool = False) -> IngestReport:
     """Add or update every record of ``source`` in ``store``; see the module docstring.
 
     ``source`` is anything :func:`~lookalike.catalogue.sources.open_source` accepts, or records.
@@ -101,8 +102,9 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
     :mod:`lookalike.recommend.duplicates`: ``copies`` (the default; ``duplicate_threshold`` is
     the smallest texture correlation, default 0.92; ``duplicate_neighbours(image)``, when given,
     adds the image's embedding neighbours to the hash candidates) or ``phash+colour``
-    (``duplicate_threshold`` in bits, default 8 of 64). Items that are unchanged are not
-    checked.
+    (``duplicate_threshold`` in bits, default 8 of 64). ``duplicate_matcher``, when given, is a
+    ready matcher to use instead (the project's, which checks copy descriptors). Items that are
+    unchanged are not checked.
 
     ``strict``: a source whose ids repeat is refused with a one-line CatalogueError before
     anything is written (default: the repeats are rejected by row and the rest is ingested).
@@ -122,7 +124,8 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
     workers = workers or min(4, os.cpu_count() or 1)
     matcher = None
     if on_duplicate_image != "keep":
-        matcher = _duplicate_matcher(store, duplicate_method, duplicate_threshold)
+        matcher = duplicate_matcher or _duplicate_matcher(store, duplicate_method,
+                                                          duplicate_threshold)
 
     with _progress_bar(progress, f"ingest {records.name}", len(records)) as advance, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
@@ -233,8 +236,9 @@ def _check_duplicate(record: SourceRecord, outcome: tuple[str, Any], matcher: An
     if not isinstance(value, tuple):
         return outcome  # unchanged or rejected: nothing new to check
     item, (print_, image) = value
-    near = neighbours(image) if neighbours is not None else ()
-    matches = [m for m in matcher.find_fingerprint(print_, near) if m[0] != item.id]
+    descriptor = matcher.descriptor_of(image)
+    near = neighbours(image) if neighbours is not None and descriptor is None else ()
+    matches = [m for m in matcher.find_fingerprint(print_, near, descriptor) if m[0] != item.id]
     if matches:
         original, distance = matches[0]
         report.duplicates.append({"id": item.id, "duplicate_of": original,
@@ -245,7 +249,7 @@ def _check_duplicate(record: SourceRecord, outcome: tuple[str, Any], matcher: An
                 source=record.row or record.id, reason="duplicate", item_id=record.id,
                 message=f"near-duplicate of catalogue item {original!r} "
                         f"(distance {distance:.3g})")
-    matcher.add_fingerprint(item.id, print_)
+    matcher.add_fingerprint(item.id, print_, descriptor)
     return kind, item
 
 

@@ -204,6 +204,7 @@ _BUILTIN: dict[str, str] = {
     "autoencoder": "lookalike.models.autoencoder:AutoencoderEmbedder",
     "conv-autoencoder": "lookalike.models.autoencoder:ConvAutoencoderEmbedder",
     "infogan": "lookalike.models.infogan:InfoGANEmbedder",
+    "copy-descriptor": "lookalike.models.copy_descriptor:CopyDescriptorEmbedder",
 }
 #: The plugin registry: embedder kinds (built-ins load lazily from ``_BUILTIN``; plugins add
 #: themselves with :func:`register`). Process-wide on purpose, like an entry-point table.

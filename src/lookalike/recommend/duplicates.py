@@ -37,6 +37,8 @@ from PIL import Image
 from lookalike.errors import LookalikeError, UnknownNameError
 from lookalike.index.base import VectorIndex
 from lookalike.catalogue.copies import CopyMatcher, CopySettings, NeighboursOf, copy_pairs
+from lookalike.recommend.copy_descriptors import (catalogue_descriptors, descriptor_matcher,
+                                                  descriptor_model)
 from lookalike.catalogue.copy_verify import MIN_TEXTURE
 from lookalike.catalogue.fingerprints import (  # noqa: F401  (re-exported)
     COLOUR_GRID, HASH_BITS, MAX_COLOUR_DIFFERENCE, PHASH_DIR, PHASH_THRESHOLD, Fingerprints,
@@ -166,6 +168,10 @@ def _copy_pairs(project, threshold: float, index: str | None, neighbours: int | 
         settings = CopySettings(min_texture=threshold, neighbours=neighbours)
     settings.check()
     prints = catalogue_fingerprints(project, save=save)
+    model = descriptor_model()
+    if model is not None:
+        vectors = catalogue_descriptors(project, model, prints.ids)
+        return prints.ids, copy_pairs(prints, settings, descriptors=vectors)[0]
     extra = None
     if index or project.default_index_name():
         indexed, found = embedding_pairs(project, settings.min_cosine, index=index,
@@ -306,8 +312,9 @@ class DuplicateFinder:
     def _build(self, method: str, threshold: float, max_colour_difference: float) -> Any:
         prints = catalogue_fingerprints(self.project)
         if method == "copies":
-            return CopyMatcher(prints, CopySettings(min_texture=float(threshold)),
-                               index_neighbours(self.project, self.index))
+            settings = CopySettings(min_texture=float(threshold))
+            return descriptor_matcher(self.project, prints, settings) or \
+                CopyMatcher(prints, settings, index_neighbours(self.project, self.index))
         colour = max_colour_difference if method == "phash+colour" else None
         return PHashMatcher(prints, check_radius(threshold), colour)
 

@@ -25,13 +25,20 @@ class CatalogueVerbs:
         self.require_writable("ingest")
         from lookalike.catalogue.ingest import ingest
 
-        if options.get("on_duplicate_image", "keep") != "keep" \
-                and options.get("duplicate_method", "copies") == "copies":
-            from lookalike.recommend.duplicates import index_neighbours
-
-            options.setdefault("duplicate_neighbours", index_neighbours(self))
         with self.write_lock():
+            if options.get("on_duplicate_image", "keep") != "keep" \
+                    and options.get("duplicate_method", "copies") == "copies":
+                options.setdefault("duplicate_matcher", self._copy_matcher(
+                    options.get("duplicate_threshold")))
             return ingest(source, self.store, progress=progress, **options)
+
+    def _copy_matcher(self, threshold: float | None) -> Any:
+        """The ``copies`` matcher ingest checks incoming photos with: copy descriptors and
+        fingerprints (image-index neighbours where the package ships no descriptor)."""
+        from lookalike.recommend.duplicates import DEFAULT_THRESHOLDS, DuplicateFinder
+
+        threshold = DEFAULT_THRESHOLDS["copies"] if threshold is None else float(threshold)
+        return DuplicateFinder(self).matcher("copies", threshold)
 
     def vocabulary(self):  # -> lookalike.recommend.words.Vocabulary
         """The words this catalogue's colours, genders and categories are known by (query
