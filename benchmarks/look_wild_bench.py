@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"segmenter + category vote {w:g}": {"localiser": "segmenter", "proposal_steps": 0,
                                             "objectness_weight": 0.0, "category_weight": w}
        for w in (0.5, 1.0, 2.0)},
+    **{f"segmenter + category vote {w:g} + white backdrop": {
+        "localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.0,
+        "category_weight": w, "backdrop": "white"} for w in (1.0, 2.0)},
     "segmenter + category vote 1 + objectness 0.2": {
         "localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.2,
         "category_weight": 1.0},

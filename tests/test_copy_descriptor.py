@@ -110,4 +110,3 @@ def test_the_packaged_head_never_saw_test_products_nor_the_validation_copies(
     saved = json.loads((ROOT / "benchmarks/results/copy_descriptor_train.json").read_text())
     assert saved["training_photos"] == len(train)
     assert saved["held_out"] == {name: len(rows) for name, rows in held.items()}
-    assert saved["embedder_id"] == create("copy-descriptor").embedder_id

@@ -41,6 +41,16 @@ def test_objectness_is_the_mean_probability_in_a_box() -> None:
     np.testing.assert_allclose(scored.of(boxes), expected, rtol=1e-6)
 
 
+def test_on_white_fades_what_is_not_product_to_white() -> None:
+    product = np.zeros((12, 16), np.float32)
+    product[3:9, 4:12] = 1.0
+    pixels = np.full((48, 64, 3), 40, np.uint8)  # photo pixels are four times the map's
+    faded = ObjectnessMap(product, scale=0.25).on_white(pixels)
+    assert faded.shape == pixels.shape and faded.dtype == np.uint8
+    assert (faded[20:28, 24:40] == 40).all()  # the product's middle is untouched
+    assert (faded[:4] == 255).all() and (faded[:, :8] == 255).all()  # the backdrop is white
+
+
 def test_targets_mark_products_and_their_cores() -> None:
     instances = np.zeros((480, 640), np.int16)
     instances[100:260, 200:320] = 1  # a pasted photo, 120 x 160

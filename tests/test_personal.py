@@ -287,6 +287,10 @@ def test_look_with_the_segmenter_finds_products(shop: Project, products: pd.Data
     assert windows["localiser"] == "windows"
     with pytest.raises(LookalikeError, match="unknown localiser 'boxes'"):
         look(shop, scene.image, like=target, localiser="boxes")
+    white = look(shop, scene.image, like=target, top_regions=3, k=2, backdrop="white")
+    assert box_iou(scene.target.box, np.array(white["regions"][0]["box"]))[0] >= 0.5
+    with pytest.raises(LookalikeError, match="backdrop is one of scene, white"):
+        look(shop, scene.image, like=target, backdrop="grey")
 
 
 def test_the_category_vote_is_the_share_of_neighbours_of_the_like_category(shop: Project) -> None:

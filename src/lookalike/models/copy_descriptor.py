@@ -70,6 +70,7 @@ class CopyDescriptorEmbedder(Embedder):
 
     kind = "copy-descriptor"
     needs_fit = True
+    needs_labels = False
     batch_size = 64
 
     def __init__(self, dim: int = 256, hidden: int = 512, weights: str | None = "packaged",

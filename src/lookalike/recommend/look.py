@@ -63,6 +63,10 @@ OBJECTNESS_WEIGHT = 0.0
 #: Weight of the category vote (:func:`~lookalike.recommend.look_space.category_vote`) added to
 #: a ``like`` query's similarity (chosen on validation).
 CATEGORY_WEIGHT = 1.0
+#: What the segmenter's regions are embedded on: the scene as it is, or the product on white
+#: (chosen on validation).
+BACKDROPS = ("scene", "white")
+DEFAULT_BACKDROP = "scene"
 #: Scenes whose shorter side is below this are searched with windows only.
 MIN_SEGMENT_SIDE = 64
 
@@ -112,6 +116,12 @@ def _check_query(project: Any, history: Any, like: str | None, k: int, method: s
     return _Query(loaded, ids, like, checker, screen, own)
 
 
+def _backdrop(backdrop: str) -> str:
+    if backdrop not in BACKDROPS:
+        raise LookalikeError(f"backdrop is one of {', '.join(BACKDROPS)}, not {backdrop!r}")
+    return backdrop
+
+
 def _voted(project: Any, query: _Query, scorer: Any, weight: float) -> Any:
     """A ``like`` query's checker-space scorer plus ``weight`` x the category vote."""
     vote = category_vote(project, query.loaded, query.like) \
@@ -155,19 +165,21 @@ def _segmenter_regions(project: Any, query: _Query, scene: PreparedScene, sample
     if segmenter is None or min(scene.width, scene.height) < MIN_SEGMENT_SIDE:
         return [], None, None
     boxes, objectness, scored = segmenter.proposals(Image.fromarray(scene.pixels))
+    pixels = scored.on_white(scene.pixels) if options["backdrop"] == "white" else scene.pixels
     scorer = None
     if query.ids is not None or query.like is not None:
         crops = sample[:max(1, options["scene_negatives"] // 5)]
         checker = query.checker
         scorer = checker.scorer(
             query.ids, query.like, options["method"], options["seed"],
-            lambda: CropWindows(checker.embedder, scene.pixels).for_boxes(crops), **model_options)
+            lambda: CropWindows(checker.embedder, pixels).for_boxes(crops), **model_options)
         scorer = _voted(project, query, scorer, options["category_weight"])
     regions = proposal_regions(boxes, objectness, scene.pixels, query.checker.embedder, scorer,
                                top_regions=options["top_regions"],
                                iou_threshold=options["iou_threshold"], box_regressor=regressor,
                                steps=options["steps"],
-                               objectness_weight=options["objectness_weight"])
+                               objectness_weight=options["objectness_weight"],
+                               embed_pixels=pixels)
     return regions, scorer, scored
 
 
@@ -195,7 +207,8 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
          max_side: int = DEFAULT_MAX_SIDE, fast: bool = True, scene_negatives: int = 500,
          seed: int = 0, refine: bool = True, localiser: str = DEFAULT_LOCALISER,
          proposal_steps: int = PROPOSAL_STEPS, objectness_weight: float = OBJECTNESS_WEIGHT,
-         category_weight: float = CATEGORY_WEIGHT, **model_options: Any) -> dict[str, Any]:
+         category_weight: float = CATEGORY_WEIGHT, backdrop: str = DEFAULT_BACKDROP,
+         **model_options: Any) -> dict[str, Any]:
     """Shop the look: the regions of a scene photo worth shopping, each with similar products.
 
     Regions are ranked by the shopper's model when ``history`` is given (``method``:
@@ -208,7 +221,9 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
     ``proposal_steps`` box-regressor steps on the segmenter's boxes (with ``refine``) and
     ``objectness_weight`` x objectness added to the query's similarity; with ``like``,
     ``category_weight`` x the share of a region's nearest catalogue items that are of the like
-    product's category is added too (0: similarity alone). The
+    product's category is added too (0: similarity alone); ``backdrop="white"`` embeds the
+    segmenter's regions with everything the segmenter does not call product faded to white
+    (``"scene"``: as they are). The
     windows are ``N`` px wide and ``aspect * N`` high for ``N`` in ``windows`` on a ``stride``
     grid, described by ``features`` in the fast pass (``None``: the index's embedder) and the
     ``rerank`` best checked with the index's embedder; ``refine`` applies the learned box
@@ -230,7 +245,7 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
                "windows": windows, "stride": stride, "top_regions": top_regions,
                "iou_threshold": iou_threshold, "aspect": aspect, "rerank": rerank,
                "steps": proposal_steps, "objectness_weight": float(objectness_weight),
-               "category_weight": float(category_weight)}
+               "category_weight": float(category_weight), "backdrop": _backdrop(backdrop)}
     regions: list[Region] = []
     used, scorer, scored = "windows", None, None
     if localiser in ("segmenter", "both"):

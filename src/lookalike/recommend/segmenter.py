@@ -161,10 +161,19 @@ class ObjectnessMap:
 
     def __init__(self, product: np.ndarray, scale: float) -> None:
         self.scale = float(scale)
+        self.product = np.asarray(product, dtype=np.float32)
         self.height, self.width = product.shape
         table = np.zeros((self.height + 1, self.width + 1))
         table[1:, 1:] = product.astype(np.float64).cumsum(0).cumsum(1)
         self.table = table
+
+    def on_white(self, pixels: np.ndarray, low: float = 0.3, high: float = 0.6) -> np.ndarray:
+        """``pixels`` (the ``[H, W, 3]`` photo of this map) faded to white where product
+        probability <= ``low`` (untouched >= ``high``): a catalogue's studio backdrop."""
+        size = (pixels.shape[1], pixels.shape[0])
+        resized = Image.fromarray(self.product, mode="F").resize(size, Image.Resampling.BILINEAR)
+        alpha = np.clip((np.asarray(resized) - low) / (high - low), 0.0, 1.0)[..., None]
+        return np.rint(pixels * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
     def of(self, boxes: np.ndarray) -> np.ndarray:
         """Mean product probability ``[n]`` inside each box ``(x0, y0, x1, y1)``."""
@@ -353,8 +362,7 @@ class SceneSegmenter:
             raise SegmenterError(f"{folder}: kind {config.get('kind')!r} is not {KIND!r}")
         segmenter = cls(widths=config["widths"], seed=config.get("seed", 0))
         segmenter.config["input_side"] = int(config.get("input_side", INPUT_SIDE))
-        if "trained_on" in config:
-            segmenter.config["trained_on"] = config["trained_on"]
+        segmenter.config.update({k: config[k] for k in ("trained_on",) if k in config})
         try:
             restore_module(segmenter.network, tensors, f"{folder}: scene segmenter")
         except LookalikeError as error:
@@ -388,6 +396,4 @@ def packaged_segmenter(caches: ProjectCaches | None = None) -> SceneSegmenter | 
     def load() -> SceneSegmenter | None:
         return SceneSegmenter.load(PACKAGED) if (PACKAGED / WEIGHTS_FILE).is_file() else None
 
-    if caches is None:
-        return load()
-    return caches.segmenters.get_or_make(PACKAGED, load)
+    return load() if caches is None else caches.segmenters.get_or_make(PACKAGED, load)
