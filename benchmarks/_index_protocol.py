@@ -32,10 +32,11 @@ TARGET = 0.95
 EF_CONSTRUCTION = 160
 LATENCY_QUERIES = 1000
 EF_SWEEP = (16, 32, 48, 64, 96, 128, 192)
-NPROBE_SWEEP = (8, 16, 24, 32, 48, 64)
-K_FACTOR_SWEEP = (4, 8, 16)
+NPROBE_SWEEP = (8, 16, 32)
+#: 4-bit PQ cannot order near-identical neighbours: the SQ8 re-rank needs long candidate lists.
+K_FACTOR_SWEEP = (32, 64, 128)
 #: The IVF exploration also tries long re-rank lists.
-EXPLORE_SETTINGS = [{"nprobe": p, "k_factor": f} for p in (8, 16, 32) for f in (8, 16, 32, 64)]
+EXPLORE_SETTINGS = [{"nprobe": p, "k_factor": f} for p in (8, 16, 32) for f in (16, 32, 64, 128)]
 
 
 def variants(size: int, dim: int) -> dict[str, tuple[str, dict[str, Any]]]:

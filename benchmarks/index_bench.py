@@ -393,7 +393,8 @@ def _ivf_combos(size: int) -> list[dict]:
     from lookalike.index.choose import ivf_params
 
     nlist = ivf_params(size, index_data.DIM)["nlist"]
-    return [{"nlist": nlist, "coarse": "flat"}, {"nlist": nlist, "coarse": "flat", "pq": 64}]
+    return [{"nlist": nlist, "pq": 64}, {"nlist": nlist, "pq": 32},
+            {"nlist": nlist, "pq": 64, "refine": "SQ6"}, {"nlist": 2 * nlist, "pq": 64}]
 
 
 def compare(args: argparse.Namespace) -> None:

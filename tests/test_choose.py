@@ -104,5 +104,5 @@ def test_ivf_is_not_chosen_by_itself_but_its_parameters_build():
     for n in (40_000, 1_000_000, 10_000_000):
         assert choose_index(n, 256).kind != "ivf"  # it did not reach 0.95 in the benchmark
     params = ivf_params(1_000_000, 256)
-    assert params["nlist"] == 2048 and params["pq"] == 32 and params["train_size"] <= 500_000
+    assert params["nlist"] == 2048 and params["pq"] == 64 and params["train_size"] <= 500_000
     create_index("ivf", 256, **params)  # every parameter is one IVFIndex accepts

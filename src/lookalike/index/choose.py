@@ -59,9 +59,12 @@ EF_CONSTRUCTION = 160
 #: From this many vectors ``ivf`` would be chosen (when its size fits and the target allows it);
 #: None: never (it did not reach recall@10 0.95 on the benchmark data, see the module docstring).
 IVF_MIN_ITEMS: int | None = None
-#: (target recall up to, nprobe, k_factor) for the ``ivf`` index: its most accurate setting in the
-#: 200k validation sweep of ``benchmarks/index_bench.py`` (recall@10 0.67 there).
-_IVF_FOR_TARGET: tuple[tuple[float, int, int], ...] = ((0.95, 8, 16),)
+#: (target recall up to, nprobe, k_factor) for the ``ivf`` index (PQ ``dim/4`` x 4-bit, SQ8
+#: re-rank), read off the 200k x 256 validation sweep (benchmarks/RESULTS.md#index): the re-rank
+#: must see ``k * k_factor`` = 320-1,280 fast-scan candidates, because 4-bit PQ cannot order the
+#: near-identical neighbours itself (with k_factor 16 recall stayed below 0.9 at any nprobe).
+_IVF_FOR_TARGET: tuple[tuple[float, int, int], ...] = (
+    (0.92, 16, 32), (0.95, 16, 64), (0.97, 16, 128))
 IVF_MAX_RECALL = _IVF_FOR_TARGET[-1][0]
 
 #: Id/attribute table bytes per item (ids, lookup, liveness, a few attribute columns).
@@ -96,10 +99,11 @@ def hnsw_bytes(n_vectors: int, dim: int, storage: str, M: int = 16) -> int:
 
 def ivf_params(n_vectors: int, dim: int, target_recall: float = 0.95) -> dict[str, Any]:
     """``ivf`` parameters for ``n_vectors`` of dimension ``dim``: about ``2 * sqrt(n)`` cells (a
-    power of two), ``dim / 8`` four-bit sub-quantisers (``dim / 16`` bytes an item), trained on
+    power of two), ``dim / 4`` four-bit sub-quantisers (``dim / 8`` bytes an item: at ``dim / 8``
+    sub-quantisers the candidate list had to be twice as long for the same recall), trained on
     the first ``train_size`` vectors; ``nprobe`` and ``k_factor`` from the recall target."""
     nlist = int(2 ** round(np.log2(max(2 * np.sqrt(max(n_vectors, 1)), 64))))
-    pq = max(d for d in range(1, dim // 8 + 1) if dim % d == 0 and d % 2 == 0) if dim >= 16 else dim
+    pq = max(d for d in range(1, dim // 4 + 1) if dim % d == 0 and d % 2 == 0) if dim >= 8 else dim
     nprobe, k_factor = next(((p, f) for up_to, p, f in _IVF_FOR_TARGET if target_recall <= up_to),
                             _IVF_FOR_TARGET[-1][1:])
     return {"nlist": nlist, "nprobe": nprobe, "pq": pq, "refine": "SQ8", "k_factor": k_factor,
