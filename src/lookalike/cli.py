@@ -45,7 +45,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @user_errors
 def ingest(source: Annotated[str, typer.Argument(help="A folder, a manifest (.csv/.jsonl/.parquet) or a named catalogue: demo, products, fashion-mnist.")],
            on_duplicate: Annotated[str, typer.Option("--on-duplicate", help="Incoming near-duplicates of catalogue images: keep, warn (keep and list them) or skip (reject them).")] = "keep",
-           duplicate_threshold: Annotated[Optional[float], typer.Option("--duplicate-threshold", help="copies: smallest texture correlation (default 0.92); phash+colour: most hash bits of 64 that may differ (default 8).")] = None,
+           duplicate_threshold: Annotated[Optional[float], typer.Option("--duplicate-threshold", help="copies: smallest texture correlation (default 0.94); phash+colour: most hash bits of 64 that may differ (default 8).")] = None,
            duplicate_method: Annotated[str, typer.Option("--duplicate-method", help="How near-duplicates are found: copies (default) or phash+colour.")] = "copies",
            strict: Annotated[bool, typer.Option("--strict", help="Refuse a manifest that repeats an id (ingest nothing) instead of rejecting the repeated rows.")] = False,
            project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:

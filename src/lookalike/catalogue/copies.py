@@ -38,9 +38,11 @@ from lookalike.catalogue.fingerprints import (HASH_BITS, Fingerprint, Fingerprin
                                               catalogue_fingerprints, fingerprint,
                                               phash_neighbours)
 
-#: Descriptor cosines of the verification (chosen on validation copies; 2.0 = never).
-MIN_DESCRIPTOR = -1.0
-ACCEPT_DESCRIPTOR = 2.0
+#: Descriptor cosines of the verification: the floor every copy must reach and the level that
+#: is a copy on its own (chosen with the thumbnail thresholds on validation copies,
+#: benchmarks/dedup_bench.py --combined --full).
+MIN_DESCRIPTOR = 0.4
+ACCEPT_DESCRIPTOR = 0.8
 
 #: ``neighbours_of(image)``: catalogue ids of the image's nearest embeddings (best first).
 NeighboursOf = Callable[[Image.Image], Sequence[str]]

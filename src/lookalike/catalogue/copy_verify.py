@@ -34,8 +34,8 @@ from lookalike.threads import torch_threads
 #: Thumbnail size (width, height): half the catalogue's 60 x 80 photos.
 THUMB_SIZE = (30, 40)
 #: Defaults chosen on validation copies of train products with benchmarks/dedup_bench.py.
-MIN_TEXTURE = 0.92
-MAX_COLOUR = 6.0
+MIN_TEXTURE = 0.94
+MAX_COLOUR = 8.0
 _ITERATIONS = 8
 _FEW_PAIRS = 32
 _SMOOTH, _FINE, _COARSE = 0.8, 0.7, 2.0

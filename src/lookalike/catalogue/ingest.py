@@ -100,7 +100,7 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
     (reason ``duplicate``). A near-duplicate is a copy of an item already in the catalogue or
     accepted earlier in this ingest, found with ``duplicate_method`` of
     :mod:`lookalike.recommend.duplicates`: ``copies`` (the default; ``duplicate_threshold`` is
-    the smallest texture correlation, default 0.92; ``duplicate_neighbours(image)``, when given,
+    the smallest texture correlation, default 0.94; ``duplicate_neighbours(image)``, when given,
     adds the image's embedding neighbours to the hash candidates) or ``phash+colour``
     (``duplicate_threshold`` in bits, default 8 of 64). ``duplicate_matcher``, when given, is a
     ready matcher to use instead (the project's, which checks copy descriptors). Items that are

@@ -125,7 +125,7 @@ def duplicates(project, method: str = DEFAULT_METHOD, threshold: float | None = 
                grid_groups: int = 40) -> DuplicateReport:
     """Groups of near-duplicate catalogue items (see the module docstring for the methods).
 
-    ``threshold``: the smallest texture correlation for ``copies`` (default 0.92), the largest
+    ``threshold``: the smallest texture correlation for ``copies`` (default 0.94), the largest
     Hamming distance in bits for ``phash`` and ``phash+colour`` (default 8 of 64), the smallest
     cosine for ``embedding`` (default 0.97). ``copies`` uses the ``index`` (default: the
     project's) for candidates when there is one, and hashes alone otherwise. With ``save`` (and a
