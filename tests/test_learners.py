@@ -12,7 +12,8 @@ from lookalike.models.learners import TensorLearner, VectorLearner, training_inp
 
 EXPECTED = {"cnn": "tensors", "cnn-hash": "tensors", "finetune": "tensors",
             "autoencoder": "tensors", "conv-autoencoder": "tensors", "infogan": "tensors",
-            "pca": "vectors", "projection": "vectors"}
+            "pca": "vectors", "projection": "vectors",
+            "copy-descriptor": "images"}  # makes its own edited copies, then trains a head
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
