@@ -10,8 +10,8 @@ all at once; no single fingerprint survives that and still tells a copy from a l
    heavily edited copy lies nearer its original than any look-alike; FAISS exact inner product)
    with a cosine of at least ``min_descriptor``. Without descriptors, the project's image-index
    neighbours with a cosine of at least ``min_cosine`` stand in (``embedding_pairs`` /
-   ``neighbours_of``). Hashes catch re-encodes;
-   descriptors catch crops, resizes and their combinations.
+   ``neighbours_of``). Hashes catch re-encodes; descriptors catch crops, resizes and their
+   combinations.
 2. *Verification* (:mod:`.copy_verify`): the pair's thumbnails are aligned (scale, shift, gain)
    and kept when the band-passed texture agrees (``min_texture``), the colour does too
    (``max_colour``) and -- with descriptors -- their cosine is at least ``min_descriptor``; a

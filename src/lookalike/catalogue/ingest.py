@@ -133,7 +133,7 @@ def ingest(source: str | Path | CatalogueSource | Iterable[SourceRecord], store:
             existing = store.find([record.id for record in batch])
             outcomes = list(pool.map(
                 lambda record, known=existing: _prepare(record, known.get(record.id), store,
-                                                        max_pixels, matcher is not None), batch))
+                                                        max_pixels, matcher), batch))
             if matcher is not None:  # in source order, so the first of two copies is kept
                 outcomes = [_check_duplicate(record, outcome, matcher, duplicate_neighbours,
                                              on_duplicate_image, report)
@@ -197,9 +197,10 @@ def _reject_duplicate_ids(records: CatalogueSource, store: CatalogueStore,
 
 
 def _prepare(record: SourceRecord, existing: Item | None, store: CatalogueStore,
-             max_pixels: int, with_fingerprint: bool = False) -> tuple[str, Any]:
+             max_pixels: int, matcher: Any = None) -> tuple[str, Any]:
     """Decide one record: ("unchanged" | "updated" | "added", Item) or ("rejected", Reject);
-    with ``with_fingerprint`` a new image's ``(item, fingerprint)`` replaces the Item.
+    with a near-duplicate ``matcher``, a new image's ``(item, (fingerprint, image,
+    descriptor))`` replaces the Item (the per-image work of the check, done here in parallel).
 
     Runs in a worker thread; touches the store only through ``put_image`` (files, no SQL).
     """
@@ -221,11 +222,12 @@ def _prepare(record: SourceRecord, existing: Item | None, store: CatalogueStore,
     item = Item(id=record.id, content_hash=content_hash, image_path=path,
                 width=decoded.image.width, height=decoded.image.height,
                 source_hash=source_hash, **_fields(record))
-    if with_fingerprint:
+    if matcher is not None:
         from lookalike.catalogue.fingerprints import fingerprint
 
-        return ("added" if existing is None else "updated"), \
-            (item, (fingerprint(decoded.image), decoded.image))
+        image = decoded.image
+        check = (fingerprint(image), image, matcher.descriptor_of(image))
+        return ("added" if existing is None else "updated"), (item, check)
     return ("added" if existing is None else "updated"), item
 
 
@@ -235,8 +237,7 @@ def _check_duplicate(record: SourceRecord, outcome: tuple[str, Any], matcher: An
     kind, value = outcome
     if not isinstance(value, tuple):
         return outcome  # unchanged or rejected: nothing new to check
-    item, (print_, image) = value
-    descriptor = matcher.descriptor_of(image)
+    item, (print_, image, descriptor) = value
     near = neighbours(image) if neighbours is not None and descriptor is None else ()
     matches = [m for m in matcher.find_fingerprint(print_, near, descriptor) if m[0] != item.id]
     if matches:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +146,15 @@ class CopyDescriptorEmbedder(Embedder):
         return np.concatenate([full.embed_prepared([a for a, _ in items]),
                                low.embed_prepared([b for _, b in items])], axis=1)
 
-    def image_features(self, images: Sequence[Image.Image], batch: int = 256) -> np.ndarray:
-        """:meth:`features` of images, a batch at a time."""
-        out = [self.features([self.prepare(image) for image in images[start:start + batch]])
-               for start in range(0, len(images), batch)]
+    def image_features(self, images: Sequence[Image.Image], batch: int = 256,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """:meth:`features` of images, a batch at a time (``progress(n)`` after each)."""
+        out = []
+        for start in range(0, len(images), batch):
+            chunk = images[start:start + batch]
+            out.append(self.features([self.prepare(image) for image in chunk]))
+            if progress is not None:
+                progress(len(chunk))
         return np.concatenate(out) if out else np.zeros((0, FEATURES), dtype=np.float32)
 
     def embed_prepared(self, items: list[Any]) -> np.ndarray:

