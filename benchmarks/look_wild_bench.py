@@ -3,10 +3,12 @@
 Scenes come from :mod:`lookalike.recommend.scene_generator` (a wide distribution of backgrounds,
 product sizes, rotations, colour casts, blur, JPEG quality, occlusion; cut-outs and pasted
 photos). Backgrounds and products are split three ways (train / validation / test, by a seeded
-hash of their ids; ``benchmarks/results/look_scene_splits.json``); the segmenter was trained on
-train scenes only (``scripts/train_scene_segmenter.py``). Stages:
+hash of their ids; ``benchmarks/results/look_scene_splits.json``); the segmenter and the look
+head were trained on train scenes only (``scripts/train_scene_segmenter.py``,
+``scripts/train_look_head.py``). Stages:
 
-    # choices (localiser, box-regressor steps, objectness weight) on validation scenes
+    # choices (localiser, look head, segmenter side, category and objectness weights) on
+    # validation scenes
     nice -n 19 python benchmarks/look_wild_bench.py --stage validation --scenes 60
     # the chosen pipeline (look's defaults) on test scenes, read once
     nice -n 19 python benchmarks/look_wild_bench.py --stage test --scenes 200
@@ -43,7 +45,7 @@ CACHE = Path(__file__).resolve().parent / ".cache" / "look_wild"
 INDEX_EMBEDDER = "efficientnet-lite0"
 GALLERY = 600
 #: Pipeline variants compared on validation (look() keyword arguments).
-VARIANTS: dict[str, dict[str, Any]] = {
+_WITHOUT_HEAD: dict[str, dict[str, Any]] = {
     "windows (old default)": {"localiser": "windows", "category_weight": 0.0},
     "segmenter": {"localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.0,
                   "category_weight": 0.0},
@@ -65,8 +67,29 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.2,
         "category_weight": 1.0},
 }
+VARIANTS = {label: {**options, "look_head": False, "segmenter_side": None}
+            for label, options in _WITHOUT_HEAD.items()}
+
+
+def _headed(side: int | None, vote: float, objectness: float) -> tuple[str, dict[str, Any]]:
+    """A variant with the look head (lookalike.recommend.look_head, trained on train scenes
+    only), the segmenter reading the scene at ``side`` px (None: its training side, 256)."""
+    label = f"segmenter{'' if side is None else f' at {side} px'} + look head + category vote " \
+            f"{vote:g}{f' + objectness {objectness:g}' if objectness else ''}"
+    return label, {"localiser": "segmenter", "proposal_steps": 0, "objectness_weight": objectness,
+                   "category_weight": vote, "look_head": True, "segmenter_side": side}
+
+
+VARIANTS.update(_headed(None, w, 0.0) for w in (0.0, 0.5, 1.0, 2.0))
+VARIANTS.update(_headed(None, w, 0.3) for w in (0.5, 1.0))
+VARIANTS.update(_headed(320, w, o) for w in (0.5, 1.0) for o in (0.0, 0.3))
+VARIANTS.update([_headed(384, 0.5, 0.3), _headed(384, 0.5, 0.5), _headed(448, 0.5, 0.3),
+                 _headed(384, 0.5, 0.8), _headed(384, 1.0, 0.5), _headed(320, 0.5, 0.5),
+                 _headed(384, 0.0, 0.5)])
 LIKENESS_VARIANTS = {"windows (old default)": {"localiser": "windows"},
-                     "segmenter": {"localiser": "segmenter"}}
+                     "segmenter": {"localiser": "segmenter", "segmenter_side": None},
+                     "segmenter at 320 px": {"localiser": "segmenter", "segmenter_side": 320},
+                     "segmenter at 384 px": {"localiser": "segmenter", "segmenter_side": 384}}
 SEEDS = {"validation": 101, "test": 202}
 
 
@@ -124,6 +147,39 @@ def build_project(frame: Any, like_ids: set[str], folder: Path | None = None) ->
         project.ingest(manifest, progress=False)
         project.index(INDEX_EMBEDDER, progress=False)
     return project
+
+
+def look_defaults() -> dict[str, Any]:
+    """``look``'s defaults that the variants vary, and the packaged models' digests."""
+    from lookalike.recommend import look as look_module
+    from lookalike.recommend.look_head import PACKAGED as HEAD, WEIGHTS_FILE as HEAD_WEIGHTS
+
+    head = HEAD / HEAD_WEIGHTS
+    return {"localiser": look_module.DEFAULT_LOCALISER,
+            "proposal_steps": look_module.PROPOSAL_STEPS,
+            "objectness_weight": look_module.OBJECTNESS_WEIGHT,
+            "category_weight": look_module.CATEGORY_WEIGHT,
+            "look_head": look_module.USE_LOOK_HEAD,
+            "segmenter_side": look_module.SEGMENTER_SIDE,
+            "look_head_weights": hashlib.sha256(head.read_bytes()).hexdigest()[:10]
+            if head.is_file() else "none"}
+
+
+def checkpoint_suffix(options: dict[str, Any]) -> str:
+    """What a checkpoint key adds for the look head (its weights), a segmenter side other than
+    the training one, and -- for look's defaults (the test stage) -- every default: a change of
+    any of them starts new checkpoints."""
+    from lookalike.recommend.look import SEGMENTER_SIDE, USE_LOOK_HEAD
+
+    defaults = look_defaults()
+    out = f"/head:{defaults['look_head_weights']}" if options.get("look_head", USE_LOOK_HEAD) \
+        else ""
+    side = options.get("segmenter_side", SEGMENTER_SIDE)
+    out += f"/side:{side}" if side is not None else ""
+    if not options:
+        out += "/defaults:" + hashlib.sha256(json.dumps(defaults, sort_keys=True).encode()
+                                             ).hexdigest()[:8]
+    return out
 
 
 def segmenter_digest() -> str:
@@ -218,8 +274,8 @@ def stage_quality(frame: Any, split: str, n: int, n_likeness: int,
                 print(label, mode, summary, flush=True)
                 save(out)
 
-            report(run_like(project, scenes[mode], options, f"{split}/{n}/{label}/{mode}",
-                            report))
+            report(run_like(project, scenes[mode], options,
+                            f"{split}/{n}/{label}/{mode}{checkpoint_suffix(options)}", report))
     if "likeness" in modes:
         for label, options in likeness_variants.items():
             def report_likeness(summary: dict[str, Any], label: str = label) -> None:
@@ -278,7 +334,6 @@ def main() -> None:
     import torch
 
     from lookalike.catalogue.sources import load_products_frame
-    from lookalike.recommend import look as look_module
     from lookalike.recommend.scene_backgrounds import split_manifest
     from lookalike.recommend.scene_generator import product_split
 
@@ -299,10 +354,7 @@ def main() -> None:
     suffix = "-quick" if args.quick else ""
     if args.stage == "speed":
         payload["warm_look"] = stage_speed(frame, 12, n, args.project)
-        payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
-                               "proposal_steps": look_module.PROPOSAL_STEPS,
-                               "objectness_weight": look_module.OBJECTNESS_WEIGHT,
-                               "category_weight": look_module.CATEGORY_WEIGHT}
+        payload["defaults"] = look_defaults()
         payload["segmenter_weights"] = segmenter_digest()
         print(payload["warm_look"])
         name = f"look_wild_speed{suffix}"
@@ -315,10 +367,7 @@ def main() -> None:
             variants, likeness = pick(VARIANTS), pick(LIKENESS_VARIANTS)
         else:  # test: look's defaults only (the pipeline chosen on validation)
             variants = likeness = {"default (segmenter)": {}}
-        payload["defaults"] = {"localiser": look_module.DEFAULT_LOCALISER,
-                               "proposal_steps": look_module.PROPOSAL_STEPS,
-                               "objectness_weight": look_module.OBJECTNESS_WEIGHT,
-                               "category_weight": look_module.CATEGORY_WEIGHT}
+        payload["defaults"] = look_defaults()
         payload["segmenter_weights"] = segmenter_digest()
         name = f"look_wild_{'validation' if args.stage == 'validation' else 'bench'}{suffix}"
         earlier = RESULTS / f"{name}.json"

@@ -291,6 +291,14 @@ def test_look_with_the_segmenter_finds_products(shop: Project, products: pd.Data
     assert box_iou(scene.target.box, np.array(white["regions"][0]["box"]))[0] >= 0.5
     with pytest.raises(LookalikeError, match="backdrop is one of scene, white"):
         look(shop, scene.image, like=target, backdrop="grey")
+    # The packaged look head was trained for efficientnet-lite0, not this index's embedder:
+    # asking for it or not ranks the same. The segmenter at its training side finds it too.
+    plain = look(shop, scene.image, like=target, top_regions=3, k=2, look_head=False)
+    assert [r["score"] for r in plain["regions"]] == [r["score"] for r in found["regions"]]
+    trained_side = look(shop, scene.image, like=target, top_regions=3, k=2, segmenter_side=None)
+    assert box_iou(scene.target.box, np.array(trained_side["regions"][0]["box"]))[0] >= 0.5
+    with pytest.raises(LookalikeError, match="segmenter_side is between 32 and 2048 px, not 8"):
+        look(shop, scene.image, like=target, segmenter_side=8)
 
 
 def test_the_category_vote_is_the_share_of_neighbours_of_the_like_category(shop: Project) -> None:

@@ -59,14 +59,21 @@ DEFAULT_LOCALISER = "segmenter"
 #: Box-regressor steps applied to the segmenter's boxes (chosen on validation).
 PROPOSAL_STEPS = 0
 #: Weight of objectness added to the query's similarity (chosen on validation).
-OBJECTNESS_WEIGHT = 0.0
+OBJECTNESS_WEIGHT = 0.5
 #: Weight of the category vote (:func:`~lookalike.recommend.look_space.category_vote`) added to
 #: a ``like`` query's similarity (chosen on validation).
-CATEGORY_WEIGHT = 1.0
+CATEGORY_WEIGHT = 0.5
 #: What the segmenter's regions are embedded on: the scene as it is, or the product on white
 #: (chosen on validation).
 BACKDROPS = ("scene", "white")
 DEFAULT_BACKDROP = "scene"
+#: Whether a ``like`` query is scored under the packaged look head
+#: (:mod:`lookalike.recommend.look_head`) when the index's embedder is the one it was trained
+#: for (chosen on validation).
+USE_LOOK_HEAD = True
+#: The segmenter's input side at inference (None: the side it was trained at; chosen on
+#: validation).
+SEGMENTER_SIDE: int | None = 384
 #: Scenes whose shorter side is below this are searched with windows only.
 MIN_SEGMENT_SIDE = 64
 
@@ -122,13 +129,32 @@ def _backdrop(backdrop: str) -> str:
     return backdrop
 
 
-def _voted(project: Any, query: _Query, scorer: Any, weight: float) -> Any:
-    """A ``like`` query's checker-space scorer plus ``weight`` x the category vote."""
+def _side(side: int | None) -> int | None:
+    if side is not None and not 32 <= int(side) <= 2048:
+        raise LookalikeError(f"segmenter_side is between 32 and 2048 px, not {side}")
+    return None if side is None else int(side)
+
+
+def _voted(project: Any, query: _Query, scorer: Any, weight: float, head: bool) -> Any:
+    """A ``like`` query's checker-space scorer (under the look head when ``head`` and one fits
+    the checker's embedder) plus ``weight`` x the category vote."""
+    if query.like is not None and head:
+        scorer = _head_scorer(project, query) or scorer
     vote = category_vote(project, query.loaded, query.like) \
         if query.like is not None and weight > 0 else None
     if vote is None:
         return scorer
     return lambda vectors: np.asarray(scorer(vectors), np.float64).ravel() + weight * vote(vectors)
+
+
+def _head_scorer(project: Any, query: _Query) -> Any:
+    """Cosine to the ``like`` product under the packaged look head, or None when no head was
+    trained for the checker's embedder."""
+    from lookalike.recommend.look_head import packaged_look_head
+
+    embedder = query.checker.embedder
+    head = packaged_look_head(embedder.name, embedder.dim, project.caches)
+    return None if head is None else head.scorer(query.checker.vectors([query.like]))
 
 
 def _window_regions(project: Any, query: _Query, scene: PreparedScene,
@@ -146,7 +172,7 @@ def _window_regions(project: Any, query: _Query, scene: PreparedScene,
         verifier = (query.checker.embedder, _voted(project, query, query.checker.scorer(
             ids, like, method, seed,
             lambda: CropWindows(query.checker.embedder, scene.pixels).for_boxes(crops),
-            **model_options), options["category_weight"]))
+            **model_options), options["category_weight"], options["look_head"]))
     return find_regions(query.screen.embedder, scene, scorer, windows=options["windows"],
                         stride=options["stride"], top_regions=options["top_regions"],
                         iou_threshold=options["iou_threshold"], aspect=options["aspect"],
@@ -164,7 +190,8 @@ def _segmenter_regions(project: Any, query: _Query, scene: PreparedScene, sample
     segmenter = packaged_segmenter(project.caches)
     if segmenter is None or min(scene.width, scene.height) < MIN_SEGMENT_SIDE:
         return [], None, None
-    boxes, objectness, scored = segmenter.proposals(Image.fromarray(scene.pixels))
+    boxes, objectness, scored = segmenter.proposals(Image.fromarray(scene.pixels),
+                                                    side=options["segmenter_side"])
     pixels = scored.on_white(scene.pixels) if options["backdrop"] == "white" else scene.pixels
     scorer = None
     if query.ids is not None or query.like is not None:
@@ -173,7 +200,8 @@ def _segmenter_regions(project: Any, query: _Query, scene: PreparedScene, sample
         scorer = checker.scorer(
             query.ids, query.like, options["method"], options["seed"],
             lambda: CropWindows(checker.embedder, pixels).for_boxes(crops), **model_options)
-        scorer = _voted(project, query, scorer, options["category_weight"])
+        scorer = _voted(project, query, scorer, options["category_weight"],
+                        options["look_head"])
     regions = proposal_regions(boxes, objectness, scene.pixels, query.checker.embedder, scorer,
                                top_regions=options["top_regions"],
                                iou_threshold=options["iou_threshold"], box_regressor=regressor,
@@ -208,6 +236,7 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
          seed: int = 0, refine: bool = True, localiser: str = DEFAULT_LOCALISER,
          proposal_steps: int = PROPOSAL_STEPS, objectness_weight: float = OBJECTNESS_WEIGHT,
          category_weight: float = CATEGORY_WEIGHT, backdrop: str = DEFAULT_BACKDROP,
+         look_head: bool = USE_LOOK_HEAD, segmenter_side: int | None = SEGMENTER_SIDE,
          **model_options: Any) -> dict[str, Any]:
     """Shop the look: the regions of a scene photo worth shopping, each with similar products.
 
@@ -223,7 +252,10 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
     ``category_weight`` x the share of a region's nearest catalogue items that are of the like
     product's category is added too (0: similarity alone); ``backdrop="white"`` embeds the
     segmenter's regions with everything the segmenter does not call product faded to white
-    (``"scene"``: as they are). The
+    (``"scene"``: as they are); ``look_head`` scores a ``like`` query under the packaged look
+    head when it was trained for the index's embedder (False: the embedder's cosine);
+    ``segmenter_side`` is the longer side the segmenter reads the scene at (None: the side it was
+    trained at). The
     windows are ``N`` px wide and ``aspect * N`` high for ``N`` in ``windows`` on a ``stride``
     grid, described by ``features`` in the fast pass (``None``: the index's embedder) and the
     ``rerank`` best checked with the index's embedder; ``refine`` applies the learned box
@@ -245,7 +277,8 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
                "windows": windows, "stride": stride, "top_regions": top_regions,
                "iou_threshold": iou_threshold, "aspect": aspect, "rerank": rerank,
                "steps": proposal_steps, "objectness_weight": float(objectness_weight),
-               "category_weight": float(category_weight), "backdrop": _backdrop(backdrop)}
+               "category_weight": float(category_weight), "backdrop": _backdrop(backdrop),
+               "look_head": bool(look_head), "segmenter_side": _side(segmenter_side)}
     regions: list[Region] = []
     used, scorer, scored = "windows", None, None
     if localiser in ("segmenter", "both"):

@@ -1,12 +1,12 @@
 """Where the products are in a scene photo: a small fully convolutional net and its boxes.
 
 The net (:class:`SegNet`, ~0.2 M parameters, 0.8 MB) reads the scene scaled to :data:`INPUT_SIDE` px
-on its longer side and predicts, per 4 x 4 input cell, two probabilities: *product* (any pixel
-of a placed product: the whole white rectangle of a pasted photo, the object itself of a
-cut-out) and *core* (the middle of a product, which separates products that touch or overlap).
-Boxes (:meth:`SceneSegmenter.proposals`) are the connected components of the product map at a
-few thresholds plus a watershed of the product map seeded by the cores; each is scored by its
-mean product probability ("objectness").
+(or another side, at inference) on its longer side and predicts, per 4 x 4 input cell, two
+probabilities: *product* (any pixel of a placed product: the whole white rectangle of a pasted
+photo, the object itself of a cut-out) and *core* (the middle of a product, which separates
+products that touch or overlap). Boxes (:meth:`SceneSegmenter.proposals`) are the connected
+components of the product map at a few thresholds plus a watershed of the product map seeded by
+the cores; each is scored by its mean product probability ("objectness").
 
 It is trained by lookalike on generated scenes of the **train** split only
 (:mod:`lookalike.recommend.scene_generator`; ``scripts/train_scene_segmenter.py``), saved as
@@ -198,10 +198,11 @@ class SceneSegmenter:
             self.network = SegNet(widths).eval()
         self.training: dict[str, Any] | None = None
 
-    def maps(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray, float]:
-        """Product and core probabilities ``[H, W]`` at the net's input resolution (unpadded),
-        and the scale from the photo to it."""
-        pixels, scale = scene_input(image, self.config["input_side"])
+    def maps(self, image: Image.Image, side: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Product and core probabilities ``[H, W]`` at the net's input resolution (longer side
+        ``side``, default the training one; unpadded), and the scale from the photo to it."""
+        pixels, scale = scene_input(image, side or self.config["input_side"])
         with torch.inference_mode():
             x = torch.from_numpy(pixels)[None].float().div_(127.5).sub_(1.0)
             logits = self.network(x)
@@ -212,8 +213,8 @@ class SceneSegmenter:
 
     def proposals(self, image: Image.Image, thresholds: Sequence[float] = (0.3, 0.5, 0.7),
                   core_thresholds: Sequence[float] = (0.25, 0.5), min_side: int = 6,
-                  dedupe: float = 0.9, split_distance: int = SPLIT_DISTANCE
-                  ) -> tuple[np.ndarray, np.ndarray, "ObjectnessMap"]:
+                  dedupe: float = 0.9, split_distance: int = SPLIT_DISTANCE,
+                  side: int | None = None) -> tuple[np.ndarray, np.ndarray, "ObjectnessMap"]:
         """Boxes ``[n, 4]`` (int, photo pixels) of likely products, best first, their
         objectness ``[n]`` and the :class:`ObjectnessMap` that scores any other box.
 
@@ -223,13 +224,13 @@ class SceneSegmenter:
         ``1 / CORE_SHARE`` (a core is the middle of a product, so this is the product's box even
         when products touch); with ``split_distance``, the product mask (> 0.5) split by a
         watershed of its distance transform seeded by peaks ``split_distance`` px apart (touching
-        products meet at a neck). Near-duplicates (IoU > ``dedupe``) are dropped."""
+        products meet at a neck); ``side`` as in :meth:`maps`. Duplicates (IoU > ``dedupe``) go."""
         from scipy import ndimage
         from skimage.segmentation import watershed
 
         from lookalike.recommend.windows import nms
 
-        product, core, scale = self.maps(image)
+        product, core, scale = self.maps(image, side)
         scored = ObjectnessMap(product, scale)
         found: list[tuple[float, float, float, float]] = []
         structure = np.ones((3, 3), bool)

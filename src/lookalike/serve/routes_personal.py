@@ -133,6 +133,9 @@ async def look_endpoint(
             "Window height / width (default 4/3, the catalogue photos' shape)."))] = 4 / 3,
         refine: Annotated[bool, Form(description=(
             "Move the boxes onto the products with the learned box regressor."))] = True,
+        look_head: Annotated[bool, Form(description=(
+            "With `like`: compare under the packaged look head (same kind of product), else by "
+            "the index's plain cosine."))] = True,
 ) -> LookResponse:
     """Regions of a scene photo worth shopping, each with the most similar products."""
     from lookalike.serve.uploads import decode_upload, read_upload
@@ -151,7 +154,7 @@ async def look_endpoint(
             return service.project.look(
                 scene, history=ids, like=like.strip() if like and like.strip() else None, k=k,
                 stride=stride, top_regions=top_regions, method=method, aspect=aspect,
-                max_side=LOOK_MAX_SIDE, refine=refine, **chosen)
+                max_side=LOOK_MAX_SIDE, refine=refine, look_head=look_head, **chosen)
 
     found = await run_in_threadpool(run)
     return LookResponse(
