@@ -284,7 +284,8 @@ def stage_quality(frame: Any, split: str, n: int, n_likeness: int,
                 save(out)
 
             report_likeness(run_likeness(project, scenes["likeness"], options,
-                                         f"{split}/{n_likeness}/{label}/likeness",
+                                         f"{split}/{n_likeness}/{label}/likeness"
+                                         f"{checkpoint_suffix(options)}",
                                          report_likeness))
     return out
 
