@@ -19,10 +19,8 @@ import numpy as np
 from PIL import Image
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownNameError
+from lookalike.models.weights import CONFIG_FILE, WEIGHTS_FILE
 from lookalike.registry import Registry
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:

@@ -16,6 +16,10 @@ import numpy as np
 
 from lookalike.errors import ModelMismatchError
 
+#: The two files of every saved model and packaged net.
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
 
 def state_arrays(module: Any) -> dict[str, np.ndarray]:
     """A torch module's ``state_dict`` as numpy arrays (empty for no module). (Not
@@ -71,4 +75,36 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
-__all__ = ["state_arrays", "restore_module", "write_tensors", "read_tensors"]
+def save_network(folder: str | Path, module: Any, config: dict[str, Any]) -> Path:
+    """A small packaged net (segmenter, box regressor, look head): ``weights.safetensors`` of
+    ``module``'s state and ``config.json`` of ``config``, each written atomically."""
+    import json
+
+    from lookalike.storage import atomic_write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tensors(folder / WEIGHTS_FILE, state_arrays(module))
+    atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=1))
+    return folder
+
+
+def read_network(folder: str | Path, kind: str, what: str,
+                 error: type[Exception]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The config and named arrays saved by :func:`save_network`, checked to be of ``kind``;
+    ``error`` with one line naming ``what`` otherwise (no code is run)."""
+    import json
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        tensors = read_tensors(folder / WEIGHTS_FILE)
+    except (OSError, ValueError) as failure:
+        raise error(f"{folder}: not a saved {what} ({failure})") from None
+    if config.get("kind") != kind:
+        raise error(f"{folder}: kind {config.get('kind')!r} is not {kind!r}")
+    return config, tensors
+
+
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "state_arrays", "restore_module", "write_tensors", "read_tensors", "save_network",
+           "read_network"]

@@ -18,7 +18,6 @@ trains one on a shop's own catalogue.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,9 +34,8 @@ from lookalike.errors import LookalikeError
 from lookalike.layout import BOX_REGRESSOR_DIR
 from lookalike.models.datasets import ImageTensors
 from lookalike.models.training import Task, TrainConfig, TrainResult, train
+from lookalike.models.weights import WEIGHTS_FILE
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
 KIND = "box-regressor"
 #: R-CNN's normalisation of the deltas (dx, dy, dw, dh): each is divided by this so the four
 #: losses have similar scales.
@@ -233,30 +231,17 @@ class BoxRegressor:
     # -- persistence -------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """``config.json`` + ``weights.safetensors`` into ``folder`` (written atomically)."""
-        from lookalike.models.weights import state_arrays, write_tensors
-        from lookalike.storage import atomic_write_text
+        from lookalike.models.weights import save_network
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_tensors(folder / WEIGHTS_FILE, state_arrays(self.network))
-        atomic_write_text(folder / CONFIG_FILE, json.dumps(
-            {**self.config, "training": self.training}, indent=1))
-        return folder
+        return save_network(folder, self.network, {**self.config, "training": self.training})
 
     @classmethod
     def load(cls, folder: str | Path) -> "BoxRegressor":
         """A regressor saved with :meth:`save` (JSON and safetensors only; runs no code)."""
-        from lookalike.models.weights import read_tensors
+        from lookalike.models.weights import read_network
 
-        folder = Path(folder)
-        try:
-            config = json.loads((folder / CONFIG_FILE).read_text())
-            tensors = {k: torch.from_numpy(v) for k, v in
-                       read_tensors(folder / WEIGHTS_FILE).items()}
-        except (OSError, ValueError) as error:
-            raise BoxRegressionError(f"{folder}: not a saved box regressor ({error})") from None
-        if config.get("kind") != KIND:
-            raise BoxRegressionError(f"{folder}: kind {config.get('kind')!r} is not {KIND!r}")
+        config, arrays = read_network(folder, KIND, "box regressor", BoxRegressionError)
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
         regressor = cls(context=config["context"], input_size=config["input_size"],
                         channels=config["channels"], hidden=config["hidden"],
                         seed=config.get("seed", 0))

@@ -19,7 +19,6 @@ that embedder. Saved as ``config.json`` + ``weights.safetensors``, never pickled
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,9 @@ import numpy as np
 
 from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
+from lookalike.models.weights import WEIGHTS_FILE
 
 KIND = "look-head"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
 PACKAGED = Path(__file__).resolve().parent.parent / "data" / KIND
 #: Training defaults of the packaged head (scripts/train_look_head.py).
 HIDDEN = 512
@@ -155,29 +153,17 @@ class LookHead:
 
     def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """``config.json`` + ``weights.safetensors`` into ``folder`` (each written atomically)."""
-        from lookalike.models.weights import state_arrays, write_tensors
-        from lookalike.storage import atomic_write_text
+        from lookalike.models.weights import save_network
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_tensors(folder / WEIGHTS_FILE, state_arrays(self.network))
-        atomic_write_text(folder / CONFIG_FILE, json.dumps(
-            {**self.config, "training": self.training, **(extra or {})}, indent=1))
-        return folder
+        return save_network(folder, self.network,
+                            {**self.config, "training": self.training, **(extra or {})})
 
     @classmethod
     def load(cls, folder: str | Path) -> "LookHead":
         """A head saved with :meth:`save` (JSON and safetensors only; runs no code)."""
-        from lookalike.models.weights import read_tensors, restore_module
+        from lookalike.models.weights import read_network, restore_module
 
-        folder = Path(folder)
-        try:
-            config = json.loads((folder / CONFIG_FILE).read_text())
-            tensors = read_tensors(folder / WEIGHTS_FILE)
-        except (OSError, ValueError) as error:
-            raise LookHeadError(f"{folder}: not a saved look head ({error})") from None
-        if config.get("kind") != KIND:
-            raise LookHeadError(f"{folder}: kind {config.get('kind')!r} is not {KIND!r}")
+        config, tensors = read_network(folder, KIND, "look head", LookHeadError)
         head = cls(config["embedder"], config["dim"], config.get("hidden", HIDDEN),
                    config.get("seed", 0))
         head.config.update({k: v for k, v in config.items() if k not in ("training",)})

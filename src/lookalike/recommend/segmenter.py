@@ -31,10 +31,9 @@ from torch import nn
 
 from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
+from lookalike.models.weights import WEIGHTS_FILE
 
 KIND = "scene-segmenter"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
 #: The scene's longer side as the net reads it.
 INPUT_SIDE = 256
 #: Input pixels per output cell.
@@ -338,29 +337,17 @@ class SceneSegmenter:
     # -- persistence -------------------------------------------------------------------------------
     def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """``config.json`` + ``weights.safetensors`` into ``folder`` (written atomically)."""
-        from lookalike.models.weights import state_arrays, write_tensors
-        from lookalike.storage import atomic_write_text
+        from lookalike.models.weights import save_network
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_tensors(folder / WEIGHTS_FILE, state_arrays(self.network))
-        atomic_write_text(folder / CONFIG_FILE, json.dumps(
-            {**self.config, "training": self.training, **(extra or {})}, indent=1))
-        return folder
+        return save_network(folder, self.network,
+                            {**self.config, "training": self.training, **(extra or {})})
 
     @classmethod
     def load(cls, folder: str | Path) -> "SceneSegmenter":
         """A segmenter saved with :meth:`save` (JSON and safetensors only; runs no code)."""
-        from lookalike.models.weights import read_tensors, restore_module
+        from lookalike.models.weights import read_network, restore_module
 
-        folder = Path(folder)
-        try:
-            config = json.loads((folder / CONFIG_FILE).read_text())
-            tensors = read_tensors(folder / WEIGHTS_FILE)
-        except (OSError, ValueError) as error:
-            raise SegmenterError(f"{folder}: not a saved scene segmenter ({error})") from None
-        if config.get("kind") != KIND:
-            raise SegmenterError(f"{folder}: kind {config.get('kind')!r} is not {KIND!r}")
+        config, tensors = read_network(folder, KIND, "scene segmenter", SegmenterError)
         segmenter = cls(widths=config["widths"], seed=config.get("seed", 0))
         segmenter.config["input_side"] = int(config.get("input_side", INPUT_SIDE))
         segmenter.config.update({k: config[k] for k in ("trained_on",) if k in config})
