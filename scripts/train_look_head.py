@@ -3,10 +3,13 @@
 Recipe of the shipped weights: ``--scenes`` generated scenes of the **train** split only (train
 backgrounds, train products; :mod:`lookalike.recommend.scene_generator`'s default distribution,
 cut-outs and pasted photos mixed), seed 0. Every product in a scene gives two crops (its box,
-and the box moved and rescaled by up to 12 % / 25 %), embedded with the default index embedder;
-the catalogue photos are the train split's products (``product_split == "train"``). Classes are
-(article type, colour). The crops' and photos' vectors are kept in ``benchmarks/.cache/look-head``
-so a rerun only trains (about 2 minutes on 2 cores). Run it under ``nice -n 19``.
+and the box moved and rescaled by up to 12 % / 25 %) and one bad box (merged with a neighbour, a
+fragment, or grown 1.8-2.5x); with ``--proposals`` (320 by default) the packaged segmenter's
+proposals are cropped too (IoU >= 0.5 with a product: that product; < 0.3 with all: a bad box).
+Everything is embedded with the default index embedder; the catalogue photos are the train
+split's products (``product_split == "train"``). Classes are (article type, colour). Crops and
+photos are cached in ``benchmarks/.cache/look-head``, so a rerun only trains (about 3 minutes
+on 2 cores; the first run about 16). Run it under ``nice -n 19``.
 
     nice -n 19 python scripts/train_look_head.py                 # the packaged head
     python scripts/train_look_head.py --out /tmp/head --scenes 100 --steps 50
@@ -85,7 +88,7 @@ def scene_crops(frame, embedder, n: int, seed: int, side: int | None) -> dict[st
     segmenter = packaged_segmenter() if side else None
     rng = np.random.default_rng(seed)
     vectors, ids, bad = [], [], []
-    with ProgressBar(True, n, "train scenes") as advance:
+    with ProgressBar(True, n, "train scenes", verb="generating and embedding") as advance:
         for _ in range(n):
             scene = generator.scene(rng)
             boxes = [p.box for p in scene.products]
@@ -165,7 +168,7 @@ def main() -> None:
         raise SystemExit("a crop of a product outside the train split")
     row_of = {item: k for k, item in enumerate(photo_ids)}
     head = LookHead(EMBEDDER, embedder.dim, seed=args.seed)
-    with ProgressBar(True, args.steps, "look head steps") as advance:
+    with ProgressBar(True, args.steps, "look head steps", verb="training") as advance:
         training = head.fit(crops, np.array([numbers[class_of[i]] for i in crop_ids]),
                             np.array([row_of[i] for i in crop_ids]), photos,
                             np.array([numbers[class_of[i]] for i in photo_ids]),

@@ -210,10 +210,11 @@ def embed_with_cache(embedder: Embedder, keys: Sequence[str],
 
 
 class ProgressBar:
-    """A Rich progress bar when ``enabled``, else a no-op; yields ``advance(n)``."""
+    """A Rich progress bar when ``enabled``, else a no-op; yields ``advance(n)``. It reads
+    "embedding (label)" unless another ``verb`` is given."""
 
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.enabled, self.total, self.label = enabled, total, label
+    def __init__(self, enabled: bool, total: int, label: str, verb: str = "embedding") -> None:
+        self.enabled, self.total, self.label, self.verb = enabled, total, label, verb
         self._progress: Any = None
 
     def __enter__(self) -> Callable[[int], None]:
@@ -226,7 +227,7 @@ class ProgressBar:
                                   MofNCompleteColumn(), TimeElapsedColumn(),
                                   TimeRemainingColumn())
         self._progress.start()
-        task = self._progress.add_task(f"embedding ({self.label})", total=self.total)
+        task = self._progress.add_task(f"{self.verb} ({self.label})", total=self.total)
         return lambda n: self._progress.advance(task, n)
 
     def __exit__(self, *exc: object) -> None:
