@@ -89,9 +89,9 @@ class CopyDescriptorEmbedder(Embedder):
                                  " (load a trained one with lookalike.models.base.load)")
 
     def _load_packaged(self) -> None:
-        from lookalike.models.weights import read_tensors
+        from lookalike.models.weights import WEIGHTS_FILE, read_tensors
 
-        path = PACKAGED / "weights.safetensors"
+        path = PACKAGED / WEIGHTS_FILE
         if path.is_file():
             self.load_state_tensors(read_tensors(path))
 
@@ -158,7 +158,7 @@ class CopyDescriptorEmbedder(Embedder):
         return np.concatenate(out) if out else np.zeros((0, FEATURES), dtype=np.float32)
 
     def embed_prepared(self, items: list[Any]) -> np.ndarray:
-        return l2_normalise(head_forward(self._require_head(), self.features(items)))
+        return self.embed_features(self.features(items))
 
     def _embed_batch(self, images: list[Image.Image]) -> np.ndarray:
         return head_forward(self._require_head(),
