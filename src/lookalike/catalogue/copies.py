@@ -89,16 +89,22 @@ def descriptor_pairs(descriptors: np.ndarray, neighbours: int, min_cosine: float
                      batch: int = 4096) -> np.ndarray:
     """``[m, 2]`` pairs ``(i, j)``, ``i < j``: each row's ``neighbours`` nearest other rows of
     ``descriptors`` (unit rows, exact inner product) with a cosine of at least ``min_cosine``."""
-    from lookalike.evaluate.neighbours import nearest_rows
+    import faiss
 
     vectors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if len(vectors) < 2 or neighbours < 1:
         return np.zeros((0, 2), dtype=np.int64)
-    found = nearest_rows(vectors, k=min(neighbours, len(vectors) - 1), block=batch,
-                         leave_one_out=True)
-    rows = np.repeat(np.arange(len(vectors)), found.k)
-    keep = (found.rows.reshape(-1) >= 0) & (found.scores.reshape(-1) >= min_cosine)
-    pairs = np.sort(np.stack([rows[keep], found.rows.reshape(-1)[keep]], axis=1), axis=1)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    k = min(len(vectors), neighbours + 1)
+    out = []
+    for start in range(0, len(vectors), batch):
+        scores, found = index.search(vectors[start:start + batch], k)
+        rows = np.repeat(np.arange(start, start + len(found)), k)
+        keep = (scores.reshape(-1) >= min_cosine) & (found.reshape(-1) >= 0) \
+            & (found.reshape(-1) != rows)
+        out.append(np.stack([rows[keep], found.reshape(-1)[keep]], axis=1))
+    pairs = np.sort(np.concatenate(out).astype(np.int64), axis=1)
     return np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
 
 

@@ -126,18 +126,18 @@ def _tensors(head) -> dict[str, np.ndarray]:
 def hard_negatives(originals, count: int) -> Any:
     """``[n, count]``: each original's nearest other originals (on a 256-d PCA of the views):
     the look-alike products a copy must not be mistaken for."""
+    import faiss
     import torch
-
-    from lookalike.evaluate.neighbours import nearest_rows
 
     count = min(count, len(originals) - 1)
     mean = originals.mean(0)
     _, _, basis = torch.pca_lowrank(originals - mean, q=min(256, *originals.shape),
                                     center=False)
     reduced = torch.nn.functional.normalize((originals - mean) @ basis, dim=1).numpy()
-    found = nearest_rows(np.ascontiguousarray(reduced, dtype=np.float32), k=count,
-                         leave_one_out=True)
-    return torch.from_numpy(found.rows.astype(np.int64))
+    index = faiss.IndexFlatIP(reduced.shape[1])
+    index.add(np.ascontiguousarray(reduced, dtype=np.float32))
+    _, found = index.search(np.ascontiguousarray(reduced, dtype=np.float32), count + 1)
+    return torch.from_numpy(found[:, 1:].astype(np.int64))
 
 
 def _epoch(head, optimiser, originals, edited, target, negatives,
