@@ -371,6 +371,55 @@ def test_project_and_cli_over_milvus(milvus, demo, shop) -> None:
     assert json.loads(result.output)["size"] == 241
 
 
+def test_a_late_journal_replay_never_writes_to_the_collection(milvus, products) -> None:
+    """The collection already holds every journal entry (the writer applied it first): a reader
+    replaying an old upsert after a newer delete must not bring the item back. An in-process
+    index, by contrast, gets the entry applied."""
+    from lookalike.index import journal
+
+    ids, vectors, attributes = products
+    remote = create_index("milvus", vectors.shape[1], "e", uri=milvus.uri, collection="replay")
+    local = create_index("exact", vectors.shape[1], "e")
+    for index in (remote, local):
+        index.add(ids[:20], vectors[:20], attributes[:20])
+    assert remote.remove([ids[0]]) == 1 and local.remove([ids[0]]) == 1
+    late = [journal.JournalEntry(upsert=[ids[0]], vectors=vectors[:1],
+                                 attributes=attributes[:1], hashes={ids[0]: "h0"})]
+    for index in (remote, local):
+        hashes: dict[str, str] = {}
+        journal.replay(late, index, hashes)
+        assert hashes == {ids[0]: "h0"}
+    assert ids[0] not in remote and len(remote) == 19
+    assert ids[0] in local and len(local) == 20
+    remote.close()
+
+
+def test_a_rebuild_stays_on_the_saved_server(milvus, demo, tmp_path, monkeypatch) -> None:
+    """A collection changed outside the index is rebuilt by the next update, into the same
+    server and collection, without the URI in the environment (the CI failure of a PUT)."""
+    from pymilvus import MilvusClient
+
+    monkeypatch.delenv("LOOKALIKE_MILVUS_URI", raising=False)
+    project = Project(tmp_path / "project")
+    project.ingest(_catalogue(demo, tmp_path / "m.parquet", slice(600, 640)), progress=False)
+    project.index("hsv-histogram", kind="milvus", progress=False,
+                  index_options={"uri": milvus.uri, "collection": "rebuilt"})
+    project.close()
+    raw = MilvusClient(uri=milvus.uri)
+    raw.delete("rebuilt", ids=[str(demo.iloc[600]["id"])])
+    with pytest.raises(ModelMismatchError, match="holds 39 items, the saved index 40"):
+        Project(tmp_path / "project", read_only=True).search(demo.iloc[601]["image_jpeg"], k=1)
+    project = Project(tmp_path / "project")
+    summary = project.refresh_index()
+    assert (summary.kind, summary.size) == ("milvus", 40)
+    assert [r.id for r in project.search(demo.iloc[600]["image_jpeg"], k=1)] == \
+        [str(demo.iloc[600]["id"])]
+    project.close()
+    rows = raw.query("rebuilt", filter="", output_fields=["count(*)"], consistency_level="Strong")
+    assert rows[0]["count(*)"] == 40
+    raw.close()
+
+
 API_KEY = "milvus-test-key-0123456789"
 
 

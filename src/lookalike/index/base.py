@@ -100,6 +100,10 @@ class VectorIndex(ABC):
     """
 
     kind: ClassVar[str] = ""
+    #: True for an index whose writes live in a server every process shares (Milvus): the
+    #: project's journal entries are already in it, so replaying them only updates the readers'
+    #: id -> hash map and never writes again (a late replay could undo a newer delete).
+    holds_writes: ClassVar[bool] = False
 
     def __init__(self, dim: int, embedder_id: str = "", **params: Any) -> None:
         self.dim = int(dim)
@@ -141,6 +145,13 @@ class VectorIndex(ABC):
     @abstractmethod
     def load(cls, folder: str | Path) -> "VectorIndex":
         """Read an index written by ``save``."""
+
+    @classmethod
+    def rebuild_params(cls, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Parameters a rebuild of the saved index (its ``index.json``) keeps unless the caller
+        gives others: none for an in-process index (its defaults fit the new data); a
+        server-backed kind keeps its server and collection."""
+        return {}
 
     def memory_bytes(self) -> int:
         """Approximate resident bytes of the searchable structure (for reports)."""

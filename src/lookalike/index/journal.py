@@ -126,12 +126,17 @@ def read(folder: str | Path, start: int = 0) -> list[JournalEntry]:
 
 def replay(entries: Sequence[JournalEntry], index: VectorIndex,
            hashes: dict[str, str]) -> None:
-    """Apply entries, in order, to a loaded index and its id -> content-hash map (in place)."""
+    """Apply entries, in order, to a loaded index and its id -> content-hash map (in place).
+
+    An index that ``holds_writes`` (Milvus) has every entry already: only the map is updated."""
+    write = not index.holds_writes
     for entry in entries:
         if entry.upsert:
-            index.add(entry.upsert, entry.vectors, entry.attributes)
+            if write:
+                index.add(entry.upsert, entry.vectors, entry.attributes)
             hashes.update(entry.hashes)
         if entry.remove:
-            index.remove(entry.remove)
+            if write:
+                index.remove(entry.remove)
             for item_id in entry.remove:
                 hashes.pop(item_id, None)

@@ -22,13 +22,11 @@ may miss a row for seconds after its insert (measured), so it is not the default
 **Excludes** up to ``_EXCLUDE_INLINE`` ids are over-fetched and dropped; longer lists get their
 own search with ``id not in [...]`` added to the expression.
 
-**Saving** writes only ``index.json`` (URI, collection, embedder id, dimension, item count and the
-collection's creation token); never the vectors. ``load`` reconnects and checks the live collection against it: the token (so a dropped
-and rebuilt collection is noticed), the embedder id, the dimension and the count, each with its
-own one-line :class:`~lookalike.errors.ModelMismatchError`. The count legitimately moves when an
-index is updated after its save (the project's journal of small updates): the index therefore
-keeps the count in the ``index.json`` it was saved to or loaded from current after each write,
-through a handle on that folder that survives the folder being renamed (staging -> version).
+**Saving** writes only ``index.json`` (URI, collection, embedder id, dimension, count, the
+collection's creation token), never the vectors; ``load`` checks each against the live collection
+(one-line :class:`~lookalike.errors.ModelMismatchError`s). The count moves with the project's
+journal of small updates, so each write updates it in that ``index.json`` (through a handle that
+follows the folder's rename). Journal replays never write here (``holds_writes``).
 """
 
 from __future__ import annotations
@@ -78,6 +76,7 @@ class MilvusIndex(VectorIndex):
     DEFAULTS: dict[str, Any] = {"M": 16, "ef_construction": 200, "ef_search": 64,
                                 "timeout": 10.0, "batch_size": 1000, "consistency": SESSION}
     LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+    holds_writes = True  # the collection is the truth every process shares
 
     def __init__(self, dim: int, embedder_id: str = "", *, uri: str | None = None,
                  collection: str | None = None, token: str | None = None, create: bool = True,
@@ -143,8 +142,7 @@ class MilvusIndex(VectorIndex):
         self._call("describe", "alter_collection_properties", self.collection,
                    properties={META_PROPERTY: meta})
 
-    # Hooks a variant of this index (milvus_binary) overrides.
-    _FLOATS_FIELD = VECTOR_FIELD  # the field holding the float vectors
+    _FLOATS_FIELD = VECTOR_FIELD  # the float vectors' field; hooks milvus_binary overrides:
 
     def _schema(self, meta: str) -> Any:
         return make_schema(self.dim, meta)
@@ -352,6 +350,12 @@ class MilvusIndex(VectorIndex):
         index._check_live(int(manifest["count"]), folder)
         index._follow(folder)
         return index
+
+    @classmethod
+    def rebuild_params(cls, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Saved parameters, collection and server (``$LOOKALIKE_MILVUS_URI`` first, as load)."""
+        uri = os.environ.get(URI_ENV) or manifest["uri"]
+        return {**manifest.get("params", {}), "collection": manifest["collection"], "uri": uri}
 
     def _check_live(self, count: int, folder: Path) -> None:
         """Fail with one line naming the first thing the live collection disagrees on."""

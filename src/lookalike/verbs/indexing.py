@@ -18,7 +18,8 @@ import numpy as np
 
 from lookalike.errors import LookalikeError, ModelMismatchError, StoreError, UnknownNameError
 from lookalike.index import journal
-from lookalike.index.base import VectorIndex, create_index, load_index
+from lookalike.index.base import (INDEX_MANIFEST, VectorIndex, create_index, index_class,
+                                  load_index)
 from lookalike.layout import INDEX_EMBEDDER_DIR, INDEX_HASHES_FILE
 from lookalike.searcher import Searcher
 from lookalike.storage import atomic_write_text, current_version, versioned_folder
@@ -137,7 +138,8 @@ class IndexVerbs:
         gone = [i for i in old_hashes if i not in hashes]
 
         if index is None:
-            kind, options = self._choose_kind(kind, len(hashes), model.dim, index_options)
+            kind, options = self._choose_kind(kind, len(hashes), model.dim, index_options,
+                                              previous)
             index = create_index(kind, model.dim, model.embedder_id, **options)
         try:
             added, failed, vectors = self._apply_changes(model, cache, index, changed, hashes,
@@ -326,12 +328,20 @@ class IndexVerbs:
         return index, hashes, len(entries)
 
     @staticmethod
-    def _choose_kind(kind: str, n_items: int, dim: int,
-                     options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    def _choose_kind(kind: str, n_items: int, dim: int, options: Mapping[str, Any] | None,
+                     previous: Path | None = None) -> tuple[str, dict[str, Any]]:
         """The index kind and its parameters: ``auto`` keeps choose_index's whole choice (the
-        caller's ``options`` on top); an explicit kind takes just the caller's options."""
+        caller's ``options`` on top); an explicit kind takes the caller's options on top of what
+        the saved version of that kind keeps (``rebuild_params``: a Milvus rebuild stays on its
+        server and collection)."""
         if kind != "auto":
-            return kind, dict(options or {})
+            saved = {}
+            manifest = previous / "index" / INDEX_MANIFEST if previous is not None else None
+            if manifest is not None and manifest.is_file():
+                found = json.loads(manifest.read_text())
+                if found.get("kind") == kind:
+                    saved = index_class(kind).rebuild_params(found)
+            return kind, {**saved, **dict(options or {})}
         from lookalike.index.choose import choose_index
 
         choice = choose_index(n_items, dim)
