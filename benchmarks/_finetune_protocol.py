@@ -44,7 +44,7 @@ def front_cache(pixels: np.ndarray, name: str, threads: int) -> np.ndarray:
     path = LEARNED_CACHE / f"protocol-front-{name}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
-    network = FinetuneEmbedder(classes=("x",))._skeleton(pretrained=True)
+    network = FinetuneEmbedder(classes=("x",))._skeleton(packaged_weights=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work, torch.no_grad():
         onnx = Path(work) / "front.onnx"
