@@ -394,6 +394,33 @@ def test_a_late_journal_replay_never_writes_to_the_collection(milvus, products) 
     remote.close()
 
 
+def test_load_gives_a_writer_time_to_record_its_count(milvus, products, tmp_path) -> None:
+    """A writer in another process updates ``index.json``'s count just after its write; a load
+    in between waits for it instead of calling the collection changed."""
+    import threading
+
+    from lookalike.index.milvus_backend import MilvusIndex
+
+    ids, vectors, attributes = products
+    first = create_index("milvus", vectors.shape[1], "e", uri=milvus.uri, collection="racing")
+    first.add(ids[:20], vectors[:20], attributes[:20])
+    folder = first.save(tmp_path / "index")
+    first.close()
+    elsewhere = MilvusIndex(vectors.shape[1], "e", uri=milvus.uri, collection="racing",
+                            token=first.token, create=False)  # follows no index.json
+    elsewhere.add(ids[20:21], vectors[20:21], attributes[20:21])
+    with pytest.raises(ModelMismatchError, match="holds 21 items, the saved index 20"):
+        load_index(folder)
+    recorded = {**json.loads((folder / "index.json").read_text()), "count": 21}
+    late = threading.Timer(0.3, (folder / "index.json").write_text, [json.dumps(recorded)])
+    late.start()
+    loaded = load_index(folder)
+    assert len(loaded) == 21
+    late.join()
+    loaded.close()
+    elsewhere.close()
+
+
 def test_a_rebuild_stays_on_the_saved_server(milvus, demo, tmp_path, monkeypatch) -> None:
     """A collection changed outside the index is rebuilt by the next update, into the same
     server and collection, without the URI in the environment (the CI failure of a PUT)."""

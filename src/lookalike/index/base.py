@@ -90,6 +90,11 @@ class Hits:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def without(self, excluded: set[str], k: int) -> "Hits":
+        """The first ``k`` hits whose ids are not in ``excluded``, in order."""
+        keep = [n for n, i in enumerate(self.ids) if i not in excluded][:k]
+        return Hits([self.ids[n] for n in keep], [self.scores[n] for n in keep])
+
 
 class VectorIndex(ABC):
     """Add, remove and search vectors by string id, with attribute filters.

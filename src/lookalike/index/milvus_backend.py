@@ -7,17 +7,13 @@ inside Milvus' search (:mod:`lookalike.index.milvus_filters`). The URI defaults 
 ``LOOKALIKE_MILVUS_URI`` environment variable. A collection that exists already is dropped first
 only if lookalike made it (its description says so); otherwise creating fails.
 
-**Writes and consistency.** ``add`` is an upsert and ``remove`` a delete, both applied to the
-server at once (nothing is rebuilt). Reads (``search``, ``get_vectors``, ``attributes``, ``in``)
-use ``consistency="Session"`` by default: pymilvus remembers the timestamp of this process's last
-write to the collection and the server answers once it has applied that write, so a handle
-reads its own upserts (tested), while a process that has not written reads without waiting.
-Milvus 2.3 returns no timestamp for a delete, so the first read after a ``remove`` by this handle
-is Strong (tested). Writes by *another* process become visible within the server's time tick (200 ms by
-default). ``Strong`` makes every read wait for the next time tick (~200 ms per search, measured
-in benchmarks/results/milvus_bench.json) and is used where correctness needs it: deletes check
-which ids exist, the item count and ``load``'s live checks. ``Bounded`` (the server's default)
-may miss a row for seconds after its insert (measured), so it is not the default.
+**Writes and consistency.** ``add`` is an upsert and ``remove`` a delete, applied to the server
+at once. Reads use ``consistency="Session"`` by default: a handle reads its own upserts at once
+(tested) and a process that has not written never waits; the first read after this handle's
+``remove`` is Strong (Milvus 2.3 returns no timestamp for a delete). Other processes' writes show
+within the server's time tick (200 ms by default). ``Strong`` (~200 ms per search, measured in
+benchmarks/results/milvus_bench.json) is used where correctness needs it: the delete's presence
+check, the item count and ``load``'s live checks; ``Bounded`` may miss a fresh row for seconds.
 
 **Excludes** up to ``_EXCLUDE_INLINE`` ids are over-fetched and dropped; longer lists get their
 own search with ``id not in [...]`` added to the expression.
@@ -34,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -42,13 +39,13 @@ from typing import Any
 import numpy as np
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownItemError
-from lookalike.index.attributes import normalise_value, unique_last
+from lookalike.index.attributes import unique_last
 from lookalike.index.base import INDEX_MANIFEST, Filters, Hits, VectorIndex, register
 from lookalike.index.manifest_handle import ManifestHandle
 from lookalike.index.milvus_filters import ID_FIELD, both, expression, ids_in
-from lookalike.index.milvus_schema import (VECTOR_FIELD, attributes_of, check_collection_name,
-                                           META_PROPERTY, describe, make_rows, make_schema,
-                                           read_meta)
+from lookalike.index.milvus_schema import (META_PROPERTY, VECTOR_FIELD, attributes_of,
+                                           check_collection_name, checked_attributes, describe,
+                                           make_rows, make_schema, read_meta)
 from lookalike.storage import atomic_write_text
 
 URI_ENV = "LOOKALIKE_MILVUS_URI"
@@ -60,6 +57,7 @@ _ID_CHUNK = 1_000  # ids per `id in [...]` expression
 STRONG = "Strong"
 SESSION = "Session"
 _LOAD_WAIT = 120.0  # seconds load() waits for a collection to be loaded and caught up
+_COUNT_TRIES = 4  # load() reads the live and saved counts this many times before they must agree
 
 
 @register("milvus")
@@ -182,7 +180,7 @@ class MilvusIndex(VectorIndex):
             return
         unique_ids, rows = unique_last(ids)  # a repeated id: its last row wins
         chosen = None if attributes is None else [
-            _normalised(attributes[r], unique_ids[n]) for n, r in enumerate(rows.tolist())]
+            checked_attributes(attributes[r], unique_ids[n]) for n, r in enumerate(rows.tolist())]
         data = self._make_rows(unique_ids, vectors[rows], chosen)  # validates everything first
         step = int(self.params["batch_size"])
         for start in range(0, len(data), step):
@@ -236,7 +234,7 @@ class MilvusIndex(VectorIndex):
             extra = max(len(excluded[q]) for q in inline)
             found = self._search(queries[inline], k + extra, where)
             for q, hits in zip(inline, found):
-                results[q] = _drop(hits, excluded[q], k)
+                results[q] = hits.without(excluded[q], k)
         for q in set(range(len(queries))) - set(inline):
             own = both(where, ids_in(sorted(excluded[q]), negate=True))
             results[q] = self._search(queries[q:q + 1], k, own)[0]
@@ -347,7 +345,7 @@ class MilvusIndex(VectorIndex):
                     uri=uri or os.environ.get(URI_ENV) or manifest["uri"],
                     collection=manifest["collection"], token=manifest["token"], create=False,
                     **cls._load_extras(folder), **manifest.get("params", {}))
-        index._check_live(int(manifest["count"]), folder)
+        index._check_live(folder)
         index._follow(folder)
         return index
 
@@ -357,7 +355,7 @@ class MilvusIndex(VectorIndex):
         uri = os.environ.get(URI_ENV) or manifest["uri"]
         return {**manifest.get("params", {}), "collection": manifest["collection"], "uri": uri}
 
-    def _check_live(self, count: int, folder: Path) -> None:
+    def _check_live(self, folder: Path) -> None:
         """Fail with one line naming the first thing the live collection disagrees on."""
         where = f"{folder}: milvus collection {self.collection!r} on {self.uri}"
         rebuild = "; rebuild it with `lookalike index --kind milvus`"
@@ -378,21 +376,18 @@ class MilvusIndex(VectorIndex):
                                      f"dropped and created again){rebuild}")
         # After a server restart the collection loads again and catches up first: wait for it.
         self._call("load", "load_collection", self.collection, wait=_LOAD_WAIT)
-        live = self._count(wait=_LOAD_WAIT)
-        if live != count:
-            raise ModelMismatchError(f"{where} holds {live} items, the saved index {count}; it "
-                                     f"was changed outside this index{rebuild}")
+        for attempt in range(_COUNT_TRIES):  # a writer elsewhere updates index.json just after
+            if attempt:
+                time.sleep(0.25)
+            live, count = self._count(wait=_LOAD_WAIT), _saved_count(folder)
+            if live == count:
+                return
+        raise ModelMismatchError(f"{where} holds {live} items, the saved index {count}; it was "
+                                 f"changed outside this index{rebuild}")
 
 
-def _normalised(attributes: Mapping[str, Any], item_id: str) -> dict[str, Any]:
-    if not isinstance(attributes, Mapping):
-        raise LookalikeError(f"attributes of item {item_id!r} must be a mapping")
-    return {str(k): normalise_value(v, str(k), item_id) for k, v in attributes.items()}
-
-
-def _drop(hits: Hits, excluded: set[str], k: int) -> Hits:
-    keep = [n for n, i in enumerate(hits.ids) if i not in excluded][:k]
-    return Hits([hits.ids[n] for n in keep], [hits.scores[n] for n in keep])
+def _saved_count(folder: Path) -> int:
+    return int(json.loads((folder / INDEX_MANIFEST).read_text())["count"])
 
 
 def _one_line(error: BaseException) -> str:
