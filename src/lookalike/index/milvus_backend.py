@@ -140,7 +140,7 @@ class MilvusIndex(VectorIndex):
         self._call("describe", "alter_collection_properties", self.collection,
                    properties={META_PROPERTY: meta})
 
-    _FLOATS_FIELD = VECTOR_FIELD  # the float vectors' field; hooks milvus_binary overrides:
+    _FLOATS_FIELD = VECTOR_FIELD  # the float vectors' field (milvus_binary overrides it + hooks)
 
     def _schema(self, meta: str) -> Any:
         return make_schema(self.dim, meta)
