@@ -219,6 +219,19 @@ def _as_float(text: str) -> float:
         return math.nan
 
 
+def check_mapping(row: Any, item_id: str) -> Mapping[str, Any]:
+    """``row`` if it is a mapping of attributes, else a one-line error naming the item."""
+    if not isinstance(row, Mapping):
+        raise LookalikeError(f"attributes of item {item_id!r} must be a mapping")
+    return row
+
+
+def normalised_row(row: Any, item_id: str) -> dict[str, Any]:
+    """One item's attributes with every value normalised (for backends that store rows)."""
+    return {str(k): normalise_value(v, str(k), item_id)
+            for k, v in check_mapping(row, item_id).items()}
+
+
 def columns_from_rows(ids: Sequence[str],
                       rows: Sequence[Mapping[str, Any]] | None) -> dict[str, list[Any]]:
     """Per-item attribute dicts as normalised columns; raises before anything is stored."""
@@ -227,8 +240,7 @@ def columns_from_rows(ids: Sequence[str],
     if len(rows) != len(ids):
         raise LookalikeError(f"{len(ids)} ids but {len(rows)} attribute rows")
     for row, item_id in zip(rows, ids):
-        if not isinstance(row, Mapping):
-            raise LookalikeError(f"attributes of item {item_id!r} must be a mapping")
+        check_mapping(row, item_id)
     names = sorted({name for row in rows for name in row}, key=str)
     columns: dict[str, list[Any]] = {}
     for name in names:

@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 
 from lookalike.errors import LookalikeError, ModelMismatchError, UnknownItemError
-from lookalike.index.attributes import unique_last
+from lookalike.index.attribute_columns import normalised_row, unique_last
 from lookalike.index.base import INDEX_MANIFEST, Filters, Hits, VectorIndex, register
 from lookalike.index.manifest_handle import ManifestHandle
 from lookalike.index.milvus_filters import ID_FIELD, both, expression, ids_in
 from lookalike.index.milvus_schema import (META_PROPERTY, VECTOR_FIELD, attributes_of,
-                                           check_collection_name, checked_attributes, describe,
-                                           make_rows, make_schema, read_meta)
+                                           check_collection_name, describe, make_rows,
+                                           make_schema, read_meta)
 from lookalike.storage import atomic_write_text
 
 URI_ENV = "LOOKALIKE_MILVUS_URI"
@@ -180,7 +180,7 @@ class MilvusIndex(VectorIndex):
             return
         unique_ids, rows = unique_last(ids)  # a repeated id: its last row wins
         chosen = None if attributes is None else [
-            checked_attributes(attributes[r], unique_ids[n]) for n, r in enumerate(rows.tolist())]
+            normalised_row(attributes[r], unique_ids[n]) for n, r in enumerate(rows.tolist())]
         data = self._make_rows(unique_ids, vectors[rows], chosen)  # validates everything first
         step = int(self.params["batch_size"])
         for start in range(0, len(data), step):

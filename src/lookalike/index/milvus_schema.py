@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from lookalike.errors import LookalikeError
-from lookalike.index.attributes import normalise_value
 from lookalike.index.milvus_filters import (ATTRS_FIELD, ID_FIELD, MISSING_TEXT, NUMBER_FIELDS,
                                             TEXT_FIELDS)
 
@@ -162,10 +161,3 @@ def attributes_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """The attributes an item was added with (from a queried row's ``attrs`` field)."""
     stored = row.get(ATTRS_FIELD) or {}
     return dict(stored.get("v", {}))
-
-
-def checked_attributes(attributes: Mapping[str, Any], item_id: str) -> dict[str, Any]:
-    """One item's attributes with every value checked and normalised (one-line errors)."""
-    if not isinstance(attributes, Mapping):
-        raise LookalikeError(f"attributes of item {item_id!r} must be a mapping")
-    return {str(k): normalise_value(v, str(k), item_id) for k, v in attributes.items()}

@@ -138,8 +138,8 @@ class IndexVerbs:
         gone = [i for i in old_hashes if i not in hashes]
 
         if index is None:
-            kind, options = self._choose_kind(kind, len(hashes), model.dim, index_options,
-                                              previous)
+            options = {**self._kept_params(previous, kind), **dict(index_options or {})}
+            kind, options = self._choose_kind(kind, len(hashes), model.dim, options)
             index = create_index(kind, model.dim, model.embedder_id, **options)
         try:
             added, failed, vectors = self._apply_changes(model, cache, index, changed, hashes,
@@ -328,20 +328,22 @@ class IndexVerbs:
         return index, hashes, len(entries)
 
     @staticmethod
-    def _choose_kind(kind: str, n_items: int, dim: int, options: Mapping[str, Any] | None,
-                     previous: Path | None = None) -> tuple[str, dict[str, Any]]:
+    def _kept_params(previous: Path | None, kind: str) -> dict[str, Any]:
+        """What a rebuild keeps of the saved index when it is of the asked ``kind``
+        (``rebuild_params``: a Milvus rebuild stays on its server and collection)."""
+        manifest = None if previous is None else previous / "index" / INDEX_MANIFEST
+        if kind == "auto" or manifest is None or not manifest.is_file():
+            return {}
+        saved = json.loads(manifest.read_text())
+        return index_class(kind).rebuild_params(saved) if saved.get("kind") == kind else {}
+
+    @staticmethod
+    def _choose_kind(kind: str, n_items: int, dim: int,
+                     options: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
         """The index kind and its parameters: ``auto`` keeps choose_index's whole choice (the
-        caller's ``options`` on top); an explicit kind takes the caller's options on top of what
-        the saved version of that kind keeps (``rebuild_params``: a Milvus rebuild stays on its
-        server and collection)."""
+        caller's ``options`` on top); an explicit kind takes just the caller's options."""
         if kind != "auto":
-            saved = {}
-            manifest = previous / "index" / INDEX_MANIFEST if previous is not None else None
-            if manifest is not None and manifest.is_file():
-                found = json.loads(manifest.read_text())
-                if found.get("kind") == kind:
-                    saved = index_class(kind).rebuild_params(found)
-            return kind, {**saved, **dict(options or {})}
+            return kind, dict(options or {})
         from lookalike.index.choose import choose_index
 
         choice = choose_index(n_items, dim)
