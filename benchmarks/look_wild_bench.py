@@ -3,13 +3,12 @@
 Scenes come from :mod:`lookalike.recommend.scene_generator` (a wide distribution of backgrounds,
 product sizes, rotations, colour casts, blur, JPEG quality, occlusion; cut-outs and pasted
 photos). Backgrounds and products are split three ways (train / validation / test, by a seeded
-hash of their ids; ``benchmarks/results/look_scene_splits.json``); the segmenter and the look
-head were trained on train scenes only (``scripts/train_scene_segmenter.py``,
-``scripts/train_look_head.py``). Stages:
+hash of their ids; ``benchmarks/results/look_scene_splits.json``); the segmenter, the look
+head and the look ranker were trained on train scenes only (``scripts/train_scene_segmenter.py``,
+``scripts/train_look_head.py``, ``scripts/train_look_ranker.py``). Stages:
 
-    # choices (localiser, look head, segmenter side, category and objectness weights) on
-    # validation scenes
-    nice -n 19 python benchmarks/look_wild_bench.py --stage validation --scenes 60
+    # choices (localiser, head, ranker, segmenter side, weights) on validation scenes
+    nice -n 19 python benchmarks/look_wild_bench.py --stage validation --scenes 200
     # the chosen pipeline (look's defaults) on test scenes, read once
     nice -n 19 python benchmarks/look_wild_bench.py --stage test --scenes 200
     # warm `look` time per 640x480 scene (normal priority, a short run)
@@ -53,8 +52,6 @@ _WITHOUT_HEAD: dict[str, dict[str, Any]] = {
                                "objectness_weight": 0.0, "category_weight": 0.0},
     "segmenter + objectness 0.2": {"localiser": "segmenter", "proposal_steps": 0,
                                    "objectness_weight": 0.2, "category_weight": 0.0},
-    "segmenter + objectness 0.5": {"localiser": "segmenter", "proposal_steps": 0,
-                                   "objectness_weight": 0.5, "category_weight": 0.0},
     "segmenter and windows": {"localiser": "both", "proposal_steps": 0,
                               "objectness_weight": 0.0, "category_weight": 0.0},
     **{f"segmenter + category vote {w:g}": {"localiser": "segmenter", "proposal_steps": 0,
@@ -67,7 +64,7 @@ _WITHOUT_HEAD: dict[str, dict[str, Any]] = {
         "localiser": "segmenter", "proposal_steps": 0, "objectness_weight": 0.2,
         "category_weight": 1.0},
 }
-VARIANTS = {label: {**options, "look_head": False, "segmenter_side": None}
+VARIANTS = {label: {**options, "look_head": False, "segmenter_side": None, "look_ranker": False}
             for label, options in _WITHOUT_HEAD.items()}
 
 
@@ -77,7 +74,8 @@ def _headed(side: int | None, vote: float, objectness: float) -> tuple[str, dict
     label = f"segmenter{'' if side is None else f' at {side} px'} + look head + category vote " \
             f"{vote:g}{f' + objectness {objectness:g}' if objectness else ''}"
     return label, {"localiser": "segmenter", "proposal_steps": 0, "objectness_weight": objectness,
-                   "category_weight": vote, "look_head": True, "segmenter_side": side}
+                   "category_weight": vote, "look_head": True, "segmenter_side": side,
+                   "look_ranker": False}
 
 
 VARIANTS.update(_headed(None, w, 0.0) for w in (0.0, 0.5, 1.0, 2.0))
@@ -86,6 +84,11 @@ VARIANTS.update(_headed(320, w, o) for w in (0.5, 1.0) for o in (0.0, 0.3))
 VARIANTS.update([_headed(384, 0.5, 0.3), _headed(384, 0.5, 0.5), _headed(448, 0.5, 0.3),
                  _headed(384, 0.5, 0.8), _headed(384, 1.0, 0.5), _headed(320, 0.5, 0.5),
                  _headed(384, 0.0, 0.5)])
+#: The look ranker (lookalike.recommend.look_ranker, fitted on train scenes only) in place of
+#: the hand-set sum of head cosine, category vote and objectness.
+VARIANTS["segmenter at 384 px + look head + look ranker"] = {
+    "localiser": "segmenter", "proposal_steps": 0, "look_head": True, "segmenter_side": 384,
+    "look_ranker": True}
 LIKENESS_VARIANTS = {"windows (old default)": {"localiser": "windows"},
                      "segmenter": {"localiser": "segmenter", "segmenter_side": None},
                      "segmenter at 320 px": {"localiser": "segmenter", "segmenter_side": 320},
@@ -151,11 +154,14 @@ def build_project(frame: Any, like_ids: set[str], folder: Path | None = None) ->
 
 def look_defaults() -> dict[str, Any]:
     """``look``'s defaults that the variants vary, and the packaged models' digests."""
+    from lookalike.models.weights import weights_digest
     from lookalike.recommend import look as look_module
     from lookalike.recommend.look_head import PACKAGED as HEAD, WEIGHTS_FILE as HEAD_WEIGHTS
+    from lookalike.recommend.look_ranker import PACKAGED as RANKER
 
     head = HEAD / HEAD_WEIGHTS
-    return {"localiser": look_module.DEFAULT_LOCALISER,
+    return {"look_ranker": look_module.USE_LOOK_RANKER,
+            "look_ranker_weights": weights_digest(RANKER),"localiser": look_module.DEFAULT_LOCALISER,
             "proposal_steps": look_module.PROPOSAL_STEPS,
             "objectness_weight": look_module.OBJECTNESS_WEIGHT,
             "category_weight": look_module.CATEGORY_WEIGHT,
@@ -174,6 +180,7 @@ def checkpoint_suffix(options: dict[str, Any]) -> str:
     defaults = look_defaults()
     out = f"/head:{defaults['look_head_weights']}" if options.get("look_head", USE_LOOK_HEAD) \
         else ""
+    out += f"/ranker:{defaults['look_ranker_weights']}" if options.get("look_ranker") else ""
     side = options.get("segmenter_side", SEGMENTER_SIDE)
     out += f"/side:{side}" if side is not None else ""
     if not options:

@@ -76,6 +76,7 @@ class ProjectCaches:
     ``box_regressors``    the box regressor shipped in the package (one entry)
     ``segmenters``        shop-the-look: the scene segmenter shipped in the package (one entry)
     ``look_heads``        shop-the-look: the look head shipped in the package (one entry)
+    ``look_rankers``      shop-the-look: the look ranker shipped in the package (one entry)
     ``text_indexes``      words: the loaded fused (image + text) index per image index
     ``text_models``       words: the loaded sentence model by embedder id
     ``text_lock``         held while a words index is loaded or rebuilt
@@ -93,6 +94,7 @@ class ProjectCaches:
         self.box_regressors: BoundedCache[Any] = BoundedCache(1)
         self.segmenters: BoundedCache[Any] = BoundedCache(1)
         self.look_heads: BoundedCache[Any] = BoundedCache(1)
+        self.look_rankers: BoundedCache[Any] = BoundedCache(1)
         self.text_indexes: BoundedCache[Any] = BoundedCache(8)
         self.text_models: BoundedCache[Any] = BoundedCache(2)
         self.text_lock = threading.RLock()

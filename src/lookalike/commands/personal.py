@@ -102,6 +102,7 @@ def look(
         refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Move the boxes onto the products with the learned box regressor (`lookalike train-boxes`, else the packaged one).")] = True,
         localiser: Annotated[str, typer.Option("--localiser", help="How products are found: 'segmenter' (the packaged product-vs-background net) or 'windows' (sliding windows only).")] = "segmenter",
         look_head: Annotated[bool, typer.Option("--look-head/--no-look-head", help="With --like: compare regions and the liked product under the packaged look head (same kind of product; the default), or by the index's plain cosine (this exact photo).")] = True,
+        look_ranker: Annotated[bool, typer.Option("--look-ranker/--no-look-ranker", help="With --like and the look head: rank the boxes by the packaged look ranker (the default), or by head cosine + category vote + objectness.")] = True,
         index: IndexOption = None,
         project: ProjectOption = Path(DEFAULT_PROJECT_DIR), as_json: JsonOption = False) -> None:
     """Shop the look: regions of a scene photo with the most similar products for each."""
@@ -112,7 +113,8 @@ def look(
                       stride=stride, top_regions=top_regions,
                       features=None if features == "index" else features, method=method,
                       index=index, aspect=aspect, rerank=rerank, refine=refine,
-                      localiser=localiser, look_head=look_head, **chosen)
+                      localiser=localiser, look_head=look_head, look_ranker=look_ranker,
+                      **chosen)
     if as_json:
         out.print_json(json.dumps(found))
         return

@@ -75,6 +75,15 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
+def weights_digest(folder: str | Path) -> str:
+    """The first 10 hex digits of the SHA-256 of ``folder``'s weights file ("none": absent);
+    what a model fitted on top of another records to know it (the look ranker on the look head)."""
+    import hashlib
+
+    path = Path(folder) / WEIGHTS_FILE
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:10] if path.is_file() else "none"
+
+
 def save_network(folder: str | Path, module: Any, config: dict[str, Any]) -> Path:
     """A small packaged net (segmenter, box regressor, look head): ``weights.safetensors`` of
     ``module``'s state and ``config.json`` of ``config``, each written atomically."""
@@ -107,4 +116,4 @@ def read_network(folder: str | Path, kind: str, what: str,
 
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "state_arrays", "restore_module", "write_tensors", "read_tensors", "save_network",
-           "read_network"]
+           "read_network", "weights_digest"]

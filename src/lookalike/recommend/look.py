@@ -71,6 +71,11 @@ DEFAULT_BACKDROP = "scene"
 #: (:mod:`lookalike.recommend.look_head`) when the index's embedder is the one it was trained
 #: for (chosen on validation).
 USE_LOOK_HEAD = True
+#: Whether a ``like`` query's boxes are ranked by the packaged look ranker
+#: (:mod:`lookalike.recommend.look_ranker`) when it was fitted for the index's embedder and the
+#: look head in use, rather than by head cosine + category vote + objectness (chosen on
+#: validation).
+USE_LOOK_RANKER = True
 #: The segmenter's input side at inference (None: the side it was trained at; chosen on
 #: validation).
 SEGMENTER_SIDE: int | None = 384
@@ -157,6 +162,31 @@ def _head_scorer(project: Any, query: _Query) -> Any:
     return None if head is None else head.scorer(query.checker.vectors([query.like]))
 
 
+def ranking_features(project: Any, scene_image: Any, like: str, *, index: str | None = None,
+                     segmenter_side: int | None = SEGMENTER_SIDE
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Every segmenter proposal of a scene photo (``[n, 4]``, the photo's pixels) and what the
+    look ranker reads of it for a ``like`` query (``[n, 9]``,
+    :data:`~lookalike.recommend.look_ranker.FEATURES`): the data ``scripts/train_look_ranker.py``
+    fits the ranker on. Empty when no segmenter or look head applies."""
+    from lookalike.catalogue.images import as_image
+    from lookalike.recommend.look_ranker import ranking_cues
+    from lookalike.recommend.segmenter import packaged_segmenter
+
+    query = _check_query(project, None, like, 1, "centroid", index, None, "segmenter")
+    image = scene_image if isinstance(scene_image, Image.Image) else as_image(scene_image)
+    scene = prepare_scene(image)
+    segmenter = packaged_segmenter(project.caches)
+    boxes, _, scored = segmenter.proposals(Image.fromarray(scene.pixels), side=segmenter_side) \
+        if segmenter is not None else (np.zeros((0, 4), np.int64), None, None)
+    cues = ranking_cues(project, query.loaded, query.checker, str(like), scored,
+                        (scene.width, scene.height)) if len(boxes) else None
+    if cues is None:
+        return np.zeros((0, 4), np.int64), np.zeros((0, 9))
+    vectors = CropWindows(query.checker.embedder, scene.pixels).for_boxes(boxes)
+    return scene.to_original(boxes), cues[0](boxes, vectors)
+
+
 def _window_regions(project: Any, query: _Query, scene: PreparedScene,
                     grids: list[WindowGrid], sample: np.ndarray, regressor: Any,
                     options: dict[str, Any], model_options: dict[str, Any]) -> list[Region]:
@@ -183,8 +213,8 @@ def _window_regions(project: Any, query: _Query, scene: PreparedScene,
 def _segmenter_regions(project: Any, query: _Query, scene: PreparedScene, sample: np.ndarray,
                        regressor: Any, options: dict[str, Any],
                        model_options: dict[str, Any]) -> tuple[list[Region], Any, Any]:
-    """The segmenter localiser's regions, their scorer (None: objectness) and the
-    objectness map (None when the segmenter is not used for this scene)."""
+    """The segmenter localiser's regions, their box scorer ``(boxes, vectors) -> scores`` and
+    the objectness map (both None when the segmenter is not used for this scene)."""
     from lookalike.recommend.segmenter import packaged_segmenter
 
     segmenter = packaged_segmenter(project.caches)
@@ -202,25 +232,42 @@ def _segmenter_regions(project: Any, query: _Query, scene: PreparedScene, sample
             lambda: CropWindows(checker.embedder, pixels).for_boxes(crops), **model_options)
         scorer = _voted(project, query, scorer, options["category_weight"],
                         options["look_head"])
+    box_scorer = _box_scorer(project, query, scorer, scored, (scene.width, scene.height),
+                             options)
     regions = proposal_regions(boxes, objectness, scene.pixels, query.checker.embedder, scorer,
                                top_regions=options["top_regions"],
                                iou_threshold=options["iou_threshold"], box_regressor=regressor,
-                               steps=options["steps"],
-                               objectness_weight=options["objectness_weight"],
-                               embed_pixels=pixels)
-    return regions, scorer, scored
+                               steps=options["steps"], embed_pixels=pixels,
+                               box_scorer=box_scorer)
+    return regions, box_scorer, scored
 
 
-def _merged(found: list[Region], extra: list[Region], scorer: Any, scored: Any,
-            top_regions: int, iou_threshold: float, weight: float) -> list[Region]:
+def _box_scorer(project: Any, query: _Query, scorer: Any, scored: Any, size: tuple[int, int],
+                options: dict[str, Any]) -> Any:
+    """How the segmenter's (and any topping-up) boxes are scored: the look ranker for a
+    ``like`` query when it applies, else the query's score + ``objectness_weight`` x
+    objectness, or objectness alone with no query."""
+    if query.like is not None and options["look_ranker"] and options["look_head"]:
+        from lookalike.recommend.look_ranker import ranked_scorer
+
+        ranked = ranked_scorer(project, query.loaded, query.checker, query.like, scored, size)
+        if ranked is not None:
+            return ranked
+    if scorer is None:
+        return lambda boxes, vectors: scored.of(boxes)
+    weight = options["objectness_weight"]
+    return lambda boxes, vectors: np.asarray(scorer(vectors), np.float64).ravel() + \
+        weight * scored.of(boxes)
+
+
+def _merged(found: list[Region], extra: list[Region], box_scorer: Any, top_regions: int,
+            iou_threshold: float) -> list[Region]:
     """The segmenter's regions topped up with windows' regions, all scored the same way."""
     if not extra:
         return found
     vectors = np.stack([r.vector for r in extra])
     boxes = np.stack([r.box for r in extra])
-    objectness = scored.of(boxes)
-    scores = objectness if scorer is None else \
-        np.asarray(scorer(vectors), np.float64).ravel() + weight * objectness
+    scores = np.asarray(box_scorer(boxes, vectors), np.float64).ravel()
     pool = found + [Region(b, float(s), v) for b, s, v in zip(boxes, scores, vectors)]
     keep = nms(np.stack([r.box for r in pool]), np.array([r.score for r in pool]),
                iou_threshold, max_keep=top_regions)
@@ -237,7 +284,7 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
          proposal_steps: int = PROPOSAL_STEPS, objectness_weight: float = OBJECTNESS_WEIGHT,
          category_weight: float = CATEGORY_WEIGHT, backdrop: str = DEFAULT_BACKDROP,
          look_head: bool = USE_LOOK_HEAD, segmenter_side: int | None = SEGMENTER_SIDE,
-         **model_options: Any) -> dict[str, Any]:
+         look_ranker: bool = USE_LOOK_RANKER, **model_options: Any) -> dict[str, Any]:
     """Shop the look: the regions of a scene photo worth shopping, each with similar products.
 
     Regions are ranked by the shopper's model when ``history`` is given (``method``:
@@ -254,6 +301,8 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
     segmenter's regions with everything the segmenter does not call product faded to white
     (``"scene"``: as they are); ``look_head`` scores a ``like`` query under the packaged look
     head when it was trained for the index's embedder (False: the embedder's cosine);
+    ``look_ranker`` ranks a ``like`` query's boxes by the packaged look ranker when it was
+    fitted for that embedder and head (False, or no ranker: the sum above);
     ``segmenter_side`` is the longer side the segmenter reads the scene at (None: the side it was
     trained at). The
     windows are ``N`` px wide and ``aspect * N`` high for ``N`` in ``windows`` on a ``stride``
@@ -278,19 +327,19 @@ def look(project: Any, scene_image: Any, history: Any = None, like: str | None =
                "iou_threshold": iou_threshold, "aspect": aspect, "rerank": rerank,
                "steps": proposal_steps, "objectness_weight": float(objectness_weight),
                "category_weight": float(category_weight), "backdrop": _backdrop(backdrop),
-               "look_head": bool(look_head), "segmenter_side": _side(segmenter_side)}
+               "look_head": bool(look_head), "segmenter_side": _side(segmenter_side),
+               "look_ranker": bool(look_ranker)}
     regions: list[Region] = []
-    used, scorer, scored = "windows", None, None
+    used, box_scorer = "windows", None
     if localiser in ("segmenter", "both"):
-        regions, scorer, scored = _segmenter_regions(project, query, scene, sample, regressor,
-                                                     options, model_options)
+        regions, box_scorer, scored = _segmenter_regions(project, query, scene, sample,
+                                                         regressor, options, model_options)
         used = "segmenter" if scored is not None else "windows"
     if len(regions) < top_regions or localiser == "both":
         extra = _window_regions(project, query, scene, grids, sample, regressor, options,
                                 model_options)
         if used == "segmenter":
-            regions = _merged(regions, extra, scorer, scored, top_regions, iou_threshold,
-                              float(objectness_weight))
+            regions = _merged(regions, extra, box_scorer, top_regions, iou_threshold)
         else:
             regions = extra
     return _answer(project, query, scene, grids, regions, k, filters, used, regressor, options,

@@ -27,7 +27,7 @@ import numpy as np
 
 from lookalike.caches import ProjectCaches
 from lookalike.errors import LookalikeError
-from lookalike.models.weights import WEIGHTS_FILE
+from lookalike.models.weights import WEIGHTS_FILE, weights_digest
 
 KIND = "look-head"
 PACKAGED = Path(__file__).resolve().parent.parent / "data" / KIND
@@ -85,6 +85,9 @@ class LookHead:
         self.network = _network(int(dim), int(hidden), int(seed))
         self.network.eval()
         self.training: dict[str, Any] | None = None
+        #: The saved weights' digest (:func:`~lookalike.models.weights.weights_digest`); "none"
+        #: until saved and loaded.
+        self.digest = "none"
 
     @property
     def embedder(self) -> str:
@@ -173,6 +176,7 @@ class LookHead:
             raise LookHeadError(str(error)) from None
         head.network.eval()
         head.training = config.get("training")
+        head.digest = weights_digest(folder)
         return head
 
 

@@ -136,6 +136,9 @@ async def look_endpoint(
         look_head: Annotated[bool, Form(description=(
             "With `like`: compare under the packaged look head (same kind of product), else by "
             "the index's plain cosine."))] = True,
+        look_ranker: Annotated[bool, Form(description=(
+            "With `like` and the look head: rank the boxes by the packaged look ranker, else "
+            "by head cosine + category vote + objectness."))] = True,
 ) -> LookResponse:
     """Regions of a scene photo worth shopping, each with the most similar products."""
     from lookalike.serve.uploads import decode_upload, read_upload
@@ -154,7 +157,8 @@ async def look_endpoint(
             return service.project.look(
                 scene, history=ids, like=like.strip() if like and like.strip() else None, k=k,
                 stride=stride, top_regions=top_regions, method=method, aspect=aspect,
-                max_side=LOOK_MAX_SIDE, refine=refine, look_head=look_head, **chosen)
+                max_side=LOOK_MAX_SIDE, refine=refine, look_head=look_head,
+                look_ranker=look_ranker, **chosen)
 
     found = await run_in_threadpool(run)
     return LookResponse(
