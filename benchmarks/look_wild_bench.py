@@ -86,9 +86,12 @@ VARIANTS.update([_headed(384, 0.5, 0.3), _headed(384, 0.5, 0.5), _headed(448, 0.
                  _headed(384, 0.0, 0.5)])
 #: The look ranker (lookalike.recommend.look_ranker, fitted on train scenes only) in place of
 #: the hand-set sum of head cosine, category vote and objectness.
-VARIANTS["segmenter at 384 px + look head + look ranker"] = {
-    "localiser": "segmenter", "proposal_steps": 0, "look_head": True, "segmenter_side": 384,
-    "look_ranker": True}
+#: Its two rows were measured with two packaged rankers: without the kind classifier (weights
+#: 3c960bc549) and with it (benchmarks/RESULTS.md, round 5).
+for _label in ("look ranker", "look ranker + kind classifier"):
+    VARIANTS[f"segmenter at 384 px + look head + {_label}"] = {
+        "localiser": "segmenter", "proposal_steps": 0, "look_head": True,
+        "segmenter_side": 384, "look_ranker": True}
 LIKENESS_VARIANTS = {"windows (old default)": {"localiser": "windows"},
                      "segmenter": {"localiser": "segmenter", "segmenter_side": None},
                      "segmenter at 320 px": {"localiser": "segmenter", "segmenter_side": 320},

@@ -8,7 +8,11 @@ EVALUATION_SPEC`, seed 7. A project holds the like products and 600 other train 
 indexed with the default embedder. Every segmenter proposal of every scene gives one row of
 :data:`~lookalike.recommend.look_ranker.FEATURES` (:func:`lookalike.recommend.look.
 ranking_features`, exactly what ``look`` reads) with its IoU with the target; a logistic
-regression is fitted on them (:meth:`~lookalike.recommend.look_ranker.LookRanker.fit`). The rows are cached in
+regression is fitted on them (:meth:`~lookalike.recommend.look_ranker.LookRanker.fit`). The
+kind classifier (:class:`~lookalike.recommend.look_ranker.KindClassifier`, article types) is
+trained on the look head's training data: the crops of its 2,500 train scenes (true, jittered and
+segmenter boxes) and every train catalogue photo (``scripts/train_look_head.py``'s caches, built
+here if missing); ``--kind-weight`` (1 by default, chosen on validation) weighs it in. The rows are cached in
 ``benchmarks/.cache/look-ranker``, so a rerun only fits (seconds; the first run about 7 minutes on
 2 cores).
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +33,13 @@ import torch
 from PIL import Image
 
 from lookalike.catalogue.sources import load_products_frame
+from lookalike.models.base import create
 from lookalike.models.embed_pipeline import ProgressBar
 from lookalike.models.weights import weights_digest
 from lookalike.project import Project
 from lookalike.recommend.look import SEGMENTER_SIDE, ranking_features
 from lookalike.recommend.look_head import packaged_look_head
-from lookalike.recommend.look_ranker import PACKAGED, LookRanker
+from lookalike.recommend.look_ranker import PACKAGED, KindClassifier, LookRanker
 from lookalike.recommend.scene_backgrounds import SPLIT_SEED
 from lookalike.recommend.scene_generator import EVALUATION_SPEC, SceneGenerator, product_split
 from lookalike.recommend.segmenter import PACKAGED as SEGMENTER, packaged_segmenter
@@ -109,6 +115,22 @@ def training_rows(n: int, seed: int, head: str, segmenter: str) -> dict[str, np.
     return arrays
 
 
+def kind_classifier() -> KindClassifier:
+    """Article types from the look head's train-scene crops and train catalogue photos."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_look_head import catalogue_photos, scene_crops
+
+    frame = load_products_frame()
+    type_of = dict(zip(frame["id"].astype(str), frame["article_type"].fillna("").astype(str)))
+    embedder = create(EMBEDDER)
+    crops = scene_crops(frame, embedder, 2500, 0, 320)
+    photos, photo_ids = catalogue_photos(frame, embedder)
+    ids = np.concatenate([crops["ids"].astype(str), photo_ids])
+    if any(product_split(i, "train") != "train" for i in ids):
+        raise SystemExit("a kind-classifier example outside the train split")
+    return KindClassifier.fit(np.concatenate([crops["vectors"], photos]), [type_of[i] for i in ids])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PACKAGED)
@@ -116,6 +138,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--C", type=float, default=1.0, help="inverse regularisation")
+    parser.add_argument("--kind-weight", type=float, default=1.0,
+                        help="weight of log P(like's category) from the kind classifier")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     head = packaged_look_head(EMBEDDER, 1280)
@@ -124,9 +148,13 @@ def main() -> None:
     segmenter = weights_digest(SEGMENTER)
     rows = training_rows(args.scenes, args.seed, head.digest, segmenter)
     ranker = LookRanker.fit(rows["features"], rows["iou"], EMBEDDER, head.digest, C=args.C)
+    ranker.kinds, ranker.kind_weight = kind_classifier(), args.kind_weight
+    ranker.config["kind_weight"] = args.kind_weight
     ranker.save(args.out, extra={"trained_on": {
         "split": "train", "scenes_per_kind": args.scenes, "scene_seed": args.seed,
         "split_seed": SPLIT_SEED, "spec": EVALUATION_SPEC.to_json(),
+        "kind_classifier": "article_type, on the look head's 2,500 train scenes' crops (seed 0, "
+                           "segmenter proposals at 320 px) and the train catalogue photos",
         "segmenter": segmenter, "segmenter_side": SEGMENTER_SIDE, "gallery": GALLERY, "embedder": EMBEDDER,
         "scenes_with_a_proposal_on_target": int(len(np.unique(
             rows["scene"][rows["iou"] >= 0.5])))}})

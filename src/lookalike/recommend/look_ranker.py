@@ -8,10 +8,14 @@ in a ring around the box (a box too small: its product goes on outside it) and i
 (a box too loose: its middle is product, its edges are not), and whether it touches the
 photo's edge -- and gives one logit per box: a logistic regression over standardised cues,
 fitted on the proposals of generated train scenes (train backgrounds, train products), each
-labelled by whether it covers the target (IoU >= 0.5). ``scripts/train_look_ranker.py`` fits
-the packaged one. Saved as ``config.json`` + ``weights.safetensors`` (the scaler and the
-coefficients), never pickled; it is only used with the embedder and the look head it was
-fitted with (:func:`packaged_look_ranker`).
+labelled by whether it covers the target (IoU >= 0.5). To that logit it adds ``kind_weight`` x
+the log probability that the box shows the like product's category, from a linear classifier
+over the embedder's vectors (:class:`KindClassifier`) trained on train-scene crops and train
+catalogue photos: the category vote asks the box's catalogue neighbours, which a small or
+unbalanced catalogue makes noisy; the classifier has seen every category of the train split.
+``scripts/train_look_ranker.py`` fits the packaged one. Saved as ``config.json`` +
+``weights.safetensors`` (the scaler, the coefficients and the classifier), never pickled; it is
+only used with the embedder and the look head it was fitted with (:func:`packaged_look_ranker`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ RING, CORE = 1.25, 0.75
 #: A proposal is on target when it overlaps the target by at least this IoU (the benchmark's
 #: hit; chosen on validation over a soft label that preferred tighter boxes and hit less often).
 ON_TARGET_IOU = 0.5
+#: The kind classifier reads unit vectors scaled by this (a softmax temperature of 0.1).
+KIND_SCALE = 10.0
 
 
 class LookRankerError(LookalikeError):
@@ -80,21 +86,78 @@ def region_features(boxes: np.ndarray, objectness: Any, head: np.ndarray, cosine
                      objectness.of(shrunk), at_edge.astype(np.float64)], axis=1)
 
 
+class KindClassifier:
+    """Which catalogue category a box shows: a linear softmax over the embedder's vectors,
+    :meth:`log_prob` of one category per box."""
+
+    def __init__(self, categories: Sequence[str], weight: np.ndarray, bias: np.ndarray) -> None:
+        self.categories = [str(c) for c in categories]
+        self.weight, self.bias = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
+        if self.weight.shape[0] != len(self.categories) or self.bias.shape != (
+                len(self.categories),):
+            raise LookRankerError(f"kind classifier of {len(self.categories)} categories has "
+                                  f"weights {self.weight.shape} and bias {self.bias.shape}")
+        self.row = {c: k for k, c in enumerate(self.categories)}
+
+    def log_prob(self, vectors: np.ndarray, category: str) -> np.ndarray | None:
+        """``log P(category | box)`` ``[n]`` of each box's vector; None for a category the
+        classifier never saw."""
+        if category not in self.row:
+            return None
+        logits = (np.asarray(vectors, np.float32) * KIND_SCALE) @ self.weight.T + self.bias
+        top = logits.max(axis=1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        return (logits[:, self.row[category]] - log_norm).astype(np.float64)
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, categories: Sequence[str], epochs: int = 8,
+            seed: int = 0) -> "KindClassifier":
+        """Cross-entropy on unit ``vectors`` and their ``categories`` (PyTorch, Adam 1e-3,
+        batches of 512, one thread's worth of work: seconds for 80,000 rows)."""
+        import torch
+
+        names = sorted(set(map(str, categories)))
+        row = {c: k for k, c in enumerate(names)}
+        x = torch.from_numpy(np.asarray(vectors, np.float32) * KIND_SCALE)
+        y = torch.tensor([row[str(c)] for c in categories])
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layer = torch.nn.Linear(x.shape[1], len(names))
+        optimiser = torch.optim.Adam(layer.parameters(), lr=1e-3, weight_decay=1e-5)
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), 512):
+                rows = order[start:start + 512]
+                loss = torch.nn.functional.cross_entropy(layer(x[rows]), y[rows])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        return cls(names, layer.weight.detach().numpy(), layer.bias.detach().numpy())
+
+
 class LookRanker:
-    """``score(features)``: one logit per proposal, higher = more likely the ``like`` product."""
+    """``score(features, kind)``: one logit per proposal, higher = more likely the ``like``
+    product: the logistic regression over :data:`FEATURES`, plus ``kind_weight`` x the log
+    probability that the box shows the like product's category (:class:`KindClassifier`)."""
 
     def __init__(self, embedder: str, look_head: str, mean: np.ndarray, scale: np.ndarray,
-                 coef: np.ndarray, intercept: float) -> None:
+                 coef: np.ndarray, intercept: float, kinds: KindClassifier | None = None,
+                 kind_weight: float = 0.0) -> None:
         self.config: dict[str, Any] = {"kind": KIND, "embedder": embedder,
-                                       "look_head": look_head, "features": list(FEATURES)}
+                                       "look_head": look_head, "features": list(FEATURES),
+                                       "kind_weight": float(kind_weight)}
         self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
         self.coef, self.intercept = np.asarray(coef, np.float64).ravel(), float(intercept)
+        self.kinds, self.kind_weight = kinds, float(kind_weight)
         self.training: dict[str, Any] | None = None
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Logits ``[n]`` of feature rows ``[n, 9]`` (:func:`region_features`)."""
+    def score(self, features: np.ndarray, kind: np.ndarray | None = None) -> np.ndarray:
+        """Logits ``[n]`` of feature rows ``[n, 9]`` (:func:`region_features`) and, when
+        given, each box's ``log P(like's category)`` (:meth:`KindClassifier.log_prob`)."""
         rows = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
-        return ((rows - self.mean) / self.scale) @ self.coef + self.intercept
+        logits = ((rows - self.mean) / self.scale) @ self.coef + self.intercept
+        return logits if kind is None else logits + self.kind_weight * np.asarray(kind)
 
     @classmethod
     def fit(cls, features: np.ndarray, overlaps: np.ndarray, embedder: str, look_head: str,
@@ -127,11 +190,15 @@ class LookRanker:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        write_tensors(folder / WEIGHTS_FILE, {"mean": self.mean, "scale": self.scale,
-                                              "coef": self.coef,
-                                              "intercept": np.array([self.intercept])})
+        tensors = {"mean": self.mean, "scale": self.scale, "coef": self.coef,
+                   "intercept": np.array([self.intercept])}
+        config = {**self.config, "categories": None}
+        if self.kinds is not None:
+            tensors.update({"kinds_weight": self.kinds.weight, "kinds_bias": self.kinds.bias})
+            config["categories"] = self.kinds.categories
+        write_tensors(folder / WEIGHTS_FILE, tensors)
         atomic_write_text(folder / CONFIG_FILE, json.dumps(
-            {**self.config, "training": self.training, **(extra or {})}, indent=1))
+            {**config, "training": self.training, **(extra or {})}, indent=1))
         return folder
 
     @classmethod
@@ -144,13 +211,17 @@ class LookRanker:
             raise LookRankerError(f"{folder}: look ranker of features {config.get('features')}, "
                                   f"this version reads {list(FEATURES)}")
         try:
+            kinds = KindClassifier(config["categories"], tensors["kinds_weight"],
+                                   tensors["kinds_bias"]) if config.get("categories") else None
             ranker = cls(config["embedder"], config["look_head"], tensors["mean"],
-                         tensors["scale"], tensors["coef"], float(tensors["intercept"][0]))
+                         tensors["scale"], tensors["coef"], float(tensors["intercept"][0]),
+                         kinds, float(config.get("kind_weight", 0.0)))
         except (KeyError, IndexError) as missing:
             raise LookRankerError(f"{folder}: look ranker without {missing}") from None
         if not ranker.mean.shape == ranker.scale.shape == ranker.coef.shape == (len(FEATURES),):
             raise LookRankerError(f"{folder}: look ranker weights are not {len(FEATURES)} wide")
-        ranker.config.update({k: v for k, v in config.items() if k != "training"})
+        ranker.config.update({k: v for k, v in config.items()
+                              if k not in ("training", "categories")})
         ranker.training = config.get("training")
         return ranker
 
@@ -184,8 +255,9 @@ def ranked_scorer(project: Any, loaded: Any, checker: Any, like: str, objectness
                                                             cues[1].digest, project.caches)
     if cues is None or ranker is None:
         return None
-    features = cues[0]
-    return lambda boxes, vectors: ranker.score(features(boxes, vectors))
+    features, kinds, category = cues[0], ranker.kinds, project.store.get(like).category
+    return lambda boxes, vectors: ranker.score(features(boxes, vectors), None if kinds is None
+                                               else kinds.log_prob(vectors, category))
 
 
 def packaged_look_ranker(embedder: str, look_head: str,
@@ -203,5 +275,5 @@ def packaged_look_ranker(embedder: str, look_head: str,
     return ranker
 
 
-__all__: Sequence[str] = ("FEATURES", "LookRanker", "LookRankerError", "packaged_look_ranker",
+__all__: Sequence[str] = ("FEATURES", "KindClassifier", "LookRanker", "LookRankerError", "packaged_look_ranker",
                           "ranked_scorer", "ranking_cues", "region_features")
