@@ -149,7 +149,6 @@ def main() -> None:
     rows = training_rows(args.scenes, args.seed, head.digest, segmenter)
     ranker = LookRanker.fit(rows["features"], rows["iou"], EMBEDDER, head.digest, C=args.C)
     ranker.kinds, ranker.kind_weight = kind_classifier(), args.kind_weight
-    ranker.config["kind_weight"] = args.kind_weight
     ranker.save(args.out, extra={"trained_on": {
         "split": "train", "scenes_per_kind": args.scenes, "scene_seed": args.seed,
         "split_seed": SPLIT_SEED, "spec": EVALUATION_SPEC.to_json(),

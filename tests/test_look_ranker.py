@@ -14,6 +14,7 @@ from lookalike.recommend.look_head import PACKAGED as HEAD, packaged_look_head
 from lookalike.recommend.look_ranker import (
     FEATURES,
     KIND,
+    KindClassifier,
     LookRanker,
     LookRankerError,
     packaged_look_ranker,
@@ -70,6 +71,33 @@ def test_fit_save_and_load_round_trip(tmp_path: Path) -> None:
         LookRanker.load(tmp_path / "r")
 
 
+def test_the_kind_classifier_learns_categories_and_travels_with_the_ranker(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 32))
+    labels = rng.integers(3, size=600)
+    vectors = centres[labels] + 0.5 * rng.normal(size=(600, 32))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    names = np.array(["bags", "shoes", "watches"])[labels]
+    kinds = KindClassifier.fit(vectors, names, epochs=20)
+    assert kinds.categories == ["bags", "shoes", "watches"]
+    bags = kinds.log_prob(vectors, "bags")
+    assert bags.shape == (600,) and bags.max() <= 0
+    assert np.mean(bags[names == "bags"]) > np.mean(bags[names != "bags"]) + 1.0
+    assert kinds.log_prob(vectors, "hats") is None
+    total = np.logaddexp.reduce([kinds.log_prob(vectors, c) for c in kinds.categories], axis=0)
+    np.testing.assert_allclose(total, 0.0, atol=1e-4)  # probabilities over the categories
+    features = rng.normal(size=(600, len(FEATURES)))
+    ranker = LookRanker.fit(features, (features[:, 0] > 0.5) * 0.9, "e", "h")
+    ranker.kinds, ranker.kind_weight = kinds, 2.0
+    ranker.save(tmp_path / "r")
+    again = LookRanker.load(tmp_path / "r")
+    np.testing.assert_allclose(again.score(features, bags),
+                               ranker.score(features) + 2.0 * bags, atol=1e-9)
+    np.testing.assert_allclose(again.kinds.log_prob(vectors, "shoes"),
+                               kinds.log_prob(vectors, "shoes"), atol=1e-6)
+
+
 def test_the_packaged_ranker_was_fitted_on_train_scenes_with_the_packaged_head() -> None:
     head = packaged_look_head("efficientnet-lite0", 1280)
     assert head is not None and head.digest == weights_digest(HEAD)
@@ -81,6 +109,8 @@ def test_the_packaged_ranker_was_fitted_on_train_scenes_with_the_packaged_head()
     assert packaged_look_ranker("gist", head.digest) is None
     coefficients = ranker.training["coefficients"]
     assert coefficients["head"] > 0 and coefficients["vote"] > 0  # what "like this" means
+    assert ranker.kind_weight > 0 and "Handbags" in ranker.kinds.categories
+    assert "train catalogue photos" in trained["kind_classifier"]
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +146,9 @@ def lite_project(like_scenes: tuple, tmp_path_factory: pytest.TempPathFactory):
 def test_look_ranks_a_likes_boxes_by_the_packaged_ranker(like_scenes: tuple,
                                                           lite_project) -> None:
     """On held-out (validation) scenes with an efficientnet-lite0 index, ``look``'s top region
-    is the proposal the ranker scores highest, with that score; without the ranker the scores
-    are the hand-set sum. The ranker's top box is the target in most scenes."""
+    is the proposal the ranker scores highest (its cues and the kind classifier), with that
+    score; without the ranker the scores are the hand-set sum. The ranker's top box is the
+    target in most scenes."""
     from lookalike.recommend.look import look, ranking_features
     from lookalike.recommend.windows import box_iou
 
@@ -127,7 +158,10 @@ def test_look_ranks_a_likes_boxes_by_the_packaged_ranker(like_scenes: tuple,
     for scene, like in like_scenes[0]:
         found = look(lite_project, scene.image, like=like, top_regions=1, k=1)
         boxes, rows = ranking_features(lite_project, scene.image, like)
-        logits = ranker.score(rows)
+        vectors = lite_project.searcher().embedder.embed([scene.image.crop(tuple(b))
+                                                          for b in boxes])
+        category = lite_project.store.get(like).category
+        logits = ranker.score(rows, ranker.kinds.log_prob(vectors, category))
         assert found["regions"][0]["score"] == pytest.approx(logits.max(), abs=1e-5)
         assert found["regions"][0]["box"] == boxes[int(np.argmax(logits))].tolist()
         hits += int(box_iou(np.array(scene.target.box), boxes[int(np.argmax(logits))][None])[0]

@@ -145,8 +145,7 @@ class LookRanker:
                  coef: np.ndarray, intercept: float, kinds: KindClassifier | None = None,
                  kind_weight: float = 0.0) -> None:
         self.config: dict[str, Any] = {"kind": KIND, "embedder": embedder,
-                                       "look_head": look_head, "features": list(FEATURES),
-                                       "kind_weight": float(kind_weight)}
+                                       "look_head": look_head, "features": list(FEATURES)}
         self.mean, self.scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
         self.coef, self.intercept = np.asarray(coef, np.float64).ravel(), float(intercept)
         self.kinds, self.kind_weight = kinds, float(kind_weight)
@@ -192,7 +191,7 @@ class LookRanker:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": self.mean, "scale": self.scale, "coef": self.coef,
                    "intercept": np.array([self.intercept])}
-        config = {**self.config, "categories": None}
+        config = {**self.config, "kind_weight": self.kind_weight, "categories": None}
         if self.kinds is not None:
             tensors.update({"kinds_weight": self.kinds.weight, "kinds_bias": self.kinds.bias})
             config["categories"] = self.kinds.categories
@@ -221,7 +220,7 @@ class LookRanker:
         if not ranker.mean.shape == ranker.scale.shape == ranker.coef.shape == (len(FEATURES),):
             raise LookRankerError(f"{folder}: look ranker weights are not {len(FEATURES)} wide")
         ranker.config.update({k: v for k, v in config.items()
-                              if k not in ("training", "categories")})
+                              if k not in ("training", "categories", "kind_weight")})
         ranker.training = config.get("training")
         return ranker
 
