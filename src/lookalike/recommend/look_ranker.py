@@ -274,5 +274,6 @@ def packaged_look_ranker(embedder: str, look_head: str,
     return ranker
 
 
-__all__: Sequence[str] = ("FEATURES", "KindClassifier", "LookRanker", "LookRankerError", "packaged_look_ranker",
-                          "ranked_scorer", "ranking_cues", "region_features")
+__all__: Sequence[str] = ("FEATURES", "KindClassifier", "LookRanker", "LookRankerError",
+                          "packaged_look_ranker", "ranked_scorer", "ranking_cues",
+                          "region_features")
