@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import statistics
 import sys
 import time
@@ -52,8 +51,6 @@ _WITHOUT_HEAD: dict[str, dict[str, Any]] = {
                                "objectness_weight": 0.0, "category_weight": 0.0},
     "segmenter + objectness 0.2": {"localiser": "segmenter", "proposal_steps": 0,
                                    "objectness_weight": 0.2, "category_weight": 0.0},
-    "segmenter and windows": {"localiser": "both", "proposal_steps": 0,
-                              "objectness_weight": 0.0, "category_weight": 0.0},
     **{f"segmenter + category vote {w:g}": {"localiser": "segmenter", "proposal_steps": 0,
                                             "objectness_weight": 0.0, "category_weight": w}
        for w in (0.5, 1.0, 2.0)},
@@ -84,14 +81,12 @@ VARIANTS.update(_headed(320, w, o) for w in (0.5, 1.0) for o in (0.0, 0.3))
 VARIANTS.update([_headed(384, 0.5, 0.3), _headed(384, 0.5, 0.5), _headed(448, 0.5, 0.3),
                  _headed(384, 0.5, 0.8), _headed(384, 1.0, 0.5), _headed(320, 0.5, 0.5),
                  _headed(384, 0.0, 0.5)])
-#: The look ranker (lookalike.recommend.look_ranker, fitted on train scenes only) in place of
-#: the hand-set sum of head cosine, category vote and objectness.
-#: Its two rows were measured with two packaged rankers: without the kind classifier (weights
+#: The look ranker (lookalike.recommend.look_ranker, fitted on train scenes only) instead of the
+#: hand-set sum; two rows, measured with the packaged ranker without its kind classifier (weights
 #: 3c960bc549) and with it (benchmarks/RESULTS.md, round 5).
-for _label in ("look ranker", "look ranker + kind classifier"):
-    VARIANTS[f"segmenter at 384 px + look head + {_label}"] = {
-        "localiser": "segmenter", "proposal_steps": 0, "look_head": True,
-        "segmenter_side": 384, "look_ranker": True}
+VARIANTS.update({f"segmenter at 384 px + look head + {name}": {
+    "localiser": "segmenter", "proposal_steps": 0, "look_head": True, "segmenter_side": 384,
+    "look_ranker": True} for name in ("look ranker", "look ranker + kind classifier")})
 LIKENESS_VARIANTS = {"windows (old default)": {"localiser": "windows"},
                      "segmenter": {"localiser": "segmenter", "segmenter_side": None},
                      "segmenter at 320 px": {"localiser": "segmenter", "segmenter_side": 320},
@@ -99,14 +94,12 @@ LIKENESS_VARIANTS = {"windows (old default)": {"localiser": "windows"},
 SEEDS = {"validation": 101, "test": 202}
 
 
-def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
-    """The 95 % Wilson score interval of a proportion."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+def wilson(hits: int, n: int) -> list[float]:
+    """The 95 % Wilson score interval of a proportion (scipy's)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(hits, n).proportion_ci(0.95, method="wilson") if n else None
+    return [0.0, 1.0] if interval is None else [round(float(interval.low), 4), round(float(interval.high), 4)]
 
 
 def make_scenes(frame: Any, split: str, n: int, n_likeness: int,
@@ -164,7 +157,8 @@ def look_defaults() -> dict[str, Any]:
 
     head = HEAD / HEAD_WEIGHTS
     return {"look_ranker": look_module.USE_LOOK_RANKER,
-            "look_ranker_weights": weights_digest(RANKER),"localiser": look_module.DEFAULT_LOCALISER,
+            "look_ranker_weights": weights_digest(RANKER),
+            "localiser": look_module.DEFAULT_LOCALISER,
             "proposal_steps": look_module.PROPOSAL_STEPS,
             "objectness_weight": look_module.OBJECTNESS_WEIGHT,
             "category_weight": look_module.CATEGORY_WEIGHT,

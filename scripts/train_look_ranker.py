@@ -12,9 +12,9 @@ regression is fitted on them (:meth:`~lookalike.recommend.look_ranker.LookRanker
 kind classifier (:class:`~lookalike.recommend.look_ranker.KindClassifier`, article types) is
 trained on the look head's training data: the crops of its 2,500 train scenes (true, jittered and
 segmenter boxes) and every train catalogue photo (``scripts/train_look_head.py``'s caches, built
-here if missing); ``--kind-weight`` (1 by default, chosen on validation) weighs it in. The rows are cached in
-``benchmarks/.cache/look-ranker``, so a rerun only fits (seconds; the first run about 7 minutes on
-2 cores).
+here if missing); ``--kind-weight`` (1 by default, chosen on validation) weighs it in. The rows
+are cached in ``benchmarks/.cache/look-ranker``, so a rerun only fits (seconds; the first run
+about 12 minutes on 2 cores).
 
     python scripts/train_look_ranker.py                        # the packaged ranker
     python scripts/train_look_ranker.py --out /tmp/ranker --scenes 20
@@ -154,7 +154,8 @@ def main() -> None:
         "split_seed": SPLIT_SEED, "spec": EVALUATION_SPEC.to_json(),
         "kind_classifier": "article_type, on the look head's 2,500 train scenes' crops (seed 0, "
                            "segmenter proposals at 320 px) and the train catalogue photos",
-        "segmenter": segmenter, "segmenter_side": SEGMENTER_SIDE, "gallery": GALLERY, "embedder": EMBEDDER,
+        "segmenter": segmenter, "segmenter_side": SEGMENTER_SIDE, "gallery": GALLERY,
+        "embedder": EMBEDDER,
         "scenes_with_a_proposal_on_target": int(len(np.unique(
             rows["scene"][rows["iou"] >= 0.5])))}})
     print(f"wrote {args.out}: {ranker.training}")
