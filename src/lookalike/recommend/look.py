@@ -220,42 +220,40 @@ def _segmenter_regions(project: Any, query: _Query, scene: PreparedScene, sample
     segmenter = packaged_segmenter(project.caches)
     if segmenter is None or min(scene.width, scene.height) < MIN_SEGMENT_SIDE:
         return [], None, None
-    boxes, objectness, scored = segmenter.proposals(Image.fromarray(scene.pixels),
-                                                    side=options["segmenter_side"])
+    boxes, _, scored = segmenter.proposals(Image.fromarray(scene.pixels),
+                                           side=options["segmenter_side"])
     pixels = scored.on_white(scene.pixels) if options["backdrop"] == "white" else scene.pixels
-    scorer = None
-    if query.ids is not None or query.like is not None:
-        crops = sample[:max(1, options["scene_negatives"] // 5)]
-        checker = query.checker
+
+    def query_scorer() -> Any:  # the query's own score of a box's vector (the sum's first part)
+        crops, checker = sample[:max(1, options["scene_negatives"] // 5)], query.checker
         scorer = checker.scorer(
             query.ids, query.like, options["method"], options["seed"],
             lambda: CropWindows(checker.embedder, pixels).for_boxes(crops), **model_options)
-        scorer = _voted(project, query, scorer, options["category_weight"],
-                        options["look_head"])
-    box_scorer = _box_scorer(project, query, scorer, scored, (scene.width, scene.height),
-                             options)
-    regions = proposal_regions(boxes, objectness, scene.pixels, query.checker.embedder, scorer,
+        return _voted(project, query, scorer, options["category_weight"], options["look_head"])
+
+    box_scorer = _box_scorer(project, query, scored, (scene.width, scene.height), options,
+                             query_scorer)
+    regions = proposal_regions(boxes, scene.pixels, query.checker.embedder, box_scorer,
                                top_regions=options["top_regions"],
                                iou_threshold=options["iou_threshold"], box_regressor=regressor,
-                               steps=options["steps"], embed_pixels=pixels,
-                               box_scorer=box_scorer)
+                               steps=options["steps"], embed_pixels=pixels)
     return regions, box_scorer, scored
 
 
-def _box_scorer(project: Any, query: _Query, scorer: Any, scored: Any, size: tuple[int, int],
-                options: dict[str, Any]) -> Any:
-    """How the segmenter's (and any topping-up) boxes are scored: the look ranker for a
-    ``like`` query when it applies, else the query's score + ``objectness_weight`` x
-    objectness, or objectness alone with no query."""
+def _box_scorer(project: Any, query: _Query, scored: Any, size: tuple[int, int],
+                options: dict[str, Any], query_scorer: Any) -> Any:
+    """How the segmenter's (and any topping-up) boxes are scored, ``(boxes, vectors) ->
+    scores``: the look ranker for a ``like`` query when it applies, else ``query_scorer()``'s
+    score + ``objectness_weight`` x objectness, or objectness alone with no query."""
     if query.like is not None and options["look_ranker"] and options["look_head"]:
         from lookalike.recommend.look_ranker import ranked_scorer
 
         ranked = ranked_scorer(project, query.loaded, query.checker, query.like, scored, size)
         if ranked is not None:
             return ranked
-    if scorer is None:
+    if query.ids is None and query.like is None:
         return lambda boxes, vectors: scored.of(boxes)
-    weight = options["objectness_weight"]
+    scorer, weight = query_scorer(), options["objectness_weight"]
     return lambda boxes, vectors: np.asarray(scorer(vectors), np.float64).ravel() + \
         weight * scored.of(boxes)
 

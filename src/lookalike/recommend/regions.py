@@ -273,23 +273,18 @@ def find_regions(embedder: Embedder, scene: PreparedScene,
     return [Region(boxes[i], float(scores[i]), vectors[n]) for n, i in enumerate(keep)]
 
 
-def proposal_regions(boxes: np.ndarray, objectness: np.ndarray, pixels: np.ndarray,
-                     embedder: Embedder, scorer: Callable[[np.ndarray], np.ndarray] | None, *,
+def proposal_regions(boxes: np.ndarray, pixels: np.ndarray, embedder: Embedder,
+                     box_scorer: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
                      top_regions: int = 5, iou_threshold: float = 0.3,
                      box_regressor: Any = None, steps: int = 0,
-                     objectness_weight: float = 0.0,
-                     embed_pixels: np.ndarray | None = None,
-                     box_scorer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-                     ) -> list[Region]:
+                     embed_pixels: np.ndarray | None = None) -> list[Region]:
     """Regions from a localiser's proposals (``boxes`` ``[n, 4]`` in ``pixels``' coordinates,
     e.g. :meth:`~lookalike.recommend.segmenter.SceneSegmenter.proposals`), checked like the
     window cascade's shortlist: each box is cropped and embedded with ``embedder``, scored by
-    ``scorer`` plus ``objectness_weight`` x its objectness (``scorer=None``: by objectness
-    alone, "what in this photo is a product?"), then the best ``top_regions`` after NMS. With a
-    ``box_regressor`` the boxes first get ``steps`` steps of it. ``embed_pixels`` (same size as
-    ``pixels``, e.g. the backdrop faded to white) are what the crops are cut from.
-    ``box_scorer(boxes, vectors)``, when given, scores the boxes instead (e.g. the look
-    ranker, :mod:`lookalike.recommend.look_ranker`)."""
+    ``box_scorer(boxes, vectors)`` (e.g. the query's similarity plus objectness, or the look
+    ranker, :mod:`lookalike.recommend.look_ranker`), then the best ``top_regions`` after NMS.
+    With a ``box_regressor`` the boxes first get ``steps`` steps of it. ``embed_pixels`` (same
+    size as ``pixels``, e.g. the backdrop faded to white) are what the crops are cut from."""
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     if not len(boxes):
         return []
@@ -297,13 +292,6 @@ def proposal_regions(boxes: np.ndarray, objectness: np.ndarray, pixels: np.ndarr
         boxes = box_regressor.refine(pixels, boxes, steps=steps)
     vectors = CropWindows(embedder, pixels if embed_pixels is None else embed_pixels
                           ).for_boxes(boxes)
-    objectness = np.asarray(objectness, dtype=np.float64).ravel()
-    if box_scorer is not None:
-        scores = np.asarray(box_scorer(boxes, vectors), dtype=np.float64).ravel()
-    elif scorer is None:
-        scores = objectness
-    else:
-        scores = np.asarray(scorer(vectors), dtype=np.float64).ravel()
-        scores = scores + objectness_weight * objectness
+    scores = np.asarray(box_scorer(boxes, vectors), dtype=np.float64).ravel()
     keep = nms(boxes, scores, iou_threshold, max_keep=top_regions)
     return [Region(boxes[i], float(scores[i]), vectors[i]) for i in keep]
